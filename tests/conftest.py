@@ -1,0 +1,86 @@
+"""Shared fixtures.
+
+- `tuneloop_home` (autouse): `TUNELOOP_HOME` points at a fresh tmp folder and the settings cache is
+  cleared around every test, so no test reads another's settings or writes into the repository.
+- `db_url`: a URL to an empty database, parametrised over `sqlite` (a file in tmp_path) and
+  `postgresql` (a freshly created, uniquely named database, dropped afterwards). A test taking it
+  runs once per engine.
+- `db_engine`: an Engine on `db_url` with every migration applied; use it for anything that needs
+  the tables.
+
+PostgreSQL is reached through `TUNELOOP_TEST_POSTGRES_URL` (default: the `test` database on
+127.0.0.1 as `postgres`). When it cannot be reached the PostgreSQL cases are skipped locally but
+fail under CI (`CI=true`), so a broken CI service never passes as green.
+"""
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.pool import NullPool
+
+from engine.settings import get_settings
+from storage.db import make_engine
+from storage.migrate import upgrade
+
+POSTGRES_URL = os.environ.get("TUNELOOP_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture(autouse=True)
+def tuneloop_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    home = tmp_path / "tuneloop-home"
+    monkeypatch.setenv("TUNELOOP_HOME", str(home))
+    # A developer's shell may point these at a real database or store; tests derive them from home.
+    monkeypatch.delenv("TUNELOOP_DATABASE_URL", raising=False)
+    monkeypatch.delenv("TUNELOOP_ARTIFACT_ROOT", raising=False)
+    get_settings.cache_clear()
+    yield home
+    get_settings.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def postgres_admin() -> Iterator[Engine]:
+    """An AUTOCOMMIT engine on the PostgreSQL maintenance database (CREATE/DROP DATABASE need it)."""
+    engine = create_engine(
+        POSTGRES_URL, isolation_level="AUTOCOMMIT", poolclass=NullPool, connect_args={"connect_timeout": 5}
+    )
+    try:
+        with engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+    except Exception as exc:  # any failure to connect means "no PostgreSQL here"
+        engine.dispose()
+        message = f"PostgreSQL is not reachable at {make_url(POSTGRES_URL)!r}: {exc.__class__.__name__}: {exc}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{message} (CI=true: PostgreSQL tests must run in CI)", pytrace=False)
+        pytest.skip(message)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'test.db'}"
+        return
+    admin: Engine = request.getfixturevalue("postgres_admin")
+    name = f"tuneloop_test_{uuid.uuid4().hex[:12]}"
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as connection:
+            # FORCE: a test that leaked a connection must not leave its database behind.
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture
+def db_engine(db_url: str) -> Iterator[Engine]:
+    upgrade(db_url)
+    engine = make_engine(db_url)
+    yield engine
+    engine.dispose()

@@ -1,0 +1,166 @@
+"""The data half of the loop through the `tuneloop` command, on SQLite and PostgreSQL."""
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from bot.cli import app
+from engine.data.dedup import jaccard
+from engine.data.formats import load_file
+
+runner = CliRunner()
+
+QUESTIONS = [
+    (
+        "我买的{p}有质量问题,可以退货吗?",
+        "可以的。{p}签收后7天内支持无理由退货,质量问题由我们承担运费,请在订单页提交退货申请。",
+        "退货",
+    ),
+    (
+        "{p}的快递三天了还没到,帮我查一下物流",
+        "已为您查询:{p}目前在转运中心,预计明天送达,如有延误我们会短信通知您。",
+        "物流",
+    ),
+    (
+        "{p}尺码不合适,能换大一号吗?",
+        "可以换货。请在订单页选择换货并填写新尺码,{p}寄回后48小时内为您发出新商品。",
+        "换货",
+    ),
+    (
+        "How do I get an invoice for my {p} order?",
+        "Open the order for your {p}, choose Invoice, enter the company title and tax number; "
+        "the e-invoice arrives by email within 24 hours.",
+        "发票",
+    ),
+]
+PRODUCTS = ["蓝牙耳机", "羽绒服", "电饭煲", "跑步鞋", "机械键盘", "保温杯", "台灯", "行李箱", "智能手表", "空气炸锅"]
+
+
+def conversation(question: str, answer: str, tag: str) -> dict:
+    turns = [{"from": "human", "value": question}, {"from": "gpt", "value": answer}]
+    return {"conversations": turns, "tags": [tag]}
+
+
+def write_dataset(path: Path, extra: list[dict] | None = None) -> Path:
+    records = [
+        {
+            "conversations": [{"from": "human", "value": q.format(p=p)}, {"from": "gpt", "value": a.format(p=p)}],
+            "tags": [tag],
+        }
+        for p in PRODUCTS
+        for q, a, tag in QUESTIONS
+    ]
+    records += extra or []
+    path.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in records) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def tuneloop(db_url: str, monkeypatch: pytest.MonkeyPatch):
+    """Runs `tuneloop ...` against a fresh, migrated database; returns (exit code, output)."""
+    monkeypatch.setenv("TUNELOOP_DATABASE_URL", db_url)
+    from engine.settings import get_settings
+
+    get_settings.cache_clear()
+    upgraded = runner.invoke(app, ["db", "upgrade"])
+    assert upgraded.exit_code == 0, upgraded.output
+
+    def invoke(*args: str) -> tuple[int, str]:
+        result = runner.invoke(app, [str(a) for a in args])
+        return result.exit_code, result.output
+
+    return invoke
+
+
+def test_import_twice_yields_the_same_version(tuneloop, tmp_path: Path) -> None:
+    data = write_dataset(tmp_path / "cs.jsonl")
+    code, out = tuneloop("data", "import", data, "--project", "cs")
+    assert code == 0, out
+    assert "cs/main v1" in out and "40 new sample(s)" in out
+    code, out = tuneloop("data", "import", data, "--project", "cs")
+    assert code == 0, out
+    assert "nothing new" in out and "v1" in out
+    code, out = tuneloop("data", "versions", "--project", "cs")
+    assert "v1" in out and "v2" not in out
+
+
+def test_invalid_file_stores_nothing_and_names_line_and_field(tuneloop, tmp_path: Path) -> None:
+    bad = {"conversations": [{"from": "human", "value": "发票怎么开?"}, {"from": "gpt", "value": 42}]}
+    data = write_dataset(tmp_path / "bad.jsonl", extra=[bad])
+    code, out = tuneloop("data", "import", data, "--project", "cs")
+    assert code == 2
+    assert "bad.jsonl" in out and "line 41" in out and "conversations[1].value" in out
+    assert "Traceback" not in out
+    code, out = tuneloop("data", "versions", "--project", "cs")
+    assert code != 0 and "no project named 'cs'" in out
+
+
+def test_skip_invalid_keeps_the_valid_and_writes_rejects(tuneloop, tmp_path: Path) -> None:
+    data = write_dataset(tmp_path / "bad.jsonl", extra=[{"conversations": []}])
+    rejects = tmp_path / "rejects.jsonl"
+    code, out = tuneloop("data", "import", data, "--project", "cs", "--skip-invalid", "--rejects", rejects)
+    assert code == 0, out
+    assert "40 new sample(s)" in out
+    reject = json.loads(rejects.read_text(encoding="utf-8").splitlines()[0])
+    assert reject["line"] == 41 and reject["problem"]
+
+
+def test_filter_split_export_report(tuneloop, tmp_path: Path) -> None:
+    phone = {
+        "conversations": [
+            {"from": "human", "value": "我的手机号13812345678,帮我改地址"},
+            {"from": "gpt", "value": "好的,已为您登记新的收货地址,请留意短信通知。"},
+        ],
+        "tags": ["物流"],
+    }
+    repeat = {
+        "conversations": [
+            {"from": "human", "value": "在吗?我想问一下售后政策"},
+            {"from": "gpt", "value": "好的。好的。好的。好的。好的。"},
+        ],
+        "tags": ["退货"],
+    }
+    copy = conversation(QUESTIONS[0][0].format(p="台灯"), QUESTIONS[0][1].format(p="台灯"), "投诉")
+    data = write_dataset(tmp_path / "cs.jsonl", extra=[phone, repeat, copy])
+    assert tuneloop("data", "import", data, "--project", "cs")[0] == 0
+
+    code, out = tuneloop("data", "filter", "--project", "cs")
+    assert code == 0, out
+    assert "cs/main v2" in out
+    code, out = tuneloop("data", "filter", "--project", "cs")
+    assert "no change" in out, "filtering a filtered version changes nothing"
+
+    code, out = tuneloop("data", "split", "--project", "cs", "--test-size", "8", "--seed", "7")
+    assert code == 0, out
+    code, out = tuneloop(
+        "data", "export", "--project", "cs", "--format", "openai", "--split", "test", "--out", tmp_path / "test"
+    )
+    assert code == 0, out
+    code, out = tuneloop(
+        "data", "export", "--project", "cs", "--format", "sharegpt", "--split", "train", "--out", tmp_path / "train"
+    )
+    assert code == 0, out
+    test = [s for _, s in load_file(next((tmp_path / "test").iterdir())).samples]
+    train = [s for _, s in load_file(next((tmp_path / "train").iterdir())).samples]
+    assert 0 < len(test) <= 8
+    assert not any(jaccard(t.prompt_text(), r.prompt_text()) >= 0.9 for t in test for r in train)
+    assert all("13812345678" not in s.full_text() for s in train + test)
+
+    md = tmp_path / "report.md"
+    png = tmp_path / "lengths.png"
+    code, out = tuneloop("data", "report", "--project", "cs", "--markdown", md, "--histogram", png)
+    assert code == 0, out
+    report = md.read_text(encoding="utf-8")
+    assert "43 → 41" in report  # the duplicate and the repeated answer are gone; the phone is masked
+    assert "exact_duplicate" in report and "repetitive_answer" in report
+    assert png.read_bytes().startswith(b"\x89PNG")
+
+
+def test_unknown_project_and_format_are_plain_errors(tuneloop, tmp_path: Path) -> None:
+    code, out = tuneloop("data", "report", "--project", "nope")
+    assert code == 1 and "no project named 'nope'" in out and "Traceback" not in out
+    data = write_dataset(tmp_path / "cs.jsonl")
+    code, out = tuneloop("data", "import", data, "--project", "cs", "--format", "parquet")
+    assert code == 2 and "unknown format 'parquet'" in out
