@@ -18,7 +18,7 @@ from engine.data.formats import FORMATS
 from engine.data.pipeline import export_version, filter_version, import_file, report_version, split_version
 from engine.data.readers import ReadLimits
 from engine.data.report import render_markdown, render_terminal, write_length_histogram
-from engine.data.split import SplitConfig
+from engine.data.split import SplitConfig, SplitError
 from engine.data.versions import DEFAULT_DATASET, get_dataset, list_versions, write_atomic_text
 from engine.database import DatabaseNotReadyError, get_engine
 from engine.projects import NotFoundError, configure_project, list_projects
@@ -53,6 +53,9 @@ def _session() -> Iterator[Session]:
     except DataError as error:
         _print_data_error(error)
         raise typer.Exit(EXIT_INVALID_DATA) from None
+    except SplitError as error:
+        errors.print(f"[red]error:[/red] cannot split: {error}")
+        raise typer.Exit(EXIT_INVALID_DATA) from None
     except (NotFoundError, DatabaseNotReadyError) as error:
         errors.print(f"[red]error:[/red] {error}")
         raise typer.Exit(1) from None
@@ -60,6 +63,8 @@ def _session() -> Iterator[Session]:
 
 def _print_data_error(error: DataError, shown: int = 20) -> None:
     errors.print(f"[red]error:[/red] {error.headline}")
+    if [str(p) for p in error.problems] == [error.headline]:
+        return
     for problem in error.problems[:shown]:
         errors.print(f"  {problem}", markup=False, highlight=False)
     if len(error.problems) > shown:

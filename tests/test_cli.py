@@ -164,3 +164,50 @@ def test_unknown_project_and_format_are_plain_errors(tuneloop, tmp_path: Path) -
     data = write_dataset(tmp_path / "cs.jsonl")
     code, out = tuneloop("data", "import", data, "--project", "cs", "--format", "parquet")
     assert code == 2 and "unknown format 'parquet'" in out
+
+
+MALFORMED = {
+    "truncated_json": ('[{"instruction": "怎么退货", "output": "在订单页申', "json"),
+    "wrong_type": ('{"instruction": "怎么退货", "output": ["在订单页申请"]}\n', "jsonl"),
+    "missing_field": ('{"instruction": "怎么退货"}\n', "jsonl"),
+    "empty_conversation": ('{"conversations": []}\n', "jsonl"),
+    "mixed_formats": (
+        '{"instruction": "怎么退货", "output": "在订单页申请"}\n'
+        '{"instruction": "怎么换货", "output": "在订单页选择换货"}\n'
+        '{"conversations": [{"from": "human", "value": "发票"}, {"from": "gpt", "value": "可以开"}]}\n',
+        "jsonl",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED))
+def test_malformed_files_are_refused_whole_with_a_plain_error(tuneloop, tmp_path: Path, case: str) -> None:
+    text, suffix = MALFORMED[case]
+    path = tmp_path / f"{case}.{suffix}"
+    path.write_text(text, encoding="utf-8")
+    code, out = tuneloop("data", "import", path, "--project", "cs")
+    assert code == 2, out
+    assert path.name in out and "Traceback" not in out
+    assert "no project named 'cs'" in tuneloop("data", "versions", "--project", "cs")[1]
+
+
+def test_wrong_encoding_and_oversized_files_are_refused(tuneloop, tmp_path: Path) -> None:
+    latin = tmp_path / "latin.jsonl"
+    latin.write_bytes('{"instruction": "café crème", "output": "très bien"}\n'.encode("latin-1") + b"\xff\xfe\xfa")
+    code, out = tuneloop("data", "import", latin, "--project", "cs")
+    assert code == 2 and "latin.jsonl" in out and "--encoding" in out
+    huge = tmp_path / "huge.jsonl"
+    with huge.open("wb") as f:
+        f.truncate(10 * 1024**3)  # sparse: 10 GB on paper, nothing on disk, and never read
+    code, out = tuneloop("data", "import", huge, "--project", "cs", "--max-bytes", str(1024**3))
+    assert code == 2 and "huge.jsonl" in out and "over the limit" in out
+
+
+def test_gb18030_csv_imports_as_chinese(tuneloop, tmp_path: Path) -> None:
+    path = tmp_path / "export.csv"
+    path.write_bytes("instruction,output,tags\n怎么开发票?,在订单页点击申请发票即可,发票\n".encode("gb18030"))
+    code, out = tuneloop("data", "import", path, "--project", "cs")
+    assert code == 0 and "gb18030" in out, out
+    code, out = tuneloop("data", "export", "--project", "cs", "--format", "alpaca", "--out", tmp_path / "out")
+    exported = next((tmp_path / "out").iterdir()).read_text(encoding="utf-8")
+    assert "怎么开发票?" in exported and "在订单页点击申请发票即可" in exported

@@ -121,3 +121,10 @@ def test_empty_inputs() -> None:
     assert near_duplicate_pairs([]) == []
     assert near_duplicate_of([]) == []
     assert NearDuplicateIndex().query(EN) == []
+
+
+def test_pair_jaccard_equals_the_batch_path() -> None:
+    edited = ZH.replace("三到五", "三至五")
+    (_, _, batch_sim), *_ = near_duplicate_pairs([ZH, edited], threshold=0.5)
+    assert jaccard(ZH, edited) == batch_sim
+    assert jaccard("ab", "ab") == dedup._set_jaccard(dedup._shingle_set("ab"), dedup._shingle_set("AB"))

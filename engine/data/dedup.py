@@ -144,7 +144,7 @@ def _new_lsh(threshold: float) -> MinHashLSH:
     return MinHashLSH(threshold=threshold, num_perm=NUM_PERM, params=(max(bands, 2), rows))
 
 
-def _set_jaccard(a: frozenset[int], b: frozenset[int]) -> float:
+def _set_jaccard(a: frozenset, b: frozenset) -> float:
     if not a and not b:
         return 1.0
     inter = len(a & b)
@@ -156,9 +156,17 @@ def _shingle_set(text: str) -> frozenset[int]:
     return frozenset(hashes.tolist())
 
 
+def _string_shingles(text: str, k: int = SHINGLE_SIZE) -> frozenset[str]:
+    norm = normalize_text(text)
+    return frozenset(norm[i : i + k] for i in range(len(norm) - k + 1)) if len(norm) >= k else frozenset([norm])
+
+
 def jaccard(a: str, b: str) -> float:
-    """Exact Jaccard similarity of the two texts' character shingle sets (after normalisation)."""
-    return _set_jaccard(_shingle_set(a), _shingle_set(b))
+    """Exact Jaccard similarity of the two texts' character shingle sets (after normalisation).
+
+    Same shingles as the batch path, on strings rather than 64-bit hashes: equal results (barring
+    a 2^-64 hash collision) and ~10x cheaper for one pair than the numpy path's per-call setup."""
+    return _set_jaccard(_string_shingles(a), _string_shingles(b))
 
 
 def _check_threshold(threshold: float) -> None:

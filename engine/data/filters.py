@@ -351,7 +351,8 @@ def _copies_prompt(sample: Sample, config: FilterConfig) -> str | None:
     answer = normalize_text(sample.answer_text())
     last = sample.last_assistant_index()
     users = [m.content or "" for m in sample.messages[:last] if m.role == "user"]
-    for name, question in (("the question", users[-1] if users else ""), ("the prompt", sample.prompt_text())):
+    last_user, prompt = (users[-1] if users else ""), sample.prompt_text()
+    for name, question in (("the question", last_user), ("the prompt", prompt if prompt != last_user else "")):
         if not question.strip():
             continue
         if normalize_text(question) == answer:
