@@ -1,14 +1,18 @@
 """The terminal face of tuneloop: the same command grammar the chat front ends speak."""
 
+import difflib
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import typer
+import yaml
+from pydantic import BaseModel, ValidationError
 from rich.console import Console
 from rich.table import Table
+from sqlalchemy.engine import make_url
 from sqlmodel import Session
 
 from engine.data.errors import DataError
@@ -42,6 +46,7 @@ DatasetOption = Annotated[str, typer.Option("--dataset", help="Dataset within th
 VersionOption = Annotated[int | None, typer.Option("--version", "-v", help="Dataset version; latest if unset.")]
 
 EXIT_INVALID_DATA = 2
+SettingsModel = TypeVar("SettingsModel", bound=BaseModel)
 
 
 @contextmanager
@@ -299,8 +304,6 @@ def _ratio_or_count(value: float) -> float | int:
 
 
 def _load_yaml(path: Path) -> dict:
-    import yaml
-
     try:
         loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except (OSError, yaml.YAMLError) as error:
@@ -310,16 +313,19 @@ def _load_yaml(path: Path) -> dict:
     return loaded
 
 
-def _validated(model: type, values: dict, source: Path | None):  # type: ignore[no-untyped-def]
-    from pydantic import ValidationError
-
+def _validated(model: type[SettingsModel], values: dict, source: Path | None) -> SettingsModel:
+    """The settings as `model`, or a plain error naming the file and setting, with a suggestion."""
     try:
         return model(**values)
     except ValidationError as error:
         where = f"{source}: " if source else ""
         for problem in error.errors():
             field = ".".join(str(part) for part in problem["loc"])
-            errors.print(f"[red]error:[/red] {where}setting '{field}': {problem['msg']}")
+            hint = ""
+            if problem["type"] == "extra_forbidden":
+                close = difflib.get_close_matches(field, model.model_fields, n=1)
+                hint = f" (did you mean '{close[0]}'?)" if close else ""
+            errors.print(f"[red]error:[/red] {where}setting '{field}': {problem['msg']}{hint}")
         raise typer.Exit(EXIT_INVALID_DATA) from None
 
 
@@ -330,8 +336,6 @@ def _fail(message: str) -> None:
 
 def _redact(url: str) -> str:
     """Hide a password in a database URL before printing it."""
-    from sqlalchemy.engine import make_url
-
     return make_url(url).render_as_string(hide_password=True)
 
 

@@ -211,3 +211,20 @@ def test_gb18030_csv_imports_as_chinese(tuneloop, tmp_path: Path) -> None:
     code, out = tuneloop("data", "export", "--project", "cs", "--format", "alpaca", "--out", tmp_path / "out")
     exported = next((tmp_path / "out").iterdir()).read_text(encoding="utf-8")
     assert "怎么开发票?" in exported and "在订单页点击申请发票即可" in exported
+
+
+def test_filter_settings_from_yaml_drop_instead_of_mask(tuneloop, tmp_path: Path) -> None:
+    phone = conversation("我的手机号是13812345678,快递到了吗", "已查询到您的包裹正在派送,今天下午送达。", "物流")
+    rude = conversation("你们客服怎么这么慢", "非常抱歉让您久等了,傻瓜才会等这么久,我马上为您处理。", "投诉")
+    data = write_dataset(tmp_path / "cs.jsonl", extra=[phone, rude])
+    assert tuneloop("data", "import", data, "--project", "cs")[0] == 0
+    config = tmp_path / "filter.yaml"
+    config.write_text("phone: drop\nblocked_words: [傻瓜]\nnear_dup_threshold: 0.95\n", encoding="utf-8")
+    code, out = tuneloop("data", "filter", "--project", "cs", "--config", config)
+    assert code == 0, out
+    assert "42 → 40" in out and "phone" in out and "blocked_word" in out
+
+    config.write_text("phone: drop\nnear_dup_treshold: 0.8\n", encoding="utf-8")
+    code, out = tuneloop("data", "filter", "--project", "cs", "--config", config)
+    assert code == 2 and "filter.yaml" in out and "near_dup_treshold" in out
+    assert "did you mean 'near_dup_threshold'" in out

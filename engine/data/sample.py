@@ -32,6 +32,8 @@ class Message(BaseModel):
 
     @model_validator(mode="after")
     def _has_something(self) -> "Message":
+        if self.tool_calls == []:
+            self.tool_calls = None  # `[]` and absent mean the same; one spelling keeps round trips exact
         if self.content is None and not self.tool_calls:
             raise ValueError("a message needs content or tool_calls")
         return self
