@@ -6,6 +6,8 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from engine.data.readers import ReadLimits
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TUNELOOP_", env_file=".env", extra="ignore")
@@ -16,15 +18,22 @@ class Settings(BaseSettings):
     artifact_root: Path | None = Field(default=None, description="Artifact store folder; home/artifacts if unset.")
 
     # Limits enforced while reading an upload, so a huge file is refused before it is read.
-    max_upload_bytes: int = 2 * 1024**3
-    max_records: int = 5_000_000
-    max_record_bytes: int = 1024**2
+    max_upload_bytes: int = ReadLimits.max_bytes
+    max_records: int = ReadLimits.max_records
+    max_record_bytes: int = ReadLimits.max_record_bytes
 
     judge_base_url: str | None = None
     judge_api_key: str | None = None
     synth_base_url: str | None = None
     synth_api_key: str | None = None
     vllm_urls: list[str] = Field(default_factory=list)
+
+    def read_limits(self, max_bytes: int | None = None) -> ReadLimits:
+        return ReadLimits(
+            max_bytes=max_bytes or self.max_upload_bytes,
+            max_records=self.max_records,
+            max_record_bytes=self.max_record_bytes,
+        )
 
     @property
     def resolved_database_url(self) -> str:

@@ -30,6 +30,7 @@ from engine.data.versions import (
     write_atomic_text,
 )
 from engine.projects import NotFoundError, get_or_create_project
+from engine.settings import get_settings
 from storage.models import Dataset, DatasetVersion, Project
 
 
@@ -62,7 +63,7 @@ def import_file(
     Any invalid record stops the import before anything is stored, unless `skip_invalid`, in which
     case the valid records are stored and the rejects are written, with reasons, to `rejects_path`.
     """
-    loaded = load_file(path, fmt=fmt, encoding=encoding, entry=entry, limits=limits)
+    loaded = load_file(path, fmt=fmt, encoding=encoding, entry=entry, limits=limits or get_settings().read_limits())
     if loaded.problems and not skip_invalid:
         raise DataError(loaded.problems, f"{path.name}: {_problem_headline(loaded)}; nothing was imported")
     written_rejects = None

@@ -1,0 +1,15 @@
+"""The terminal face of tuneloop: the same command grammar the chat front ends speak.
+
+Each command group lives in its own module; this one only assembles them."""
+
+import typer
+
+from bot.cli import data, db, demo, project
+
+app = typer.Typer(
+    help="tuneloop: the fine-tuning loop as one conversation.", no_args_is_help=True, add_completion=False
+)
+app.add_typer(db.app, name="db")
+app.add_typer(project.app, name="project")
+app.add_typer(data.app, name="data")
+app.command("demo")(demo.demo)

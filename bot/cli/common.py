@@ -1,0 +1,92 @@
+"""What every command shares: the consoles, option types, and turning a user's mistakes into plain
+messages with the right exit code, never tracebacks."""
+
+import difflib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, NoReturn, TypeVar
+
+import typer
+import yaml
+from pydantic import BaseModel, ValidationError
+from rich.console import Console
+from sqlmodel import Session
+
+from engine.data.errors import DataError
+from engine.data.split import SplitError
+from engine.database import DatabaseNotReadyError, get_engine
+from engine.projects import NotFoundError
+from storage.db import session_scope
+
+console = Console(soft_wrap=True)  # messages stay whole lines; tables still fit the width
+errors = Console(stderr=True, soft_wrap=True)
+
+ProjectOption = Annotated[str, typer.Option("--project", "-p", help="Project name, e.g. customer_service.")]
+DatasetOption = Annotated[str, typer.Option("--dataset", help="Dataset within the project.")]
+VersionOption = Annotated[int | None, typer.Option("--version", "-v", help="Dataset version; latest if unset.")]
+
+EXIT_NOT_FOUND = 1
+EXIT_INVALID_DATA = 2
+SettingsModel = TypeVar("SettingsModel", bound=BaseModel)
+
+
+@contextmanager
+def open_session() -> Iterator[Session]:
+    """A unit of work with the user's mistakes turned into plain messages, never tracebacks."""
+    try:
+        with session_scope(get_engine()) as session:
+            yield session
+    except DataError as error:
+        print_data_error(error)
+        raise typer.Exit(EXIT_INVALID_DATA) from None
+    except SplitError as error:
+        errors.print(f"[red]error:[/red] cannot split: {error}")
+        raise typer.Exit(EXIT_INVALID_DATA) from None
+    except (NotFoundError, DatabaseNotReadyError) as error:
+        errors.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(EXIT_NOT_FOUND) from None
+
+
+def print_data_error(error: DataError, shown: int = 20) -> None:
+    errors.print(f"[red]error:[/red] {error.headline}")
+    if [str(p) for p in error.problems] == [error.headline]:
+        return
+    for problem in error.problems[:shown]:
+        errors.print(f"  {problem}", markup=False, highlight=False)
+    if len(error.problems) > shown:
+        errors.print(f"  … and {len(error.problems) - shown} more")
+    summary = error.summary()
+    if len(error.problems) > 1 and summary:
+        errors.print("problems by kind: " + ", ".join(f"{kind} {n}" for kind, n in summary.most_common()))
+
+
+def load_yaml(path: Path) -> dict:
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as error:
+        fail(f"{path}: cannot read the settings: {error}")
+    if not isinstance(loaded, dict):
+        fail(f"{path}: expected a mapping of settings, got {type(loaded).__name__}")
+    return loaded
+
+
+def validated(model: type[SettingsModel], values: dict, source: Path | None) -> SettingsModel:
+    """The settings as `model`, or a plain error naming the file and setting, with a suggestion."""
+    try:
+        return model(**values)
+    except ValidationError as error:
+        where = f"{source}: " if source else ""
+        for problem in error.errors():
+            field = ".".join(str(part) for part in problem["loc"])
+            hint = ""
+            if problem["type"] == "extra_forbidden":
+                close = difflib.get_close_matches(field, model.model_fields, n=1)
+                hint = f" (did you mean '{close[0]}'?)" if close else ""
+            errors.print(f"[red]error:[/red] {where}setting '{field}': {problem['msg']}{hint}")
+        raise typer.Exit(EXIT_INVALID_DATA) from None
+
+
+def fail(message: str) -> NoReturn:
+    errors.print(f"[red]error:[/red] {message}")
+    raise typer.Exit(EXIT_INVALID_DATA)
