@@ -131,6 +131,10 @@ def test_filter_split_export_report(tuneloop, tmp_path: Path) -> None:
     assert "cs/main v2" in out
     code, out = tuneloop("data", "filter", "--project", "cs")
     assert "no change" in out, "filtering a filtered version changes nothing"
+    code, out = tuneloop("data", "show", "--project", "cs", "--rule", "exact_duplicate")
+    assert code == 0 and "#43" in out and "sample #25" in out  # the copy names its original
+    code, out = tuneloop("data", "show", "--project", "cs", "--sample", "99")
+    assert code == 2 and "samples 1 to 43" in out
 
     code, out = tuneloop("data", "split", "--project", "cs", "--test-size", "8", "--seed", "7")
     assert code == 0, out

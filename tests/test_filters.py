@@ -254,8 +254,8 @@ def test_exact_duplicates_after_normalisation_keep_the_first() -> None:
     ]
     out = run(samples)
     assert out.kept_indices == [0, 1]
-    assert out.removed[2].rule == "exact_duplicate" and out.removed[2].reason == "same text as sample 0"
-    assert out.removed[3].reason == "same text as sample 1"
+    assert out.removed[2].rule == "exact_duplicate" and out.removed[2].reason == "same text as sample #1"
+    assert out.removed[3].reason == "same text as sample #2"
 
 
 def test_near_duplicates_within_batch_and_against_existing() -> None:
@@ -269,9 +269,9 @@ def test_near_duplicates_within_batch_and_against_existing() -> None:
     ]
     out = apply_filters(samples, FilterConfig(), existing=existing)
     assert out.kept_indices == [0, 4]
-    assert out.removed[1].rule == "near_duplicate" and out.removed[1].reason.startswith("near-duplicate of sample 0")
-    assert out.removed[2].reason.startswith("near-duplicate of existing sample 0")
-    assert out.removed[3].rule == "exact_duplicate" and out.removed[3].reason == "same text as existing sample 0"
+    assert out.removed[1].rule == "near_duplicate" and out.removed[1].reason.startswith("near-duplicate of sample #1")
+    assert out.removed[2].reason.startswith("near-duplicate of existing sample #1")
+    assert out.removed[3].rule == "exact_duplicate" and out.removed[3].reason == "same text as existing sample #1"
     out = apply_filters(samples, FilterConfig(near_dup_threshold=None, exact_dedup=False), existing=existing)
     assert out.removed == {}
 
@@ -287,7 +287,7 @@ def test_a_sample_dropped_early_does_not_use_up_its_duplicate_group() -> None:
     out = run(samples, phone="drop")
     assert out.removed[0].rule == "phone"
     assert out.kept_indices == [1]
-    assert out.removed[2].rule == "near_duplicate" and "sample 1" in out.removed[2].reason
+    assert out.removed[2].rule == "near_duplicate" and "sample #2" in out.removed[2].reason
 
 
 def test_masked_samples_are_deduplicated_as_masked() -> None:

@@ -4,6 +4,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
+from rich.panel import Panel
 from rich.table import Table
 
 from bot.cli.common import (
@@ -22,7 +24,15 @@ from engine.data.formats import FORMATS
 from engine.data.pipeline import export_version, filter_version, import_file, report_version, split_version
 from engine.data.report import render_markdown, render_terminal, write_length_histogram
 from engine.data.split import SplitConfig
-from engine.data.versions import DEFAULT_DATASET, get_dataset, list_versions, write_atomic_text
+from engine.data.versions import (
+    DEFAULT_DATASET,
+    get_dataset,
+    list_versions,
+    load_entries,
+    resolve_version,
+    version_label,
+    write_atomic_text,
+)
 from engine.settings import get_settings
 
 app = typer.Typer(help="Datasets: import → filter → split → export → report.", no_args_is_help=True)
@@ -189,3 +199,37 @@ def _announce(number: int, created: bool, summary: str, project: str, dataset: s
 
 def _ratio_or_count(value: float) -> float | int:
     return int(value) if value >= 1 else value
+
+
+@app.command("show")
+def data_show(
+    project: ProjectOption,
+    dataset: DatasetOption = DEFAULT_DATASET,
+    version: VersionOption = None,
+    sample: Annotated[list[int] | None, typer.Option("--sample", "-s", help="Sample number(s), from 1.")] = None,
+    rule: Annotated[str | None, typer.Option(help="Only samples removed by this rule ('any' for all removed).")] = None,
+    split: Annotated[str | None, typer.Option(help="Only samples in this split.")] = None,
+    limit: Annotated[int, typer.Option(help="Show at most this many.")] = 10,
+) -> None:
+    """Show samples of a version with their split, tags, and the rule and reason if removed."""
+    with open_session() as session:
+        chosen = resolve_version(session, project, dataset, version)
+        entries = load_entries(session, chosen)
+        label = version_label(session, chosen)
+    if sample and (bad := [n for n in sample if not 1 <= n <= len(entries)]):
+        fail(f"{label} has samples 1 to {len(entries)}; no sample {', '.join(map(str, bad))}")
+    numbers = sample or range(1, len(entries) + 1)
+    shown = [
+        (n, entries[n - 1])
+        for n in numbers
+        if (rule is None or entries[n - 1].filter_rule == rule or (rule == "any" and not entries[n - 1].in_use))
+        and (split is None or entries[n - 1].split == split)
+    ]
+    console.print(f"{label}: {len(shown)} sample(s) match" + (f", showing {limit}" if len(shown) > limit else ""))
+    for number, entry in shown[:limit]:
+        status = f"removed by {entry.filter_rule}: {entry.filter_reason}" if not entry.in_use else entry.split or ""
+        turns = [f"[bold]{m.role}[/bold]: {escape(m.content or '')}" for m in entry.sample.messages]
+        body = "\n".join([f"[italic]{escape(status)}[/italic]", *turns] if status else turns)
+        title = f"#{number}  {' '.join(entry.sample.tags)}  {entry.sample.origin}"
+        # Wrapped, not cropped: a reviewer needs the whole conversation.
+        console.print(Panel(body, title=title, title_align="left"), soft_wrap=False)

@@ -432,9 +432,14 @@ def apply_filters(
     *,
     existing: Sequence[Sample] = (),
     tokenizer: Any | None = None,
+    numbers: Sequence[int] | None = None,
 ) -> FilterOutcome:
     """Run every rule (order in the module docstring) over `samples`; `existing` are samples
-    already in the dataset, kept as they are, that new samples must not duplicate."""
+    already in the dataset, kept as they are, that new samples must not duplicate.
+
+    Reasons name a duplicated sample by `numbers[i]` (what the user knows it by, e.g. its position
+    in the dataset version), by default its 1-based position in `samples`."""
+    label = (lambda i: numbers[i]) if numbers is not None else (lambda i: i + 1)
     out = list(samples)
     removed: dict[int, Removal] = {}
     masked: dict[int, Counter[str]] = {}
@@ -458,9 +463,9 @@ def apply_filters(
         for i, text in texts.items():
             key = normalize_text(text)
             if key in seen:
-                removed[i] = Removal("exact_duplicate", f"same text as existing sample {seen[key]}")
+                removed[i] = Removal("exact_duplicate", f"same text as existing sample #{seen[key] + 1}")
             elif key in first:
-                removed[i] = Removal("exact_duplicate", f"same text as sample {first[key]}")
+                removed[i] = Removal("exact_duplicate", f"same text as sample #{label(first[key])}")
             else:
                 first[key] = i
         texts = {i: t for i, t in texts.items() if i not in removed}
@@ -477,7 +482,7 @@ def apply_filters(
                     key, sim = hits[0]
                     removed[i] = Removal(
                         "near_duplicate",
-                        f"near-duplicate of existing sample {key} (similarity {sim:.2f} >= {threshold:.2f})",
+                        f"near-duplicate of existing sample #{key + 1} (similarity {sim:.2f} >= {threshold:.2f})",
                     )
             texts = {i: t for i, t in texts.items() if i not in removed}
         order = list(texts)
@@ -486,7 +491,7 @@ def apply_filters(
                 i, j = order[pos], order[dup]
                 sim = jaccard(texts[i], texts[j])
                 removed[i] = Removal(
-                    "near_duplicate", f"near-duplicate of sample {j} (similarity {sim:.2f} >= {threshold:.2f})"
+                    "near_duplicate", f"near-duplicate of sample #{label(j)} (similarity {sim:.2f} >= {threshold:.2f})"
                 )
     # Masks count only where they reach the output: a masked sample later removed as a
     # duplicate contributes nothing.

@@ -132,7 +132,9 @@ def filter_version(
     tokenizer = load_tokenizer(tokenizer_path) if tokenizer_path else None
     entries = load_entries(session, parent)
     active = [i for i, e in enumerate(entries) if e.in_use]
-    outcome = apply_filters([entries[i].sample for i in active], config, tokenizer=tokenizer)
+    outcome = apply_filters(
+        [entries[i].sample for i in active], config, tokenizer=tokenizer, numbers=[i + 1 for i in active]
+    )
     for position, index in enumerate(active):
         entries[index].sample = outcome.samples[position]
         removal = outcome.removed.get(position)
