@@ -1,14 +1,19 @@
 """The data half of the loop through the `tuneloop` command, on SQLite and PostgreSQL."""
 
+import hashlib
 import json
 from pathlib import Path
 
 import pytest
+from sqlmodel import select
 from typer.testing import CliRunner
 
 from bot.cli import app
 from engine.data.dedup import jaccard
 from engine.data.formats import load_file
+from engine.settings import get_settings
+from storage.db import make_engine, session_scope
+from storage.models import Artifact
 
 runner = CliRunner()
 
@@ -107,7 +112,7 @@ def test_skip_invalid_keeps_the_valid_and_writes_rejects(tuneloop, tmp_path: Pat
     assert reject["line"] == 41 and reject["problem"]
 
 
-def test_filter_split_export_report(tuneloop, tmp_path: Path) -> None:
+def test_filter_split_export_report(tuneloop, tmp_path: Path, db_url: str) -> None:
     phone = {
         "conversations": [
             {"from": "human", "value": "我的手机号13812345678,帮我改地址"},
@@ -160,6 +165,14 @@ def test_filter_split_export_report(tuneloop, tmp_path: Path) -> None:
     assert "43 → 41" in report  # the duplicate and the repeated answer are gone; the phone is masked
     assert "exact_duplicate" in report and "repetitive_answer" in report
     assert png.read_bytes().startswith(b"\x89PNG")
+    # The report is also kept in the artifact store, its content hash recorded, for the chat thread.
+    with session_scope(make_engine(db_url)) as session:
+        artifacts = {a.key: a for a in session.exec(select(Artifact)).all()}
+    stored = artifacts["projects/cs/datasets/main/v3/report.md"]
+    path = get_settings().resolved_artifact_root / stored.key
+    assert path.read_text(encoding="utf-8") == report
+    assert stored.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert "projects/cs/datasets/main/v3/lengths.png" in artifacts
 
 
 def test_unknown_project_and_format_are_plain_errors(tuneloop, tmp_path: Path) -> None:

@@ -18,10 +18,18 @@ from bot.cli.common import (
     open_session,
     validated,
 )
+from engine.artifacts import get_artifact_store
 from engine.data.export import EXPORT_FORMATS
 from engine.data.filters import FilterConfig
 from engine.data.formats import FORMATS
-from engine.data.pipeline import export_version, filter_version, import_file, report_version, split_version
+from engine.data.pipeline import (
+    export_version,
+    filter_version,
+    import_file,
+    publish_report,
+    report_version,
+    split_version,
+)
 from engine.data.report import render_markdown, render_terminal, write_length_histogram
 from engine.data.split import SplitConfig
 from engine.data.versions import (
@@ -159,9 +167,11 @@ def data_report(
     histogram: Annotated[Path | None, typer.Option(help="Also write the length histogram PNG here.")] = None,
 ) -> None:
     """Show what a dataset version holds and what was removed, by rule, with reasons."""
+    store = get_artifact_store()
     with open_session() as session:
-        report = report_version(session, project, dataset_name=dataset, number=version)
+        report, stored = publish_report(session, store, project, dataset_name=dataset, number=version)
     render_terminal(report, console)
+    console.print("kept in the artifact store: " + ", ".join(str(store.get_path(a.key)) for a in stored))
     if markdown:
         write_atomic_text(markdown, render_markdown(report))
         console.print(f"wrote {markdown}")

@@ -4,6 +4,7 @@ The CLI and the chat front ends call these; each takes an open session and retur
 """
 
 import json
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from engine.data.export import export_samples
 from engine.data.filters import FilterConfig, apply_filters, load_tokenizer
 from engine.data.formats import LoadResult, load_file
 from engine.data.readers import ReadLimits
-from engine.data.report import DataReport, build_report
+from engine.data.report import DataReport, build_report, render_markdown, write_length_histogram
 from engine.data.split import SplitConfig, split_samples
 from engine.data.versions import (
     DEFAULT_DATASET,
@@ -31,6 +32,7 @@ from engine.data.versions import (
 )
 from engine.projects import NotFoundError, get_or_create_project
 from engine.settings import get_settings
+from storage.artifacts import ArtifactStore, StoredArtifact, project_key, record_artifact
 from storage.models import Dataset, DatasetVersion, Project
 
 
@@ -248,6 +250,29 @@ def report_version(
         source_encoding=source.get("encoding"),
         masked=_ancestor_detail(session, version, "filter").get("masked_by_rule", {}),
     )
+
+
+def publish_report(
+    session: Session,
+    store: ArtifactStore,
+    project_name: str,
+    *,
+    dataset_name: str = DEFAULT_DATASET,
+    number: int | None = None,
+) -> tuple[DataReport, list[StoredArtifact]]:
+    """Build the version's report and keep its Markdown and length histogram in the artifact store
+    (`projects/<project>/datasets/<dataset>/v<n>/`), with their hashes recorded, for the chat threads."""
+    version = resolve_version(session, project_name, dataset_name, number)
+    report = report_version(session, project_name, dataset_name=dataset_name, number=version.number)
+    prefix = ("datasets", dataset_name, f"v{version.number}")
+    project_id = _dataset_of(session, version).project_id
+    stored = [store.put_bytes(project_key(project_name, *prefix, "report.md"), render_markdown(report).encode())]
+    with tempfile.TemporaryDirectory() as tmp:
+        png = write_length_histogram(report, Path(tmp) / "lengths.png")
+        stored.append(store.put_file(project_key(project_name, *prefix, "lengths.png"), png))
+    for artifact in stored:
+        record_artifact(session, artifact, project_id=project_id, kind="report")
+    return report, stored
 
 
 def write_rejects(path: Path, problems: list[RecordProblem]) -> None:
