@@ -28,6 +28,31 @@ class Settings(BaseSettings):
     synth_api_key: str | None = None
     vllm_urls: list[str] = Field(default_factory=list)
 
+    # Synthesis (engine/data/synth.py). The platforms' own OPENAI_BASE_URL / OPENAI_API_KEY are the
+    # fallback for TUNELOOP_SYNTH_BASE_URL / TUNELOOP_SYNTH_API_KEY.
+    openai_base_url: str | None = Field(default=None, validation_alias="OPENAI_BASE_URL")
+    openai_api_key: str | None = Field(default=None, validation_alias="OPENAI_API_KEY")
+    synth_model: str = "gpt-4o-mini"
+    synth_concurrency: int = Field(default=8, ge=1)
+    synth_timeout_s: float = Field(default=120.0, gt=0, description="Per request, reply included.")
+    synth_max_attempts: int = Field(default=5, ge=1, description="Per batch: the first request and its retries.")
+    synth_backoff_base_s: float = Field(default=1.0, ge=0, description="First back-off; doubles per retry.")
+    synth_backoff_max_s: float = Field(default=30.0, ge=0)
+    synth_retry_after_max_s: float = Field(default=120.0, ge=0, description="Longest Retry-After honoured.")
+    # USD per 1M tokens, [prompt, completion]; a model matches its exact name, else the longest prefix.
+    synth_prices: dict[str, tuple[float, float]] = Field(
+        default_factory=lambda: {
+            "gpt-4o-mini": (0.15, 0.60),
+            "gpt-4o": (2.50, 10.00),
+            "gpt-4.1-mini": (0.40, 1.60),
+            "gpt-4.1": (2.00, 8.00),
+            "deepseek-chat": (0.27, 1.10),
+            "deepseek-reasoner": (0.55, 2.19),
+            "qwen-plus": (0.40, 1.20),
+            "qwen-max": (1.60, 6.40),
+        }
+    )
+
     def read_limits(self, max_bytes: int | None = None) -> ReadLimits:
         return ReadLimits(
             max_bytes=max_bytes or self.max_upload_bytes,
@@ -40,6 +65,14 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.home / 'tuneloop.db').resolve()}"
+
+    @property
+    def resolved_synth_base_url(self) -> str | None:
+        return self.synth_base_url or self.openai_base_url
+
+    @property
+    def resolved_synth_api_key(self) -> str | None:
+        return self.synth_api_key or self.openai_api_key
 
     @property
     def resolved_artifact_root(self) -> Path:

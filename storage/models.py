@@ -285,3 +285,30 @@ class AuditEvent(SQLModel, table=True):
     subject_id: int | None = None
     detail: dict | None = _json()
     created_at: datetime = _created()
+
+
+class SynthBatch(SQLModel, table=True):
+    """One paid request of a synthesis job, stored the moment its reply arrives so that a resumed
+    job never pays for it again. Batch -1 is the job's frozen sub-scenario plan: `samples` holds
+    the sub-scenarios and `invalid` {"source": user | tags | model | fallback}."""
+
+    __tablename__ = "synth_batches"
+    __table_args__ = (UniqueConstraint("job_key", "batch_index"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    project_id: int = Field(foreign_key="projects.id", index=True)
+    job_key: str = Field(max_length=100)
+    batch_index: int
+    fingerprint: str = Field(max_length=64)  # sha256 of what was asked (model, messages, sampling)
+    status: str = Field(max_length=10)  # ok | failed
+    model: str | None = None
+    response_format: str | None = Field(default=None, max_length=20)  # json_schema | json_object | text
+    raw_reply: str | None = Field(default=None, sa_column=Column(Text))
+    samples: list | None = _json()  # valid samples, canonical form, tags included
+    invalid: dict | None = _json()  # reason -> count, for this batch's reply
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float | None = None
+    attempts: int = 0
+    error: str | None = Field(default=None, sa_column=Column(Text))
+    created_at: datetime = _created()

@@ -4,12 +4,13 @@ Each command group lives in its own module; this one only assembles them."""
 
 import typer
 
-from bot.cli import data, db, demo, project
+from bot.cli import data, db, demo, project, synth
 
 app = typer.Typer(
     help="tuneloop: the fine-tuning loop as one conversation.", no_args_is_help=True, add_completion=False
 )
 app.add_typer(db.app, name="db")
 app.add_typer(project.app, name="project")
+data.app.command("synth")(synth.synth)
 app.add_typer(data.app, name="data")
 app.command("demo")(demo.demo)
