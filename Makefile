@@ -30,6 +30,8 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/dedup.py
+	$(BIN)/python bench/synth.py
+	$(BIN)/python bench/train.py
 
 clean:
 	rm -rf $(VENV) .tuneloop demo-out

@@ -1,0 +1,138 @@
+"""`tuneloop train` and `tuneloop export`: a dataset version and a recipe → a checked adapter → a merged model."""
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from bot.cli.common import ProjectOption, console, errors, fail, open_session
+from engine.data.versions import DEFAULT_DATASET
+from engine.events import Event
+from engine.settings import get_settings
+from engine.train.recipe import DEFAULT_RECIPE, RecipeError, load_recipe
+from storage.artifacts import LocalArtifactStore
+from storage.models import Run
+
+
+def parse_dataset(value: str) -> tuple[str, int | None]:
+    """`--dataset`: a version number (`3`), `latest`, or another dataset of the project (`faq`, `faq:3`)."""
+    name, _, number = value.rpartition(":") if ":" in value else ("", "", value)
+    if number == "latest":
+        return name or DEFAULT_DATASET, None
+    if number.isdigit():
+        return name or DEFAULT_DATASET, int(number)
+    if not name:
+        return value, None
+    raise typer.BadParameter(f"'{value}': expected VERSION, latest, NAME or NAME:VERSION")
+
+
+def print_event(event: Event) -> None:
+    payload = event.payload
+    if event.type == "progress":
+        parts = [f"step {payload['done']}/{payload['total']}"]
+        for key, label, spec in (
+            ("loss", "loss", ".4f"),
+            ("eval_loss", "eval loss", ".4f"),
+            ("learning_rate", "lr", ".2e"),
+            ("grad_norm", "grad norm", ".3f"),
+            ("tokens_per_second", "tok/s", ".0f"),
+            ("epoch", "epoch", ".2f"),
+            ("eta_seconds", "ETA s", ".0f"),
+        ):
+            if payload.get(key) is not None:
+                parts.append(f"{label} {payload[key]:{spec}}")
+        console.print("  " + ", ".join(parts), highlight=False)
+    elif event.type == "warning":
+        errors.print(f"[yellow]warning:[/yellow] {payload['message']}")
+    elif event.type == "stage" and payload.get("state") == "training":
+        console.print(f"run {event.run}: training into {payload['out_dir']}")
+
+
+def train_command(
+    project: ProjectOption,
+    dataset: Annotated[
+        str, typer.Option("--dataset", "-d", help="Dataset version to train on: N, latest, NAME or NAME:N.")
+    ] = "latest",
+    recipe: Annotated[
+        Path, typer.Option(help="Recipe YAML (LLaMA-Factory key names); a resumed run keeps its own.")
+    ] = DEFAULT_RECIPE,
+    base_model: Annotated[
+        str | None, typer.Option(help="Base model folder; overrides the recipe's model_name_or_path.")
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="Write the run here instead of the artifact store.")] = None,
+    resume: Annotated[int | None, typer.Option(help="Continue this run from its last checkpoint.")] = None,
+    processes: Annotated[
+        int, typer.Option(min=1, help="Processes (GPUs) to train with, launched by `accelerate launch`.")
+    ] = 1,
+) -> None:
+    """Fine-tune on a dataset version with a recipe; prints where the adapter and the loss curve are."""
+    # The training stack (torch, transformers, bitsandbytes) loads only when training, so that every
+    # other command starts at once.
+    from engine.train.launch import launch_training
+    from engine.train.prepare import PrepareError
+    from engine.train.sft import TrainingError, train
+
+    dataset_name, number = parse_dataset(dataset)
+    try:
+        loaded = load_recipe(recipe, **({"model_name_or_path": base_model} if base_model else {}))
+    except RecipeError as error:
+        fail(str(error))
+    with open_session() as session:
+        try:
+            if processes > 1:
+                if resume is not None or out is not None:
+                    fail("--processes cannot be combined with --resume or --out yet")
+                outcome = launch_training(
+                    session,
+                    project,
+                    number,
+                    loaded,
+                    num_processes=processes,
+                    events=print_event,
+                    dataset_name=dataset_name,
+                )
+            else:
+                outcome = train(
+                    session,
+                    project,
+                    number,
+                    loaded,
+                    out_dir=out,
+                    events=print_event,
+                    dataset_name=dataset_name,
+                    run_id=resume,
+                )
+                assert outcome is not None  # a single process is rank 0
+        except (PrepareError, TrainingError) as error:
+            fail(str(error))
+        for check in outcome.eos_checks:
+            console.print(f"run {outcome.run.id}: {check.message()}")
+        console.print(f"adapter: {outcome.adapter_dir} (sha256 {outcome.adapter.sha256[:12]}…)")
+        console.print(f"loss curve: {outcome.loss_curve}")
+
+
+def export_command(
+    run: Annotated[int, typer.Option("--run", help="The run whose result to export.")],
+    merge: Annotated[bool, typer.Option(help="Fold the adapter into the base model (merge_and_unload).")] = False,
+    out: Annotated[Path | None, typer.Option(help="Folder to write; the run's own folder if unset.")] = None,
+) -> None:
+    """Export a run's adapter, or with --merge a merged model with its tokenizer and an EOS that matches the
+    template (checked by generating from what was written)."""
+    from engine.train.merge import ExportError, export_run  # the training stack, only when exporting
+
+    with open_session() as session:
+        row = session.get(Run, run)
+        if row is None:
+            fail(f"no run {run}")
+        if out is None:
+            if not row.artifact_prefix:
+                fail(f"run {run} has no folder; pass --out")
+            folder = LocalArtifactStore(get_settings().resolved_artifact_root).path(row.artifact_prefix)
+            out = folder / ("merged" if merge else "export")
+        try:
+            outcome = export_run(session, run, out, merge=merge)
+        except ExportError as error:
+            fail(str(error))
+        if outcome.eos_check is not None:
+            console.print(outcome.eos_check.message())
+        console.print(f"{'merged model' if outcome.merged else 'adapter'}: {outcome.path}")

@@ -1,0 +1,177 @@
+"""Samples → token ids and labels, with the model's own chat template.
+
+The loss mask is computed here, not assumed from the template: each assistant turn's characters are
+found by rendering the conversation up to that turn with and without it (the difference is the turn), and
+a token is trained on when it starts inside such a span. The span is the answer plus the template's
+end-of-turn token, so the model learns to stop; the newline the template writes after it is not.
+"""
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from datasets import Dataset
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+from engine.data.sample import Sample
+from engine.data.versions import Entry
+from engine.train.recipe import Recipe
+from engine.train.tiny import CHATML_TEMPLATE
+
+IGNORE_INDEX = -100
+NAMED_TEMPLATES = {"chatml": CHATML_TEMPLATE, "qwen": CHATML_TEMPLATE}
+_SENTINEL = "\x00tuneloop-answer\x00"
+
+
+class PrepareError(ValueError):
+    """Samples that cannot be turned into training data (no template, nothing to train on...)."""
+
+
+@dataclass
+class Tokenized:
+    input_ids: list[int]
+    labels: list[int]
+    truncated: bool = False
+
+
+@dataclass
+class PreparedData:
+    train: Dataset
+    validation: Dataset | None
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+def resolve_chat_template(tokenizer: PreTrainedTokenizerBase, template: str | None) -> str:
+    """The recipe's `template`: the tokenizer's own when None, a named one, or a .jinja file."""
+    if template is None:
+        if not tokenizer.chat_template:
+            raise PrepareError("the tokenizer has no chat template; set `template` in the recipe (e.g. chatml)")
+        return tokenizer.chat_template
+    if template in NAMED_TEMPLATES:
+        return NAMED_TEMPLATES[template]
+    path = Path(template)
+    if path.suffix in (".jinja", ".j2") and path.is_file():
+        return path.read_text(encoding="utf-8")
+    names = ", ".join(NAMED_TEMPLATES)
+    raise PrepareError(f"unknown template '{template}': use {names}, a .jinja file, or leave it unset")
+
+
+def load_tokenizer(model_path: str | Path, template: str | None = None) -> PreTrainedTokenizerBase:
+    """The model's tokenizer with the recipe's chat template set on it (it is saved with the adapter)."""
+    tokenizer = AutoTokenizer.from_pretrained(str(model_path))
+    tokenizer.chat_template = resolve_chat_template(tokenizer, template)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def render(tokenizer: PreTrainedTokenizerBase, messages: Sequence[dict], *, generation_prompt: bool = False) -> str:
+    return tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=generation_prompt)
+
+
+def end_of_turn_token(tokenizer: PreTrainedTokenizerBase) -> str:
+    """The special token the template writes right after an assistant's answer (`<|im_end|>` in ChatML)."""
+    messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": _SENTINEL}]
+    text = render(tokenizer, messages)
+    after = text[text.index(_SENTINEL) + len(_SENTINEL) :]
+    specials = sorted(tokenizer.all_special_tokens, key=len, reverse=True)
+    for token in specials:
+        if token and after.startswith(token):
+            return token
+    raise PrepareError(f"the chat template writes no special token after an answer (it writes {after[:20]!r})")
+
+
+def message_dicts(sample: Sample) -> list[dict]:
+    return [m.model_dump(exclude_none=True) for m in sample.messages]
+
+
+def assistant_spans(tokenizer: PreTrainedTokenizerBase, messages: Sequence[dict], eot: str) -> tuple[str, list]:
+    """The rendered conversation and the [start, end) character span of each assistant turn,
+    from the start of its answer through its end-of-turn token."""
+    text = render(tokenizer, messages)
+    spans = []
+    for index, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        prompt = render(tokenizer, messages[:index], generation_prompt=True)
+        through = render(tokenizer, messages[: index + 1])
+        if not (through.startswith(prompt) and text.startswith(through)):
+            raise PrepareError(
+                "the chat template renders a conversation differently from its prefixes; "
+                "assistant turns cannot be located for the loss mask"
+            )
+        end = through.rfind(eot, len(prompt))
+        end = end + len(eot) if end >= 0 else len(through.rstrip())
+        spans.append((len(prompt), end))
+    return text, spans
+
+
+def tokenize_sample(
+    sample: Sample, tokenizer: PreTrainedTokenizerBase, *, cutoff_len: int, train_on_prompt: bool, eot: str
+) -> Tokenized:
+    """Token ids and labels: labels are -100 outside assistant turns unless `train_on_prompt`."""
+    text, spans = assistant_spans(tokenizer, message_dicts(sample), eot)
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    input_ids: list[int] = encoded["input_ids"]
+    labels = []
+    for token_id, (start, _end) in zip(input_ids, encoded["offset_mapping"], strict=True):
+        trained = train_on_prompt or any(a <= start < b for a, b in spans)
+        labels.append(token_id if trained else IGNORE_INDEX)
+    truncated = len(input_ids) > cutoff_len
+    return Tokenized(input_ids[:cutoff_len], labels[:cutoff_len], truncated)
+
+
+def tokenize_samples(
+    samples: Sequence[Sample], tokenizer: PreTrainedTokenizerBase, recipe: Recipe
+) -> tuple[Dataset, dict[str, int]]:
+    """A Dataset of `input_ids` and `labels`; samples left with nothing to learn by truncation are dropped."""
+    eot = end_of_turn_token(tokenizer)
+    rows: dict[str, list] = {"input_ids": [], "labels": []}
+    truncated = dropped = tokens = 0
+    for sample in samples:
+        item = tokenize_sample(
+            sample, tokenizer, cutoff_len=recipe.cutoff_len, train_on_prompt=recipe.train_on_prompt, eot=eot
+        )
+        truncated += item.truncated
+        if all(label == IGNORE_INDEX for label in item.labels):
+            dropped += 1
+            continue
+        rows["input_ids"].append(item.input_ids)
+        rows["labels"].append(item.labels)
+        tokens += len(item.input_ids)
+    stats = {"samples": len(rows["input_ids"]), "truncated": truncated, "dropped": dropped, "tokens": tokens}
+    return Dataset.from_dict(rows), stats
+
+
+def split_entries(entries: Sequence[Entry], val_size: float, seed: int) -> tuple[list[Sample], list[Sample]]:
+    """Training and validation samples of a dataset version: its train split (or every sample in use when it
+    was never split) and its validation split; with no validation split, `val_size` of train is held out.
+    Test samples are never trained on."""
+    usable = [e for e in entries if e.in_use]
+    train = [e.sample for e in usable if e.split in ("train", None)]
+    validation = [e.sample for e in usable if e.split == "validation"]
+    if not validation and val_size > 0 and len(train) > 1:
+        count = round(val_size * len(train)) if val_size < 1 else int(val_size)
+        count = max(1, min(count, len(train) - 1))
+        order = list(range(len(train)))
+        random.Random(seed).shuffle(order)
+        held = set(order[:count])
+        validation = [s for i, s in enumerate(train) if i in held]
+        train = [s for i, s in enumerate(train) if i not in held]
+    return train, validation
+
+
+def prepare_data(
+    train: Sequence[Sample], validation: Sequence[Sample], tokenizer: PreTrainedTokenizerBase, recipe: Recipe
+) -> PreparedData:
+    if not train:
+        raise PrepareError("the dataset version has no training samples in use")
+    train_set, train_stats = tokenize_samples(train, tokenizer, recipe)
+    if len(train_set) == 0:
+        raise PrepareError(f"no training sample has an assistant turn within cutoff_len={recipe.cutoff_len}")
+    val_set, val_stats = tokenize_samples(validation, tokenizer, recipe) if validation else (None, {})
+    if val_set is not None and len(val_set) == 0:
+        val_set = None
+    return PreparedData(train_set, val_set, {"train": train_stats, "validation": val_stats})

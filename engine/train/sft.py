@@ -1,0 +1,478 @@
+"""Supervised fine-tuning, as one readable flow driven by the recipe:
+
+    dataset version → samples (train / validation) → token ids and loss mask → model (+ LoRA)
+    → TRL SFTTrainer (metrics → storage and events, checkpoints every save_steps)
+    → adapter saved with its tokenizer, chat template and generation config
+    → EOS check on what was saved → loss curve, report, Adapter row.
+
+`train` is what a GPU job calls. It commits as it goes (the Run row, every metric), because a run is
+long and its progress must be visible, and kept, even when the process is killed.
+"""
+
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from datasets import Dataset
+from peft import LoraConfig
+from sqlmodel import Session, col, select
+from torch.utils.data import Sampler
+from transformers import (
+    AutoModelForCausalLM,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    PrinterCallback,
+    TrainerCallback,
+)
+from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
+from transformers.trainer_utils import get_last_checkpoint
+from transformers.utils import is_flash_attn_2_available
+from trl import SFTConfig, SFTTrainer
+
+from engine.data.sample import Sample
+from engine.data.versions import DEFAULT_DATASET, load_entries, resolve_version
+from engine.events import Event, EventSink, ignore_events
+from engine.projects import get_project
+from engine.settings import get_settings
+from engine.train.charts import write_loss_curve
+from engine.train.eos import EosCheck, check_saved_model
+from engine.train.merge import check_merged
+from engine.train.metrics import MetricsCallback, overfitting_warning, run_metrics, warning_event
+from engine.train.prepare import (
+    PreparedData,
+    end_of_turn_token,
+    load_tokenizer,
+    message_dicts,
+    prepare_data,
+    split_entries,
+)
+from engine.train.recipe import Recipe, recipe_yaml
+from storage.artifacts import LocalArtifactStore, StoredArtifact, record_artifact, run_key, sha256_file
+from storage.models import Adapter, DatasetVersion, Metric, Project, Run, utcnow
+
+EOS_CHECK_PROMPTS = 3
+
+
+class TrainingError(RuntimeError):
+    """A run that cannot start or whose result must not be used; the message says why."""
+
+
+@dataclass
+class TrainOutcome:
+    run: Run
+    adapter: Adapter
+    adapter_dir: Path
+    loss_curve: Path
+    report: Path
+    metrics: list[Metric]
+    eos_checks: list[EosCheck]  # base+adapter, and the merged model for an adapter
+    warnings: list[str] = field(default_factory=list)
+
+
+def train(
+    session: Session,
+    project: str,
+    dataset_version: int | None,
+    recipe: Recipe | None,
+    *,
+    out_dir: Path | None = None,
+    events: EventSink = ignore_events,
+    dataset_name: str = DEFAULT_DATASET,
+    run_id: int | None = None,
+    callbacks: Sequence[TrainerCallback] = (),
+) -> TrainOutcome | None:
+    """Train `recipe` on a dataset version (the latest when None) and return the checked adapter.
+
+    With `run_id`, continue that run from its last checkpoint (a retried job after a crash), on the run's
+    own dataset version and recipe. `callbacks` are added to the trainer (e.g. to cancel a run).
+
+    Under `accelerate launch` every process calls this with the same `run_id`; only rank 0 writes to storage,
+    saves and checks the adapter, and the others return None."""
+    project_row = get_project(session, project)
+    previous = _resume_run(session, run_id) if run_id else None
+    if previous is not None and previous.dataset_version_id is not None:
+        version = session.get(DatasetVersion, previous.dataset_version_id)
+        assert version is not None
+    else:
+        version = resolve_version(session, project, dataset_name, dataset_version)
+    if previous is not None and previous.recipe:
+        recipe = Recipe.model_validate(previous.recipe)  # a resumed run trains exactly what it started
+    if recipe is None:
+        raise TrainingError("a new run needs a recipe")
+    base_model = recipe.model_name_or_path or project_row.base_model
+    if not base_model:
+        raise TrainingError(
+            f"no base model: set model_name_or_path in the recipe or `tuneloop project set {project} --base-model`"
+        )
+    recipe = recipe.model_copy(update={"model_name_or_path": base_model})
+    main = is_main_process()
+    if previous is None and not main:
+        raise TrainingError("the processes of a multi-process launch continue a run that rank 0 created")
+    run = previous or start_run(session, project_row, version.id, recipe)
+    out_dir = Path(out_dir) if out_dir else _store().path(run_key(project, run.id))
+    if main:
+        run.state, run.error, run.updated_at = "training", None, utcnow()
+        run.artifact_prefix = run_key(project, run.id)
+        session.add(run)
+        session.commit()
+        events(Event("stage", project, {"stage": "train", "state": "training", "out_dir": str(out_dir)}, run=run.id))
+    try:
+        outcome = _train_run(session, project_row, run, version, recipe, out_dir, events, callbacks)
+    except BaseException as error:
+        if main:
+            run.state, run.error, run.updated_at = "failed", f"{type(error).__name__}: {error}", utcnow()
+            session.add(run)
+            session.commit()
+            events(Event("failure", project, {"stage": "train", "error": run.error}, run=run.id))
+        raise
+    if outcome is None:
+        return None  # another process of a multi-process launch: rank 0 saves, checks and records
+    run.state, run.updated_at = "done", utcnow()
+    session.add(run)
+    session.commit()
+    events(
+        Event(
+            "report",
+            project,
+            {"stage": "train", "adapter": str(outcome.adapter_dir), "loss_curve": str(outcome.loss_curve)},
+            run=run.id,
+        )
+    )
+    return outcome
+
+
+def is_main_process() -> bool:
+    """Rank 0 of an `accelerate launch`, or the only process."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _train_run(
+    session: Session,
+    project: Project,
+    run: Run,
+    version: DatasetVersion,
+    recipe: Recipe,
+    out_dir: Path,
+    events: EventSink,
+    callbacks: Sequence[TrainerCallback],
+) -> TrainOutcome | None:
+    assert run.id is not None and recipe.model_name_or_path is not None
+    if is_main_process():
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "recipe.yaml").write_text(recipe_yaml(recipe), encoding="utf-8")
+
+    train_samples, val_samples = split_entries(load_entries(session, version), recipe.val_size, recipe.seed)
+    tokenizer = load_tokenizer(recipe.model_name_or_path, recipe.template)
+    data = prepare_data(train_samples, val_samples, tokenizer, recipe)
+    if recipe.early_stopping_steps and data.validation is None:
+        raise TrainingError("early_stopping_steps needs validation samples: a validation split or val_size")
+
+    trainer = build_trainer(recipe, tokenizer, data, out_dir / "checkpoints")
+    trainer.add_callback(MetricsCallback(session, run.id, project.name, events))
+    for callback in callbacks:
+        trainer.add_callback(callback)
+    last = get_last_checkpoint(str(out_dir / "checkpoints")) if (out_dir / "checkpoints").is_dir() else None
+    trainer.train(resume_from_checkpoint=last)
+    if not trainer.is_world_process_zero():
+        return None
+
+    adapter_dir = out_dir / ("adapter" if recipe.uses_lora else "model")
+    save_trained(trainer, tokenizer, adapter_dir)
+
+    prompts, max_new = eos_prompts(val_samples or train_samples, tokenizer, recipe.cutoff_len)
+    check = check_saved_model(
+        adapter_dir,
+        prompts,
+        base_model=recipe.model_name_or_path if recipe.uses_lora else None,
+        max_new_tokens=max_new,
+    )
+    checks = [check]
+    if recipe.uses_lora:
+        checks.append(check_merged(adapter_dir, recipe.model_name_or_path, prompts, max_new_tokens=max_new))
+    for result in checks:
+        if not result.passed:
+            raise TrainingError(f"EOS check failed: {result.message()}")
+
+    metrics = run_metrics(session, run.id)
+    warnings = [w for w in [overfitting_warning(metrics)] if w]
+    for warning in warnings:
+        events(warning_event(project.name, run.id, warning))
+    loss_curve = write_loss_curve(metrics, out_dir / "loss_curve.png", title=f"{project.name} run {run.id}")
+    report = out_dir / "train_report.json"
+    report.write_text(
+        json.dumps(
+            {
+                "run": run.id,
+                "base_model": recipe.model_name_or_path,
+                "finetuning_type": recipe.finetuning_type,
+                "data": data.stats,
+                "steps": trainer.state.global_step,
+                "processes": trainer.args.world_size,
+                "final_loss": next((m.loss for m in reversed(metrics) if m.loss is not None), None),
+                "final_eval_loss": next((m.eval_loss for m in reversed(metrics) if m.eval_loss is not None), None),
+                "eos_checks": [{**asdict(c), "message": c.message()} for c in checks],
+                "warnings": warnings,
+            },
+            ensure_ascii=False,
+            indent=2,
+        ),
+        encoding="utf-8",
+    )
+    adapter = record_adapter(session, project, run, version.id, recipe, adapter_dir)
+    _record_files(session, project, run, [loss_curve, report])
+    session.commit()
+    return TrainOutcome(run, adapter, adapter_dir, loss_curve, report, metrics, checks, warnings)
+
+
+def build_trainer(
+    recipe: Recipe, tokenizer: PreTrainedTokenizerBase, data: PreparedData, checkpoint_dir: Path
+) -> SFTTrainer:
+    """TRL's SFTTrainer for the recipe. The datasets already hold `input_ids` and `labels`, so TRL does not
+    re-tokenize. With packing, it packs best-fit-decreasing and runs padding-free (position ids restart per
+    sample and the attention mask is block-diagonal, so samples never attend to each other); without, batches
+    are grouped by length and padded to their longest sample only."""
+    bf16, fp16 = precision(recipe)
+    packing = uses_packing(recipe)
+    has_validation = data.validation is not None
+    config = SFTConfig(
+        output_dir=str(checkpoint_dir),
+        max_length=recipe.cutoff_len,
+        packing=packing,
+        packing_strategy="bfd",
+        train_sampling_strategy="random" if packing else "group_by_length",
+        eos_token=end_of_turn_token(tokenizer),  # TRL adds it to the model's generation config EOS ids
+        num_train_epochs=recipe.num_train_epochs,
+        per_device_train_batch_size=recipe.per_device_train_batch_size,
+        per_device_eval_batch_size=recipe.per_device_train_batch_size,
+        gradient_accumulation_steps=recipe.gradient_accumulation_steps,
+        learning_rate=recipe.learning_rate,
+        lr_scheduler_type=recipe.lr_scheduler_type,
+        warmup_steps=recipe.warmup_ratio,  # transformers 5: a float below 1 is a ratio of the total steps
+        weight_decay=recipe.weight_decay,
+        bf16=bf16,
+        fp16=fp16,
+        # TRL's default is True; the recipe decides. transformers 5 renamed it activation_checkpointing.
+        activation_checkpointing=recipe.gradient_checkpointing,
+        gradient_checkpointing=recipe.gradient_checkpointing,
+        logging_steps=recipe.logging_steps,
+        logging_first_step=True,
+        save_strategy="steps",
+        save_steps=recipe.save_steps,
+        save_total_limit=2,
+        eval_strategy="steps" if has_validation else "no",
+        eval_steps=recipe.logging_steps if has_validation else None,
+        load_best_model_at_end=bool(recipe.early_stopping_steps and has_validation),
+        metric_for_best_model="eval_loss" if recipe.early_stopping_steps and has_validation else None,
+        greater_is_better=False,
+        seed=recipe.seed,
+        data_seed=recipe.seed,
+        report_to=recipe.report_to,
+        include_num_input_tokens_seen="non_padding",
+        disable_tqdm=True,
+        use_cpu=not torch.cuda.is_available(),  # several CPU processes then train with DDP over gloo
+        dataloader_pin_memory=torch.cuda.is_available(),
+        optim=("paged_adamw_8bit" if recipe.finetuning_type == "qlora" else "adamw_torch"),
+    )
+    # Packing needs varlen attention to pay off; when it was chosen for that, load the model with it.
+    flash = packing and torch.cuda.is_available() and is_flash_attn_2_available()
+    model = load_model(recipe, bf16=bf16, fp16=fp16, attn_implementation="flash_attention_2" if flash else None)
+    callbacks = []
+    if recipe.early_stopping_steps and has_validation:
+        from transformers import EarlyStoppingCallback
+
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=recipe.early_stopping_steps))
+    trainer = _SFTTrainer(
+        model=model,
+        args=config,
+        train_dataset=data.train,
+        eval_dataset=data.validation,
+        processing_class=tokenizer,
+        peft_config=lora_config(recipe) if recipe.uses_lora else None,
+        callbacks=callbacks,
+    )
+    trainer.remove_callback(PrinterCallback)  # progress goes to storage and events, not to stdout
+    return trainer
+
+
+class _LengthGroupedByEpoch(LengthGroupedSampler):
+    """Batches of similar length, in an order drawn from (seed, epoch) alone. transformers' sampler draws from the
+    global RNG, whose state at a mid-epoch checkpoint is not the one the epoch started with, so a resumed run
+    would replay a different order than the one it was interrupted in."""
+
+    def __init__(self, batch_size: int, lengths: list[int], seed: int) -> None:
+        super().__init__(batch_size, lengths=lengths)
+        self.seed, self.epoch = seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=generator))
+
+
+class _SFTTrainer(SFTTrainer):
+    """SFTTrainer with a resumable length-grouped sampler; nothing else differs."""
+
+    def _get_train_sampler(self, train_dataset: Dataset | None = None) -> Sampler | None:
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        if self.args.train_sampling_strategy != "group_by_length" or dataset is None:
+            return super()._get_train_sampler(train_dataset)
+        lengths = [len(ids) for ids in dataset["input_ids"]]
+        batch = self.args.train_batch_size * self.args.gradient_accumulation_steps
+        return _LengthGroupedByEpoch(batch, lengths, self.args.data_seed or self.args.seed)
+
+
+def uses_packing(recipe: Recipe) -> bool:
+    """The recipe's `packing`, else packing only where attention runs varlen kernels (flash attention on a GPU).
+    Padding-free packing flattens a batch into one sequence; sdpa and eager attention then work on a dense
+    block-diagonal mask over all of it, which costs more than the padding it saves (bench/train.py)."""
+    if recipe.packing is not None:
+        return recipe.packing
+    return torch.cuda.is_available() and is_flash_attn_2_available()
+
+
+def precision(recipe: Recipe) -> tuple[bool, bool]:
+    """(bf16, fp16): the recipe's choice, else bf16 where the GPU has it, fp16 on other GPUs, fp32 on CPU."""
+    if recipe.bf16 is not None or recipe.fp16 is not None:
+        return bool(recipe.bf16), bool(recipe.fp16)
+    if not torch.cuda.is_available():
+        return False, False
+    bf16 = torch.cuda.is_bf16_supported()
+    return bf16, not bf16
+
+
+def load_model(
+    recipe: Recipe, *, bf16: bool = False, fp16: bool = False, attn_implementation: str | None = None
+) -> PreTrainedModel:
+    """The base model, fresh from disk (a 4-bit model must not have run a forward before training)."""
+    assert recipe.model_name_or_path is not None
+    kwargs: dict[str, Any] = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    if recipe.finetuning_type == "qlora":
+        from transformers import BitsAndBytesConfig
+
+        compute = torch.bfloat16 if bf16 or not torch.cuda.is_available() else torch.float16
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=compute,
+        )
+        kwargs["dtype"] = compute
+    elif recipe.finetuning_type == "lora" and (bf16 or fp16):
+        kwargs["dtype"] = torch.bfloat16 if bf16 else torch.float16  # frozen weights at half size
+    else:
+        kwargs["dtype"] = torch.float32  # full fine-tuning keeps fp32 master weights; amp casts per op
+    return AutoModelForCausalLM.from_pretrained(recipe.model_name_or_path, **kwargs)
+
+
+def lora_config(recipe: Recipe) -> LoraConfig:
+    return LoraConfig(
+        r=recipe.lora_rank,
+        lora_alpha=recipe.lora_alpha,
+        lora_dropout=recipe.lora_dropout,
+        target_modules="all-linear" if recipe.lora_target == "all" else list(recipe.lora_target),
+        use_dora=recipe.use_dora,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+
+
+def save_trained(trainer: SFTTrainer, tokenizer: PreTrainedTokenizerBase, out: Path) -> Path:
+    """The adapter (or full model) with the tokenizer, chat template and generation config it was trained with."""
+    if out.exists():
+        shutil.rmtree(out)  # a retried run rewrites its result whole
+    trainer.save_model(str(out))
+    (out / "training_args.bin").unlink(missing_ok=True)  # a pickle of the arguments; the run keeps recipe.yaml
+    tokenizer.save_pretrained(str(out))
+    model = trainer.model
+    generation_config = getattr(model, "generation_config", None) or model.get_base_model().generation_config
+    generation_config.save_pretrained(str(out))
+    return out
+
+
+def eos_prompts(
+    samples: list[Sample], tokenizer: PreTrainedTokenizerBase, cutoff_len: int, count: int = EOS_CHECK_PROMPTS
+) -> tuple[list[list[dict]], int]:
+    """The first prompts of `samples` (everything before the last answer) and room enough for their answers."""
+    chosen = samples[:count]
+    prompts = [message_dicts(s)[: s.last_assistant_index()] for s in chosen]
+    longest = max(len(tokenizer(s.answer_text(), add_special_tokens=False)["input_ids"]) for s in chosen)
+    return prompts, min(cutoff_len, 2 * longest + 16)
+
+
+def adapter_digest(folder: Path) -> tuple[str, int]:
+    """sha256 over every file's relative path and content, and the total size."""
+    digest, size = hashlib.sha256(), 0
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        data = path.read_bytes()
+        digest.update(path.relative_to(folder).as_posix().encode("utf-8") + b"\0")
+        digest.update(hashlib.sha256(data).digest())
+        size += len(data)
+    return digest.hexdigest(), size
+
+
+def record_adapter(
+    session: Session, project: Project, run: Run, version_id: int | None, recipe: Recipe, folder: Path
+) -> Adapter:
+    sha256, size = adapter_digest(folder)
+    adapter = session.exec(select(Adapter).where(Adapter.run_id == run.id)).first() or Adapter(
+        project_id=project.id,  # type: ignore[arg-type]
+        run_id=run.id,
+        path=str(folder),
+        sha256=sha256,
+        size_bytes=size,
+        base_model=recipe.model_name_or_path or "",
+    )
+    adapter.path, adapter.sha256, adapter.size_bytes = str(folder), sha256, size
+    adapter.dataset_version_id = version_id
+    adapter.base_model = recipe.model_name_or_path or ""
+    adapter.rank = recipe.lora_rank if recipe.uses_lora else None
+    adapter.finetuning_type = recipe.finetuning_type
+    adapter.recipe = recipe.model_dump(mode="json")
+    session.add(adapter)
+    session.flush()
+    return adapter
+
+
+def _record_files(session: Session, project: Project, run: Run, files: list[Path]) -> None:
+    """Artifact rows for the files a run wrote inside the artifact store (a custom out_dir has none)."""
+    root = _store().root
+    for path in files:
+        if path.resolve().is_relative_to(root):
+            key = path.resolve().relative_to(root).as_posix()
+            stored = StoredArtifact(key=key, sha256=sha256_file(path), size_bytes=path.stat().st_size)
+            kind = "chart" if path.suffix == ".png" else "report"
+            record_artifact(session, stored, project_id=project.id, run_id=run.id, kind=kind)
+
+
+def _store() -> LocalArtifactStore:
+    return LocalArtifactStore(get_settings().resolved_artifact_root)
+
+
+def start_run(session: Session, project: Project, version_id: int | None, recipe: Recipe) -> Run:
+    previous = session.exec(select(Run).where(Run.project_id == project.id).order_by(col(Run.iteration).desc())).first()
+    run = Run(
+        project_id=project.id,  # type: ignore[arg-type]
+        iteration=(previous.iteration + 1) if previous else 1,
+        parent_run_id=previous.id if previous else None,
+        dataset_version_id=version_id,
+        recipe=recipe.model_dump(mode="json"),
+        state="training",
+    )
+    session.add(run)
+    session.flush()
+    return run
+
+
+def _resume_run(session: Session, run_id: int) -> Run:
+    run = session.get(Run, run_id)
+    if run is None:
+        raise TrainingError(f"no run {run_id} to resume")
+    return run
