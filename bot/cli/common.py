@@ -90,3 +90,24 @@ def validated(model: type[SettingsModel], values: dict, source: Path | None) -> 
 def fail(message: str) -> NoReturn:
     errors.print(f"[red]error:[/red] {message}")
     raise typer.Exit(EXIT_INVALID_DATA)
+
+
+def quiet_training_libraries() -> None:
+    """Silence the libraries' own progress bars and deprecation notices: in a terminal they would bury
+    the run's progress lines, which say the same and more. Call it before importing the training stack:
+    bitsandbytes speaks at import."""
+    import logging
+    import warnings
+
+    from datasets.utils.logging import disable_progress_bar as disable_datasets_bars
+    from huggingface_hub.utils import disable_progress_bars as disable_hub_bars
+    from transformers.utils import logging as transformers_logging
+
+    # Its CPU backend would fetch faster kernels from a hub; the built-in ones are what runs here.
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    disable_datasets_bars()
+    disable_hub_bars()
+    transformers_logging.disable_progress_bar()
+    transformers_logging.set_verbosity_error()
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", message="Paged optimizers are not supported on CPU")

@@ -5,7 +5,7 @@ from typing import Annotated
 
 import typer
 
-from bot.cli.common import console, fail
+from bot.cli.common import console, fail, quiet_training_libraries
 from engine.data.formats import load_file
 
 app = typer.Typer(help="Base models built locally, for tests, the demo and trying the loop out.", no_args_is_help=True)
@@ -27,6 +27,7 @@ def model_tiny(
 ) -> None:
     """Build a small Qwen2-style model with a BPE tokenizer trained on a dataset's text and a ChatML template."""
     # torch and transformers load only here, so that every other command starts at once.
+    quiet_training_libraries()
     from transformers import AutoConfig
 
     from engine.train.tiny import EXAMPLE_DATASET, TinySpec, build_tiny_model, pretrain_tiny_model, sample_texts

@@ -5,7 +5,7 @@ from typing import Annotated
 
 import typer
 
-from bot.cli.common import ProjectOption, console, errors, fail, open_session
+from bot.cli.common import ProjectOption, console, errors, fail, open_session, quiet_training_libraries
 from engine.data.versions import DEFAULT_DATASET
 from engine.events import Event
 from engine.settings import get_settings
@@ -68,6 +68,7 @@ def train_command(
     """Fine-tune on a dataset version with a recipe; prints where the adapter and the loss curve are."""
     # The training stack (torch, transformers, bitsandbytes) loads only when training, so that every
     # other command starts at once.
+    quiet_training_libraries()
     from engine.train.launch import launch_training
     from engine.train.prepare import PrepareError
     from engine.train.sft import TrainingError, train
@@ -118,6 +119,7 @@ def export_command(
 ) -> None:
     """Export a run's adapter, or with --merge a merged model with its tokenizer and an EOS that matches the
     template (checked by generating from what was written)."""
+    quiet_training_libraries()
     from engine.train.merge import ExportError, export_run  # the training stack, only when exporting
 
     with open_session() as session:
