@@ -9,14 +9,12 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 from typer.testing import CliRunner
 
 from bot.cli import app
-from engine.data.sample import Sample
-from engine.data.versions import Entry, get_or_create_dataset, save_version
 from engine.database import get_engine
-from engine.projects import get_or_create_project
 from engine.train.recipe import Recipe
 from engine.train.sft import train
 from engine.train.tiny import IM_END, build_tiny_model
 from storage.db import session_scope
+from tests.training_data import add_dataset, qa_entries
 
 QA = [
     ("你好", "您好，有什么可以帮您？"),
@@ -31,22 +29,17 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_export_merge_writes_a_checked_model(tiny: Path, tmp_path: Path) -> None:
+    add_dataset(qa_entries(QA))
+    recipe = Recipe(
+        model_name_or_path=str(tiny),
+        num_train_epochs=40,
+        per_device_train_batch_size=3,
+        gradient_accumulation_steps=1,
+        learning_rate=5e-3,
+        lora_dropout=0.0,
+        cutoff_len=128,
+    )
     with session_scope(get_engine()) as session:
-        dataset = get_or_create_dataset(session, get_or_create_project(session, "shop"))
-        entries = [
-            Entry(Sample(messages=[{"role": "user", "content": q}, {"role": "assistant", "content": a}]), split="train")
-            for q, a in QA
-        ]
-        save_version(session, dataset, entries, kind="upload", summary="t", parent=None)
-        recipe = Recipe(
-            model_name_or_path=str(tiny),
-            num_train_epochs=40,
-            per_device_train_batch_size=3,
-            gradient_accumulation_steps=1,
-            learning_rate=5e-3,
-            lora_dropout=0.0,
-            cutoff_len=128,
-        )
         outcome = train(session, "shop", None, recipe)
 
     out = tmp_path / "merged"

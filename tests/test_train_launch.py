@@ -9,13 +9,10 @@ from sqlmodel import Session, select
 from typer.testing import CliRunner
 
 from bot.cli import app
-from engine.data.sample import Sample
-from engine.data.versions import Entry, get_or_create_dataset, save_version
 from engine.database import get_engine
-from engine.projects import get_or_create_project
 from engine.train.tiny import build_tiny_model
-from storage.db import session_scope
 from storage.models import Adapter, Metric, Run
+from tests.training_data import add_dataset, qa_entries
 
 QA = [(f"第{i}号订单发货了吗？", f"第{i}号订单已于{i}日发出。") for i in range(1, 7)]
 
@@ -23,13 +20,7 @@ QA = [(f"第{i}号订单发货了吗？", f"第{i}号订单已于{i}日发出。
 @pytest.mark.slow
 def test_two_processes_train_one_run(tmp_path: Path) -> None:
     model = build_tiny_model(tmp_path / "tiny")
-    with session_scope(get_engine()) as session:
-        dataset = get_or_create_dataset(session, get_or_create_project(session, "shop"))
-        entries = [
-            Entry(Sample(messages=[{"role": "user", "content": q}, {"role": "assistant", "content": a}]), split="train")
-            for q, a in QA
-        ]
-        save_version(session, dataset, entries, kind="upload", summary="t", parent=None)
+    add_dataset(qa_entries(QA))
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(
         yaml.safe_dump(

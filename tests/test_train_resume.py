@@ -13,16 +13,14 @@ import torch
 from safetensors.torch import load_file
 from sqlmodel import Session, col, select
 
-from engine.data.sample import Sample
-from engine.data.versions import Entry, get_or_create_dataset, save_version
 from engine.database import get_engine
 from engine.events import Event
-from engine.projects import get_or_create_project
 from engine.train.recipe import Recipe
 from engine.train.sft import train
 from engine.train.tiny import build_tiny_model
 from storage.db import session_scope
 from storage.models import Metric, Run
+from tests.training_data import add_dataset, qa_entries
 
 ROOT = Path(__file__).resolve().parents[1]
 QA = [(f"第{i}号订单发货了吗？", f"第{i}号订单已于{i}日发出，请留意物流短信。") for i in range(1, 9)]
@@ -72,13 +70,7 @@ def metrics(run_id: int) -> list[Metric]:
 @pytest.mark.slow
 def test_sigkilled_training_resumes_from_its_last_checkpoint(tmp_path: Path) -> None:
     model = build_tiny_model(tmp_path / "tiny")
-    with session_scope(get_engine()) as session:
-        dataset = get_or_create_dataset(session, get_or_create_project(session, "shop"))
-        entries = [
-            Entry(Sample(messages=[{"role": "user", "content": q}, {"role": "assistant", "content": a}]), split="train")
-            for q, a in QA
-        ]
-        save_version(session, dataset, entries, kind="upload", summary="t", parent=None)
+    add_dataset(qa_entries(QA))
 
     script = tmp_path / "child.py"
     script.write_text(textwrap.dedent(CHILD.format(kill_at=KILL_AT)), encoding="utf-8")

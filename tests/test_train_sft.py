@@ -16,11 +16,9 @@ from typer.testing import CliRunner
 
 from bot.cli import app
 from bot.cli.train import parse_dataset
-from engine.data.sample import Sample
-from engine.data.versions import Entry, get_or_create_dataset, save_version
+from engine.data.versions import Entry
 from engine.database import get_engine
 from engine.events import Event
-from engine.projects import get_or_create_project
 from engine.train.eos import check_stops
 from engine.train.metrics import overfitting_warning
 from engine.train.prepare import load_tokenizer, prepare_data
@@ -29,6 +27,7 @@ from engine.train.sft import TrainingError, adapter_digest, build_trainer, train
 from engine.train.tiny import IM_END, build_tiny_model
 from storage.db import session_scope
 from storage.models import Adapter, Artifact, Metric, Run
+from tests.training_data import add_dataset, qa_entries
 
 QA = [
     ("你好", "您好，有什么可以帮您？"),
@@ -42,19 +41,7 @@ SYSTEM = "你是客服小优。"
 
 
 def memorisable(split: str = "train") -> list[Entry]:
-    return [
-        Entry(
-            Sample(
-                messages=[
-                    {"role": "system", "content": SYSTEM},
-                    {"role": "user", "content": q},
-                    {"role": "assistant", "content": a},
-                ]
-            ),
-            split=split,
-        )
-        for q, a in QA
-    ]
+    return qa_entries(QA, split, system=SYSTEM)
 
 
 def fast_recipe(model: Path, **overrides: object) -> Recipe:
@@ -71,12 +58,6 @@ def fast_recipe(model: Path, **overrides: object) -> Recipe:
     return Recipe.model_validate({**values, **overrides})
 
 
-def add_dataset(engine: Engine, project: str, entries: list[Entry]) -> int:
-    with session_scope(engine) as session:
-        dataset = get_or_create_dataset(session, get_or_create_project(session, project))
-        return save_version(session, dataset, entries, kind="upload", summary="test", parent=None).version.number
-
-
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
@@ -91,7 +72,7 @@ def generate(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, questio
 
 
 def test_lora_memorises_records_metrics_and_reloads(db_engine: Engine, tiny: Path) -> None:
-    number = add_dataset(db_engine, "shop", memorisable())
+    number = add_dataset(memorisable(), engine=db_engine)
     events: list[Event] = []
     with session_scope(db_engine) as session:
         outcome = train(session, "shop", number, fast_recipe(tiny), events=events.append)
@@ -134,7 +115,7 @@ def test_lora_memorises_records_metrics_and_reloads(db_engine: Engine, tiny: Pat
 
 def test_full_fine_tuning_memorises(tiny: Path) -> None:
     engine = get_engine()
-    number = add_dataset(engine, "shop", memorisable())
+    number = add_dataset(memorisable(), engine=engine)
     with session_scope(engine) as session:
         outcome = train(session, "shop", number, fast_recipe(tiny, finetuning_type="full", learning_rate=3e-3))
     losses = [m.loss for m in outcome.metrics if m.loss is not None]
@@ -148,7 +129,7 @@ def test_full_fine_tuning_memorises(tiny: Path) -> None:
 
 def test_a_model_that_does_not_stop_fails_the_run(tiny: Path) -> None:
     engine = get_engine()
-    number = add_dataset(engine, "shop", memorisable())
+    number = add_dataset(memorisable(), engine=engine)
     events: list[Event] = []
     untrained = fast_recipe(tiny, num_train_epochs=1, learning_rate=1e-6)
     with pytest.raises(TrainingError, match=r"EOS check failed: .*did not stop at <\|im_end\|>"):  # noqa: SIM117
@@ -171,7 +152,7 @@ def test_eos_check_wants_the_end_of_turn_token_in_the_generation_config(tiny: Pa
 
 def test_validation_loss_and_overfitting_warning(tiny: Path) -> None:
     engine = get_engine()
-    number = add_dataset(engine, "shop", memorisable() + memorisable("validation")[:2])
+    number = add_dataset(memorisable() + memorisable("validation")[:2], engine=engine)
     with session_scope(engine) as session:
         outcome = train(session, "shop", number, fast_recipe(tiny, num_train_epochs=10, logging_steps=2))
     evals = [m for m in outcome.metrics if m.eval_loss is not None]
@@ -189,7 +170,7 @@ def test_validation_loss_and_overfitting_warning(tiny: Path) -> None:
 
 
 def test_cli_train(tiny: Path, tmp_path: Path) -> None:
-    number = add_dataset(get_engine(), "shop", memorisable())
+    number = add_dataset(memorisable())
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(yaml.safe_dump(fast_recipe(tiny).model_dump(mode="json")), encoding="utf-8")
     runner = CliRunner()
@@ -219,7 +200,7 @@ def test_qlora_trains_a_4bit_nf4_base_with_a_paged_optimiser(tiny: Path, tmp_pat
     assert trainer.args.optim == "paged_adamw_8bit"
 
     engine = get_engine()
-    number = add_dataset(engine, "shop", memorisable())
+    number = add_dataset(memorisable(), engine=engine)
     with session_scope(engine) as session:
         outcome = train(session, "shop", number, recipe)
     losses = [m.loss for m in outcome.metrics if m.loss is not None]
@@ -228,7 +209,7 @@ def test_qlora_trains_a_4bit_nf4_base_with_a_paged_optimiser(tiny: Path, tmp_pat
 
 
 def test_early_stopping_needs_validation_samples(tiny: Path) -> None:
-    number = add_dataset(get_engine(), "shop", memorisable())
+    number = add_dataset(memorisable())
     recipe = fast_recipe(tiny, early_stopping_steps=2, save_steps=10)
     with pytest.raises(TrainingError, match="early_stopping_steps needs validation samples"):  # noqa: SIM117
         with session_scope(get_engine()) as session:
@@ -236,7 +217,7 @@ def test_early_stopping_needs_validation_samples(tiny: Path) -> None:
 
 
 def test_dora_adapter(tiny: Path) -> None:
-    number = add_dataset(get_engine(), "shop", memorisable())
+    number = add_dataset(memorisable())
     with session_scope(get_engine()) as session:
         outcome = train(session, "shop", number, fast_recipe(tiny, use_dora=True))
     config = json.loads((outcome.adapter_dir / "adapter_config.json").read_text(encoding="utf-8"))

@@ -1,0 +1,28 @@
+"""Small datasets for the training tests: question/answer pairs stored as a dataset version."""
+
+from collections.abc import Sequence
+
+from sqlalchemy.engine import Engine
+
+from engine.data.sample import Sample
+from engine.data.versions import Entry, get_or_create_dataset, save_version
+from engine.database import get_engine
+from engine.projects import get_or_create_project
+from storage.db import session_scope
+
+
+def qa_entries(pairs: Sequence[tuple[str, str]], split: str = "train", system: str | None = None) -> list[Entry]:
+    head = [{"role": "system", "content": system}] if system else []
+    return [
+        Entry(
+            Sample(messages=[*head, {"role": "user", "content": q}, {"role": "assistant", "content": a}]), split=split
+        )
+        for q, a in pairs
+    ]
+
+
+def add_dataset(entries: list[Entry], project: str = "shop", engine: Engine | None = None) -> int:
+    """Store `entries` as a version of the project's dataset; returns the version number."""
+    with session_scope(engine or get_engine()) as session:
+        dataset = get_or_create_dataset(session, get_or_create_project(session, project))
+        return save_version(session, dataset, entries, kind="upload", summary="test", parent=None).version.number
