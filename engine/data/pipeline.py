@@ -24,13 +24,14 @@ from engine.data.versions import (
     VersionChange,
     get_or_create_dataset,
     known_hashes,
+    latest_version,
     load_entries,
     resolve_version,
     save_version,
     version_label,
     write_atomic_text,
 )
-from engine.projects import NotFoundError, get_or_create_project
+from engine.projects import get_or_create_project
 from engine.settings import get_settings
 from storage.artifacts import ArtifactStore, StoredArtifact, project_key, record_artifact
 from storage.models import Dataset, DatasetVersion, Project
@@ -80,7 +81,7 @@ def import_file(
 
     project = get_or_create_project(session, project_name)
     dataset = get_or_create_dataset(session, project, dataset_name)
-    parent = _latest_or_none(session, project, dataset)
+    parent = latest_version(session, project.name, dataset.name)
     entries = load_entries(session, parent) if parent else []
     # Only samples the dataset has held are skipped, so importing a file again changes nothing;
     # duplicates inside the file are kept for the filter to remove and report.
@@ -296,13 +297,6 @@ def write_rejects(path: Path, problems: list[RecordProblem]) -> None:
 def _problem_headline(loaded: LoadResult) -> str:
     bad = len({p.record for p in loaded.problems})
     return f"{bad} of {loaded.records} record(s) are invalid"
-
-
-def _latest_or_none(session: Session, project: Project, dataset: Dataset) -> DatasetVersion | None:
-    try:
-        return resolve_version(session, project.name, dataset.name)
-    except NotFoundError:
-        return None
 
 
 def _dataset_of(session: Session, version: DatasetVersion) -> Dataset:

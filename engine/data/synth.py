@@ -33,27 +33,28 @@ from typing import Any
 
 import openai
 from openai import AsyncOpenAI
-from pydantic import ValidationError
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
 from engine.data.filters import FilterConfig, apply_filters, load_tokenizer
 from engine.data.sample import Message, Sample
 from engine.data.synth_prompts import PROMPT_VERSION, batch_messages, response_format, scenario_messages
+from engine.data.synth_replies import extract_json, items_of, to_sample
 from engine.data.versions import (
     DEFAULT_DATASET,
     Entry,
     VersionChange,
     get_or_create_dataset,
+    latest_version,
     load_entries,
     resolve_version,
     save_version,
 )
 from engine.events import Event, EventSink, ignore_events, progress_event
-from engine.projects import NotFoundError, get_or_create_project
+from engine.projects import get_or_create_project
 from engine.settings import Settings, get_settings
 from storage.db import session_scope
-from storage.models import DatasetVersion, SynthBatch
+from storage.models import SynthBatch
 
 log = logging.getLogger(__name__)
 
@@ -255,7 +256,7 @@ async def synthesize(
             project = get_or_create_project(session, project_name)
             dataset = get_or_create_dataset(session, project, request.dataset)
             project_id, dataset_name = project.id, dataset.name
-            parent = _latest_or_none(session, project_name, request.dataset)
+            parent = latest_version(session, project_name, request.dataset)
             tags = _tag_weights(load_entries(session, parent)) if parent else {}
             examples = _example_pool(session, project_name, request)
         assert project_id is not None
@@ -728,50 +729,6 @@ def _describe(error: Exception) -> str:
 
 # --- replies -----------------------------------------------------------------------------------
 
-_FENCE = re.compile(r"```[ \t]*(?:json[c5]?|JSON)?[ \t]*\n?(.*?)```", re.DOTALL)
-
-
-def extract_json(text: str) -> tuple[Any, str | None]:
-    """The JSON in a reply and how it was found: "json" (the whole reply), "fenced" (a ```json
-    block), "embedded" (inside prose), "salvaged" (the complete sample objects of a truncated
-    reply); (None, None) when there is none."""
-    stripped = text.strip()
-    try:
-        return json.loads(stripped), "json"
-    except ValueError:
-        pass
-    for block in _FENCE.findall(text):
-        try:
-            return json.loads(block.strip()), "fenced"
-        except ValueError:
-            continue
-    decoder = json.JSONDecoder()
-    unreadable_before = False
-    for match in re.finditer(r"[\[{]", text):
-        try:
-            value, _ = decoder.raw_decode(text, match.start())
-        except ValueError:
-            unreadable_before = True
-            continue
-        if unreadable_before and isinstance(value, dict) and "messages" in value:
-            break  # one sample inside a cut-off document: salvage them all below
-        if isinstance(value, list) or (isinstance(value, dict) and value):
-            return value, "embedded"
-    # Truncated (max_tokens, a dropped stream): keep every complete {"messages": ...} object.
-    salvaged = []
-    position = 0
-    for match in re.finditer(r"\{\s*\"messages\"", text):
-        if match.start() < position:
-            continue
-        try:
-            value, position = decoder.raw_decode(text, match.start())
-        except ValueError:
-            continue
-        salvaged.append(value)
-    if salvaged:
-        return {"samples": salvaged}, "salvaged"
-    return None, None
-
 
 def parse_batch(
     text: str, plan: BatchPlan, model: str, finish_reason: str | None = None
@@ -785,7 +742,7 @@ def parse_batch(
         return [], invalid
     if how == "salvaged" or finish_reason == "length":
         invalid["reply_truncated"] += 1
-    items = _items_of(data)
+    items = items_of(data)
     if items is None:
         invalid["reply_without_samples"] += 1
         return [], invalid
@@ -799,56 +756,6 @@ def parse_batch(
         original = {"batch": plan.index, "model": model, "scenario": plan.scenario.name, **spec}
         samples.append(sample.model_dump(exclude_none=True) | {"original": original})
     return samples, invalid
-
-
-def _items_of(data: Any) -> list[Any] | None:
-    if isinstance(data, list):
-        return data
-    if not isinstance(data, dict):
-        return None
-    if "messages" in data:
-        return [data]
-    for key in ("samples", "conversations", "data", "examples", "items"):
-        if isinstance(data.get(key), list):
-            return data[key]
-    lists = [v for v in data.values() if isinstance(v, list)]
-    return lists[0] if len(lists) == 1 else None
-
-
-def to_sample(item: Any, tag: str) -> tuple[Sample | None, str | None]:
-    """A canonical synthetic sample, or None and why not."""
-    if not isinstance(item, dict):
-        return None, "not_an_object"
-    messages = item.get("messages")
-    if messages is None:
-        return None, "missing_messages"
-    if not isinstance(messages, list) or not messages:
-        return None, "empty_messages"
-    parsed = []
-    for message in messages:
-        if not isinstance(message, dict):
-            return None, "message_not_an_object"
-        role, content = message.get("role"), message.get("content")
-        if role is None:
-            return None, "missing_role"
-        if role not in ("system", "user", "assistant"):
-            return None, "unknown_role"
-        if content is None:
-            return None, "missing_content"
-        if not isinstance(content, str):
-            return None, "content_not_text"
-        if not content.strip():
-            return None, "empty_content"
-        parsed.append({"role": role, "content": content.strip()})
-    if parsed[-1]["role"] != "assistant":
-        return None, "no_final_answer"
-    try:
-        sample = Sample(
-            messages=[Message(**m) for m in parsed], tags=[tag], origin="synthetic", original_format="synthetic"
-        )
-    except ValidationError as error:
-        return None, "no_user_turn" if "user turn" in str(error) else "invalid_sample"
-    return sample, None
 
 
 # --- the result --------------------------------------------------------------------------------
@@ -874,7 +781,7 @@ def _make_version(
     samples from an earlier (budget-stopped) attempt are replaced, so resuming never doubles them."""
     project = get_or_create_project(session, project_name)
     dataset = get_or_create_dataset(session, project, dataset_name)
-    parent = _latest_or_none(session, project_name, dataset_name)
+    parent = latest_version(session, project_name, dataset_name)
     entries = [e for e in load_entries(session, parent) if _job_of(e.sample) != job_key] if parent else []
 
     requested: Counter[str] = Counter()
@@ -1037,13 +944,6 @@ def _store_batch(engine: Engine, row: SynthBatch) -> None:
             session.delete(old)
             session.flush()
         session.add(row)
-
-
-def _latest_or_none(session: Session, project_name: str, dataset_name: str) -> DatasetVersion | None:
-    try:
-        return resolve_version(session, project_name, dataset_name)
-    except NotFoundError:
-        return None
 
 
 def _tag_weights(entries: Sequence[Entry]) -> dict[str, float]:

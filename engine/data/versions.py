@@ -92,6 +92,14 @@ def resolve_version(
     return version
 
 
+def latest_version(session: Session, project_name: str, dataset_name: str = DEFAULT_DATASET) -> DatasetVersion | None:
+    """The dataset's latest version, or None when the project or dataset has none yet."""
+    try:
+        return resolve_version(session, project_name, dataset_name)
+    except NotFoundError:
+        return None
+
+
 def list_versions(session: Session, dataset: Dataset) -> list[DatasetVersion]:
     query = select(DatasetVersion).where(DatasetVersion.dataset_id == dataset.id)
     return list(session.exec(query.order_by(col(DatasetVersion.number))).all())
