@@ -1,0 +1,221 @@
+"""Reference metrics: how close an answer is to the sample's reference answer, and how likely each model
+finds the reference.
+
+- ROUGE-L F1 (rouge-score) on our own tokens: every Han character is a token, every other run of letters
+  or digits is a word, punctuation and whitespace are dropped, after `normalize_text`. rouge-score's
+  default tokenizer keeps only [a-z0-9], so it scores any two Chinese texts 0; it is never used.
+- BLEU (sacrebleu, sentence level with effective order) with `tokenize="zh"` when the reference is
+  Chinese, `13a` otherwise. 0–100.
+- chrF (sacrebleu), character n-grams without whitespace: language-neutral. 0–100.
+- Exact match after `normalize_text` (NFKC, whitespace collapsed, case folded): 1.0 or 0.0.
+- Perplexity of the reference answer under a model: the mean token negative log-likelihood of the last
+  assistant turn, rendered with the model's chat template after its prompt, over the answer's tokens and
+  the template's end-of-turn token (exactly the tokens SFT trains on), exponentiated.
+
+A text is Chinese when at least `CHINESE_SHARE` of its letters and digits are Han characters; below that
+share the `zh` tokenizer and `13a` agree on the rest anyway, so mixed text is safe either way.
+Aggregates are means over samples (macro averages); perplexity is also given over all answer tokens.
+"""
+
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+import torch
+from rouge_score.rouge_scorer import RougeScorer
+from sacrebleu.metrics import BLEU, CHRF
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from engine.data.normalize import normalize_text
+from engine.evaluate.generate import GeneratedSample, adapter_disabled
+from engine.train.prepare import IGNORE_INDEX, assistant_spans, end_of_turn_token
+
+CHINESE_SHARE = 0.2
+# CJK Unified Ideographs, Extension A, Compatibility Ideographs, Extensions B–F and the supplement.
+_HAN = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002fa1f"
+_HAN_CHAR = re.compile(f"[{_HAN}]")
+_TOKEN = re.compile(f"[{_HAN}]|[^\\W{_HAN}]+")  # one Han character, or a run of other word characters
+
+_BLEU = {"zh": BLEU(tokenize="zh", effective_order=True), "en": BLEU(tokenize="13a", effective_order=True)}
+_CHRF = CHRF()
+
+
+def cjk_share(text: str) -> float:
+    """The share of Han characters among a text's letters and digits (0.0 for a text with none)."""
+    letters = [ch for ch in text if ch.isalnum()]
+    if not letters:
+        return 0.0
+    return sum(1 for ch in letters if _HAN_CHAR.match(ch)) / len(letters)
+
+
+def language_of(text: str) -> str:
+    """ "zh" for Chinese text, else "en" (standing for every whitespace-delimited language)."""
+    return "zh" if cjk_share(text) >= CHINESE_SHARE else "en"
+
+
+def tokens(text: str) -> list[str]:
+    """Han characters one by one, other words whole, after normalisation; punctuation and spaces dropped."""
+    return _TOKEN.findall(normalize_text(text))
+
+
+class _Tokenizer:
+    """The tokenizer object rouge-score calls."""
+
+    def tokenize(self, text: str) -> list[str]:
+        return tokens(text)
+
+
+_ROUGE = RougeScorer(["rougeL"], tokenizer=_Tokenizer())
+
+
+@dataclass
+class ReferenceScores:
+    """One answer against its reference."""
+
+    language: str  # the reference's: "zh" or "en"
+    rouge_l: float  # 0–1
+    bleu: float  # 0–100
+    chrf: float  # 0–100
+    exact_match: float  # 1.0 or 0.0
+
+
+SCORE_NAMES = ("rouge_l", "bleu", "chrf", "exact_match")
+
+
+def score_answer(answer: str, reference: str) -> ReferenceScores:
+    language = language_of(reference)
+    if not answer.strip() or not reference.strip():
+        match = float(normalize_text(answer) == normalize_text(reference))
+        return ReferenceScores(language, match, 100.0 * match, 100.0 * match, match)
+    return ReferenceScores(
+        language=language,
+        rouge_l=_ROUGE.score(reference, answer)["rougeL"].fmeasure,
+        bleu=_BLEU[language].sentence_score(answer, [reference]).score,
+        chrf=_CHRF.sentence_score(answer, [reference]).score,
+        exact_match=float(normalize_text(answer) == normalize_text(reference)),
+    )
+
+
+def mean_scores(scores: Sequence[ReferenceScores]) -> dict[str, float]:
+    """The mean of each score over samples (an empty dict for no samples)."""
+    if not scores:
+        return {}
+    return {name: sum(getattr(s, name) for s in scores) / len(scores) for name in SCORE_NAMES}
+
+
+@dataclass
+class AnswerNLL:
+    """A reference answer's negative log-likelihood under a model."""
+
+    nll: float  # summed over the answer's tokens
+    tokens: int
+
+    @property
+    def mean_nll(self) -> float:
+        return self.nll / self.tokens if self.tokens else math.nan
+
+    @property
+    def perplexity(self) -> float:
+        return math.exp(self.mean_nll) if self.tokens else math.nan
+
+
+def corpus_perplexity(nlls: Sequence[AnswerNLL]) -> float:
+    """exp of the mean NLL over every answer token of every sample."""
+    total = sum(n.tokens for n in nlls)
+    return math.exp(sum(n.nll for n in nlls) / total) if total else math.nan
+
+
+def answer_labels(
+    tokenizer: PreTrainedTokenizerBase, prompt: Sequence[dict], answer: str, eot: str
+) -> tuple[list[int], list[int]]:
+    """Token ids of the conversation `prompt` + the answer, and labels that are -100 except on the answer's
+    tokens and its end-of-turn token."""
+    messages = [*prompt, {"role": "assistant", "content": answer}]
+    text, spans = assistant_spans(tokenizer, messages, eot)
+    start, end = spans[-1]
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids: list[int] = encoded["input_ids"]
+    labels = [
+        token if start <= begin < end else IGNORE_INDEX
+        for token, (begin, _) in zip(ids, encoded["offset_mapping"], strict=True)
+    ]
+    return ids, labels
+
+
+def answer_nlls(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    pairs: Sequence[tuple[Sequence[dict], str]],
+    *,
+    batch_size: int = 8,
+) -> list[AnswerNLL]:
+    """The NLL of each (prompt messages, answer) pair's answer under `model` as it stands (adapter on or off)."""
+    eot = end_of_turn_token(tokenizer)
+    rows = [answer_labels(tokenizer, prompt, answer, eot) for prompt, answer in pairs]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    results: list[AnswerNLL] = []
+    model.eval()
+    for start in range(0, len(rows), batch_size):
+        batch = rows[start : start + batch_size]
+        width = max(len(ids) for ids, _ in batch)
+        input_ids = torch.tensor([ids + [pad] * (width - len(ids)) for ids, _ in batch])
+        labels = torch.tensor([lab + [IGNORE_INDEX] * (width - len(lab)) for _, lab in batch])
+        mask = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids, _ in batch])
+        with torch.inference_mode():
+            logits = model(input_ids=input_ids.to(model.device), attention_mask=mask.to(model.device)).logits
+        shifted = labels[:, 1:].to(logits.device)
+        losses = torch.nn.functional.cross_entropy(
+            logits[:, :-1].float().transpose(1, 2), shifted, ignore_index=IGNORE_INDEX, reduction="none"
+        )
+        counted = shifted != IGNORE_INDEX
+        for row_loss, row_counted in zip(losses, counted, strict=True):
+            results.append(AnswerNLL(float(row_loss[row_counted].sum()), int(row_counted.sum())))
+    return results
+
+
+@dataclass
+class SampleMetrics:
+    index: int
+    base: ReferenceScores
+    tuned: ReferenceScores
+    base_nll: AnswerNLL | None = None
+    tuned_nll: AnswerNLL | None = None
+
+
+@dataclass
+class ReferenceMetrics:
+    samples: list[SampleMetrics]
+    base: dict[str, float] = field(default_factory=dict)  # mean scores, plus perplexities when computed
+    tuned: dict[str, float] = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def reference_metrics(
+    generated: Sequence[GeneratedSample],
+    model: PreTrainedModel | None = None,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+    *,
+    batch_size: int = 8,
+) -> ReferenceMetrics:
+    """Every reference metric of the base and tuned answers; with a model (a PeftModel: its adapter is
+    switched off for the base) and its tokenizer, the perplexity of the references under each too."""
+    samples = [
+        SampleMetrics(g.index, score_answer(g.base_answer, g.reference), score_answer(g.tuned_answer, g.reference))
+        for g in generated
+    ]
+    metrics = ReferenceMetrics(samples, mean_scores([s.base for s in samples]), mean_scores([s.tuned for s in samples]))
+    if model is None or tokenizer is None or not generated:
+        return metrics
+    pairs = [(g.prompt, g.reference) for g in generated]
+    with adapter_disabled(model) as base:
+        base_nlls = answer_nlls(base, tokenizer, pairs, batch_size=batch_size)
+    tuned_nlls = answer_nlls(model, tokenizer, pairs, batch_size=batch_size)
+    for sample, base_nll, tuned_nll in zip(samples, base_nlls, tuned_nlls, strict=True):
+        sample.base_nll, sample.tuned_nll = base_nll, tuned_nll
+    for summary, nlls in ((metrics.base, base_nlls), (metrics.tuned, tuned_nlls)):
+        summary["perplexity"] = corpus_perplexity(nlls)
+        summary["mean_nll"] = sum(n.mean_nll for n in nlls) / len(nlls)
+    return metrics
