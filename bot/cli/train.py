@@ -62,7 +62,10 @@ def train_command(
     out: Annotated[Path | None, typer.Option(help="Write the run here instead of the artifact store.")] = None,
     resume: Annotated[int | None, typer.Option(help="Continue this run from its last checkpoint.")] = None,
     processes: Annotated[
-        int, typer.Option(min=1, help="Processes (GPUs) to train with, launched by `accelerate launch`.")
+        int,
+        typer.Option(
+            min=1, help="Processes (GPUs) to train with, launched by `accelerate launch` (the recipe's `distributed`)."
+        ),
     ] = 1,
 ) -> None:
     """Fine-tune on a dataset version with a recipe; prints where the adapter and the loss curve are."""
@@ -81,8 +84,8 @@ def train_command(
     with open_session() as session:
         try:
             if processes > 1:
-                if resume is not None or out is not None:
-                    fail("--processes cannot be combined with --resume or --out yet")
+                if out is not None:
+                    fail("--processes cannot be combined with --out yet: a multi-process run writes to the store")
                 outcome = launch_training(
                     session,
                     project,
@@ -91,6 +94,7 @@ def train_command(
                     num_processes=processes,
                     events=print_event,
                     dataset_name=dataset_name,
+                    run_id=resume,
                 )
             else:
                 outcome = train(

@@ -19,9 +19,10 @@ from sqlmodel import Session, col, select
 from engine.data.versions import DEFAULT_DATASET, resolve_version
 from engine.events import Event, EventSink, ignore_events
 from engine.projects import get_project
+from engine.train.distributed import DistributedError, check_distributed, deepspeed_config
 from engine.train.eos import EosCheck
 from engine.train.recipe import Recipe
-from engine.train.sft import TrainingError, TrainOutcome, is_main_process, start_run, train
+from engine.train.sft import TrainingError, TrainOutcome, is_main_process, resume_run, start_run, train
 from storage.models import Adapter, Metric, Run, utcnow
 
 EVENT_PREFIX = "TUNELOOP_EVENT "
@@ -34,7 +35,8 @@ def free_port() -> int:
 
 
 def launch_command(run_id: int, num_processes: int, *, config_file: Path | None = None) -> list[str]:
-    """The `accelerate launch` command line; `config_file` is an accelerate config (FSDP, DeepSpeed ZeRO)."""
+    """The `accelerate launch` command line; `config_file` is an accelerate config (engine/train/accelerate:
+    DDP, FSDP, DeepSpeed ZeRO-3), whose num_processes `--num_processes` overrides."""
     command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(num_processes)]
     if config_file is not None:
         command += ["--config_file", str(config_file)]
@@ -57,18 +59,34 @@ def launch_training(
     dataset_name: str = DEFAULT_DATASET,
     config_file: Path | None = None,
     timeout: float | None = None,
+    run_id: int | None = None,
 ) -> TrainOutcome:
-    """`train`, in `num_processes` processes launched by accelerate; returns rank 0's outcome from storage."""
+    """`train`, in `num_processes` processes launched by accelerate; returns rank 0's outcome from storage.
+
+    The recipe's `distributed` (ddp, fsdp, zero3) chooses the accelerate config unless `config_file` is given.
+    With `run_id`, the processes continue that run (its own recipe and dataset) from its last checkpoint."""
     project_row = get_project(session, project)
-    version = resolve_version(session, project, dataset_name, dataset_version)
+    previous = resume_run(session, run_id) if run_id is not None else None
+    if previous is not None and previous.recipe:
+        recipe = Recipe.model_validate(previous.recipe)  # a resumed run trains exactly what it started
     if not (recipe.model_name_or_path or project_row.base_model):
         raise TrainingError("no base model: set model_name_or_path in the recipe or the project's base model")
     recipe = recipe.model_copy(update={"model_name_or_path": recipe.model_name_or_path or project_row.base_model})
-    run = start_run(session, project_row, version.id, recipe)
-    session.commit()
+    try:  # before any run or process exists
+        chosen = check_distributed(recipe, num_processes)
+        if recipe.distributed == "zero3":  # the processes read it from the run, whatever their directory
+            recipe = recipe.model_copy(update={"deepspeed": str(deepspeed_config(recipe))})
+    except DistributedError as error:
+        raise TrainingError(str(error)) from None
+    if previous is not None:
+        run = previous
+    else:
+        version = resolve_version(session, project, dataset_name, dataset_version)
+        run = start_run(session, project_row, version.id, recipe)
+        session.commit()
     assert run.id is not None
     process = subprocess.Popen(
-        launch_command(run.id, num_processes, config_file=config_file),
+        launch_command(run.id, num_processes, config_file=config_file or chosen),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

@@ -68,6 +68,12 @@ class Recipe(BaseModel):
     save_steps: int = Field(default=500, gt=0)
     seed: int = 42
     report_to: str | list[str] = "none"
+    # More than one process (`tuneloop train --processes N`): how they share the model. LLaMA-Factory's
+    # `deepspeed: path/to/ds_config.json` implies zero3; `deepspeed: zero3` is tuneloop's shipped config.
+    distributed: Literal["ddp", "fsdp", "zero3"] = Field(
+        default="ddp", description="ddp (a replica per process), fsdp (fully sharded) or zero3 (DeepSpeed)."
+    )
+    deepspeed: str | None = Field(default=None, description="DeepSpeed JSON for zero3, or 'zero3' for the shipped one.")
 
     @field_validator("lora_target")
     @classmethod
@@ -81,6 +87,15 @@ class Recipe(BaseModel):
         if not value or "all" in value:
             raise ValueError("lora_target is 'all' or a list of module names (e.g. q_proj, v_proj)")
         return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _deepspeed_means_zero3(cls, values: Any) -> Any:
+        if isinstance(values, dict) and values.get("deepspeed") and values.get("distributed") in (None, "ddp", "fsdp"):
+            if values.get("distributed") is not None:
+                raise ValueError(f"deepspeed needs distributed: zero3, not {values['distributed']}")
+            values = {**values, "distributed": "zero3"}
+        return values
 
     @model_validator(mode="after")
     def _consistent(self) -> "Recipe":

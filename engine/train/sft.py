@@ -41,6 +41,7 @@ from engine.events import Event, EventSink, ignore_events
 from engine.projects import get_project
 from engine.settings import get_settings
 from engine.train.charts import write_loss_curve
+from engine.train.distributed import DistributedError, check_distributed, deepspeed_config
 from engine.train.eos import EosCheck, check_saved_model
 from engine.train.merge import check_merged
 from engine.train.metrics import MetricsCallback, overfitting_warning, run_metrics, warning_event
@@ -95,7 +96,7 @@ def train(
     Under `accelerate launch` every process calls this with the same `run_id`; only rank 0 writes to storage,
     saves and checks the adapter, and the others return None."""
     project_row = get_project(session, project)
-    previous = _resume_run(session, run_id) if run_id else None
+    previous = resume_run(session, run_id) if run_id else None
     if previous is not None and previous.dataset_version_id is not None:
         version = session.get(DatasetVersion, previous.dataset_version_id)
         assert version is not None
@@ -111,6 +112,10 @@ def train(
             f"no base model: set model_name_or_path in the recipe or `tuneloop project set {project} --base-model`"
         )
     recipe = recipe.model_copy(update={"model_name_or_path": base_model})
+    try:  # fsdp / zero3 in one process, or without DeepSpeed, fails here rather than as a torch traceback
+        check_distributed(recipe, int(os.environ.get("WORLD_SIZE", "1")))
+    except DistributedError as error:
+        raise TrainingError(str(error)) from None
     main = is_main_process()
     if previous is None and not main:
         raise TrainingError("the processes of a multi-process launch continue a run that rank 0 created")
@@ -179,11 +184,10 @@ def _train_run(
         trainer.add_callback(callback)
     last = get_last_checkpoint(str(out_dir / "checkpoints")) if (out_dir / "checkpoints").is_dir() else None
     trainer.train(resume_from_checkpoint=last)
+    adapter_dir = out_dir / ("adapter" if recipe.uses_lora else "model")
+    save_trained(trainer, tokenizer, adapter_dir)  # every process: FSDP and ZeRO-3 gather the weights together
     if not trainer.is_world_process_zero():
         return None
-
-    adapter_dir = out_dir / ("adapter" if recipe.uses_lora else "model")
-    save_trained(trainer, tokenizer, adapter_dir)
 
     prompts, max_new = eos_prompts(val_samples or train_samples, tokenizer, recipe.cutoff_len)
     check = check_saved_model(
@@ -273,6 +277,7 @@ def build_trainer(
         seed=recipe.seed,
         data_seed=recipe.seed,
         report_to=recipe.report_to,
+        deepspeed=str(deepspeed_config(recipe)) if recipe.distributed == "zero3" else None,
         include_num_input_tokens_seen="non_padding",
         disable_tqdm=True,
         use_cpu=not torch.cuda.is_available(),  # several CPU processes then train with DDP over gloo
@@ -363,6 +368,8 @@ def load_model(
             bnb_4bit_quant_type="nf4",
             bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=compute,
+            # ZeRO-3 and FSDP shard floating-point tensors only: store the 4-bit weights in the compute dtype.
+            bnb_4bit_quant_storage=compute if recipe.distributed != "ddp" else torch.uint8,
         )
         kwargs["dtype"] = compute
     elif recipe.finetuning_type == "lora" and (bf16 or fp16):
@@ -385,10 +392,18 @@ def lora_config(recipe: Recipe) -> LoraConfig:
 
 
 def save_trained(trainer: SFTTrainer, tokenizer: PreTrainedTokenizerBase, out: Path) -> Path:
-    """The adapter (or full model) with the tokenizer, chat template and generation config it was trained with."""
-    if out.exists():
+    """The adapter (or full model) with the tokenizer, chat template and generation config it was trained with.
+
+    Every process calls this: under FSDP and ZeRO-3 the weights are gathered from all of them; rank 0 writes."""
+    main = trainer.is_world_process_zero()
+    if main and out.exists():
         shutil.rmtree(out)  # a retried run rewrites its result whole
+    if getattr(trainer, "is_fsdp_enabled", False):
+        # Checkpoints stay sharded; the adapter is one file that loads without FSDP.
+        trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
     trainer.save_model(str(out))
+    if not main:
+        return out
     (out / "training_args.bin").unlink(missing_ok=True)  # a pickle of the arguments; the run keeps recipe.yaml
     tokenizer.save_pretrained(str(out))
     model = trainer.model
@@ -471,7 +486,7 @@ def start_run(session: Session, project: Project, version_id: int | None, recipe
     return run
 
 
-def _resume_run(session: Session, run_id: int) -> Run:
+def resume_run(session: Session, run_id: int) -> Run:
     run = session.get(Run, run_id)
     if run is None:
         raise TrainingError(f"no run {run_id} to resume")
