@@ -26,17 +26,8 @@ from engine.train.recipe import Recipe
 from engine.train.sft import train
 from engine.train.tiny import IM_END, build_tiny_model
 from storage.db import session_scope
-from tests.training_data import add_dataset, qa_entries
+from tests.training_data import SHOP_QA, SHOP_SYSTEM, add_dataset, qa_entries
 
-SYSTEM = "你是客服小优。"
-QA = [
-    ("你好", "您好，有什么可以帮您？"),
-    ("订单什么时候发货？", "订单会在48小时内发货。"),
-    ("可以退货吗？", "签收后7天内支持无理由退货。"),
-    ("怎么开发票？", "在订单页点击申请发票即可。"),
-    ("运费谁出？", "质量问题由本店承担运费。"),
-    ("多久到货？", "一般三到五天送达。"),
-]
 # Prompts of very different lengths, so a batch pads some of them a lot.
 VARIED = [
     "你好",
@@ -50,11 +41,11 @@ VARIED = [
 
 
 def qa_samples(pairs: list[tuple[str, str]], split: str = "test") -> list[Sample]:
-    return [e.sample for e in qa_entries(pairs, split, system=SYSTEM)]
+    return [e.sample for e in qa_entries(pairs, split, system=SHOP_SYSTEM)]
 
 
 def trained_adapter(root: Path) -> tuple[Path, Path]:
-    """A tiny base model and a LoRA adapter that memorised QA, trained in a throwaway home."""
+    """A tiny base model and a LoRA adapter that memorised SHOP_QA, trained in a throwaway home."""
     base = build_tiny_model(root / "model")
     recipe = Recipe.model_validate(
         {
@@ -75,7 +66,7 @@ def trained_adapter(root: Path) -> tuple[Path, Path]:
         get_settings.cache_clear()
         try:
             engine = get_engine()
-            number = add_dataset(qa_entries(QA, "train", system=SYSTEM), engine=engine)
+            number = add_dataset(qa_entries(SHOP_QA, "train", system=SHOP_SYSTEM), engine=engine)
             with session_scope(engine) as session:
                 outcome = train(session, "shop", number, recipe, out_dir=root / "run")
         finally:
@@ -100,7 +91,7 @@ def untrained(tmp_path_factory: pytest.TempPathFactory) -> LoadedModels:
 
 
 def prompts_of(questions: list[str]) -> list[list[dict]]:
-    return [[{"role": "system", "content": SYSTEM}, {"role": "user", "content": q}] for q in questions]
+    return [[{"role": "system", "content": SHOP_SYSTEM}, {"role": "user", "content": q}] for q in questions]
 
 
 @pytest.mark.parametrize("batch_size", [2, 3, 8])
@@ -119,7 +110,7 @@ def test_batched_greedy_answers_equal_one_at_a_time(untrained: LoadedModels, bat
 
 
 def test_batched_equals_one_at_a_time_on_the_trained_adapter(tuned: LoadedModels) -> None:
-    prompts = prompts_of([q for q, _ in QA] + VARIED)
+    prompts = prompts_of([q for q, _ in SHOP_QA] + VARIED)
     alone, _ = generate_answers(tuned.model, tuned.tokenizer, prompts, GenerationSettings(64, batch_size=1))
     batched, _ = generate_answers(tuned.model, tuned.tokenizer, prompts, GenerationSettings(64, batch_size=5))
     assert [a.text for a in batched] == [a.text for a in alone]
@@ -127,13 +118,13 @@ def test_batched_equals_one_at_a_time_on_the_trained_adapter(tuned: LoadedModels
 
 def test_generation_stops_at_the_end_of_turn_token_and_hides_it(tuned: LoadedModels) -> None:
     answers, stats = generate_answers(
-        tuned.model, tuned.tokenizer, prompts_of([q for q, _ in QA]), GenerationSettings(max_new_tokens=64)
+        tuned.model, tuned.tokenizer, prompts_of([q for q, _ in SHOP_QA]), GenerationSettings(max_new_tokens=64)
     )
     assert all(a.stopped and a.tokens < 64 for a in answers)
-    assert stats.stopped == len(QA)
+    assert stats.stopped == len(SHOP_QA)
     assert all(IM_END not in a.text and "<|" not in a.text for a in answers)
-    exact = [a.text for a in answers] == [answer for _, answer in QA]
-    assert sum(a.text == answer for a, (_, answer) in zip(answers, QA, strict=True)) >= 4 or exact, answers
+    exact = [a.text for a in answers] == [answer for _, answer in SHOP_QA]
+    assert sum(a.text == answer for a, (_, answer) in zip(answers, SHOP_QA, strict=True)) >= 4 or exact, answers
     # The answer's token count includes the end token, so it is one more than the answer's own tokens.
     first = tuned.tokenizer(answers[1].text, add_special_tokens=False)["input_ids"]
     assert answers[1].tokens == len(first) + 1
@@ -148,19 +139,19 @@ def test_max_new_tokens_cuts_an_answer_that_does_not_stop(untrained: LoadedModel
 
 
 def test_base_and_tuned_answers_from_one_loaded_model(adapter: tuple[Path, Path], tuned: LoadedModels) -> None:
-    samples = qa_samples(QA)
+    samples = qa_samples(SHOP_QA)
     events: list[Event] = []
     generation = generate_pairs(
         tuned, samples, GenerationSettings(max_new_tokens=40, batch_size=4), events=events.append, project="shop"
     )
     rows = generation.samples
-    assert [r.question for r in rows] == [q for q, _ in QA]
-    assert [r.reference for r in rows] == [a for _, a in QA]
+    assert [r.question for r in rows] == [q for q, _ in SHOP_QA]
+    assert [r.reference for r in rows] == [a for _, a in SHOP_QA]
     assert rows[0].prompt == prompt_messages(samples[0]) and rows[0].prompt[-1]["role"] == "user"
     assert sum(r.tuned_answer == r.reference for r in rows) >= 4
     assert sum(r.base_answer != r.tuned_answer for r in rows) >= 4
     assert all(r.tuned_stopped and r.tuned_tokens > 0 and r.tuned_seconds > 0 for r in rows)
-    assert generation.base.samples == generation.tuned.samples == len(QA)
+    assert generation.base.samples == generation.tuned.samples == len(SHOP_QA)
     assert generation.tuned.tokens == sum(r.tuned_tokens for r in rows)
     assert generation.tuned.tokens_per_second > 0 and generation.base.tokens_per_second > 0
     stages = [(e.payload["stage"], e.payload["done"]) for e in events if e.type == "progress"]
@@ -175,7 +166,7 @@ def test_base_and_tuned_answers_from_one_loaded_model(adapter: tuple[Path, Path]
 
 
 def test_without_an_adapter_tuned_is_base(untrained: LoadedModels) -> None:
-    generation = generate_pairs(untrained, qa_samples(QA[:3]), GenerationSettings(max_new_tokens=8))
+    generation = generate_pairs(untrained, qa_samples(SHOP_QA[:3]), GenerationSettings(max_new_tokens=8))
     assert all(r.base_answer == r.tuned_answer for r in generation.samples)
 
 
@@ -192,12 +183,12 @@ def test_sampling_is_seeded(untrained: LoadedModels) -> None:
 
 def test_held_out_samples_and_prompts() -> None:
     entries = [
-        *qa_entries(QA[:2], "train"),
-        *qa_entries(QA[2:4], "test"),
-        Entry(qa_samples(QA[4:5])[0], split="test", filter_rule="dedup", filter_reason="duplicate"),
-        *qa_entries(QA[5:], "validation"),
+        *qa_entries(SHOP_QA[:2], "train"),
+        *qa_entries(SHOP_QA[2:4], "test"),
+        Entry(qa_samples(SHOP_QA[4:5])[0], split="test", filter_rule="dedup", filter_reason="duplicate"),
+        *qa_entries(SHOP_QA[5:], "validation"),
     ]
-    assert [s.answer_text() for s in held_out_samples(entries)] == [QA[2][1], QA[3][1]]
+    assert [s.answer_text() for s in held_out_samples(entries)] == [SHOP_QA[2][1], SHOP_QA[3][1]]
     two_turns = Sample(
         messages=[
             {"role": "user", "content": "a"},

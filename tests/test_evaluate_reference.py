@@ -27,7 +27,8 @@ from engine.evaluate import (
 from engine.evaluate.reference import answer_labels
 from engine.train.prepare import IGNORE_INDEX
 from engine.train.tiny import IM_END, build_tiny_model
-from tests.test_evaluate_generate import QA, SYSTEM, qa_samples, trained_adapter
+from tests.test_evaluate_generate import qa_samples, trained_adapter
+from tests.training_data import SHOP_QA, SHOP_SYSTEM
 
 ORDER = "订单会在48小时内发货。"
 
@@ -94,7 +95,7 @@ def test_mean_scores() -> None:
 
 def test_perplexity_counts_only_the_answer_and_its_end_token(tmp_path: Path) -> None:
     loaded = load_models(build_tiny_model(tmp_path / "model"), device="cpu")
-    prompt = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "多久到货？"}]
+    prompt = [{"role": "system", "content": SHOP_SYSTEM}, {"role": "user", "content": "多久到货？"}]
     ids, labels = answer_labels(loaded.tokenizer, prompt, "一般三到五天送达。", IM_END)
     counted = [token for token, label in zip(ids, labels, strict=True) if label != IGNORE_INDEX]
     assert loaded.tokenizer.decode(counted) == "一般三到五天送达。" + IM_END
@@ -114,7 +115,7 @@ def tuned(tmp_path_factory: pytest.TempPathFactory) -> LoadedModels:
 
 
 def test_reference_perplexity_is_lower_under_the_adapter_trained_on_it(tuned: LoadedModels) -> None:
-    generation = generate_pairs(tuned, qa_samples(QA), GenerationSettings(max_new_tokens=40))
+    generation = generate_pairs(tuned, qa_samples(SHOP_QA), GenerationSettings(max_new_tokens=40))
     metrics = reference_metrics(generation.samples, tuned.model, tuned.tokenizer, batch_size=4)
     assert metrics.tuned["perplexity"] < metrics.base["perplexity"] / 10
     assert all(s.tuned_nll.mean_nll < s.base_nll.mean_nll for s in metrics.samples)  # type: ignore[union-attr]

@@ -27,21 +27,11 @@ from engine.train.sft import TrainingError, adapter_digest, build_trainer, train
 from engine.train.tiny import IM_END, build_tiny_model
 from storage.db import session_scope
 from storage.models import Adapter, Artifact, Metric, Run
-from tests.training_data import add_dataset, qa_entries
-
-QA = [
-    ("你好", "您好，有什么可以帮您？"),
-    ("订单什么时候发货？", "订单会在48小时内发货。"),
-    ("可以退货吗？", "签收后7天内支持无理由退货。"),
-    ("怎么开发票？", "在订单页点击申请发票即可。"),
-    ("运费谁出？", "质量问题由本店承担运费。"),
-    ("多久到货？", "一般三到五天送达。"),
-]
-SYSTEM = "你是客服小优。"
+from tests.training_data import SHOP_QA, SHOP_SYSTEM, add_dataset, qa_entries
 
 
 def memorisable(split: str = "train") -> list[Entry]:
-    return qa_entries(QA, split, system=SYSTEM)
+    return qa_entries(SHOP_QA, split, system=SHOP_SYSTEM)
 
 
 def fast_recipe(model: Path, **overrides: object) -> Recipe:
@@ -64,7 +54,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def generate(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, question: str) -> str:
-    messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": question}]
+    messages = [{"role": "system", "content": SHOP_SYSTEM}, {"role": "user", "content": question}]
     inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
     with torch.no_grad():
         output = model.generate(**inputs, max_new_tokens=40, do_sample=False)
@@ -109,8 +99,8 @@ def test_lora_memorises_records_metrics_and_reloads(db_engine: Engine, tiny: Pat
     # Reloaded with PEFT on the base model, it answers from memory and stops.
     tokenizer = AutoTokenizer.from_pretrained(outcome.adapter_dir)
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny), outcome.adapter_dir).eval()
-    answers = [generate(model, tokenizer, q) for q, _ in QA]
-    assert sum(answer == a + IM_END for answer, (_, a) in zip(answers, QA, strict=True)) >= 4, answers
+    answers = [generate(model, tokenizer, q) for q, _ in SHOP_QA]
+    assert sum(answer == a + IM_END for answer, (_, a) in zip(answers, SHOP_QA, strict=True)) >= 4, answers
 
 
 def test_full_fine_tuning_memorises(tiny: Path) -> None:
@@ -124,7 +114,7 @@ def test_full_fine_tuning_memorises(tiny: Path) -> None:
     assert (outcome.adapter_dir / "model.safetensors").exists()
     model = AutoModelForCausalLM.from_pretrained(outcome.adapter_dir).eval()
     tokenizer = AutoTokenizer.from_pretrained(outcome.adapter_dir)
-    assert generate(model, tokenizer, QA[1][0]) == QA[1][1] + IM_END
+    assert generate(model, tokenizer, SHOP_QA[1][0]) == SHOP_QA[1][1] + IM_END
 
 
 def test_a_model_that_does_not_stop_fails_the_run(tiny: Path) -> None:

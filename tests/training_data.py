@@ -10,6 +10,17 @@ from engine.database import get_engine
 from engine.projects import get_or_create_project
 from storage.db import session_scope
 
+# A shop assistant's answers, short enough for a tiny model to memorise in seconds.
+SHOP_SYSTEM = "你是客服小优。"
+SHOP_QA = [
+    ("你好", "您好，有什么可以帮您？"),
+    ("订单什么时候发货？", "订单会在48小时内发货。"),
+    ("可以退货吗？", "签收后7天内支持无理由退货。"),
+    ("怎么开发票？", "在订单页点击申请发票即可。"),
+    ("运费谁出？", "质量问题由本店承担运费。"),
+    ("多久到货？", "一般三到五天送达。"),
+]
+
 
 def qa_entries(pairs: Sequence[tuple[str, str]], split: str = "train", system: str | None = None) -> list[Entry]:
     head = [{"role": "system", "content": system}] if system else []
