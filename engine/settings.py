@@ -22,8 +22,12 @@ class Settings(BaseSettings):
     max_records: int = ReadLimits.max_records
     max_record_bytes: int = ReadLimits.max_record_bytes
 
+    # The LLM judge (engine/evaluate/judge.py): falls back to OPENAI_BASE_URL / OPENAI_API_KEY like
+    # synthesis; shares the synth_* retry settings and price table below.
     judge_base_url: str | None = None
     judge_api_key: str | None = None
+    judge_model: str = "gpt-4o"
+    judge_concurrency: int = Field(default=8, ge=1)
     synth_base_url: str | None = None
     synth_api_key: str | None = None
     vllm_urls: list[str] = Field(default_factory=list)
@@ -73,6 +77,14 @@ class Settings(BaseSettings):
     @property
     def resolved_synth_api_key(self) -> str | None:
         return self.synth_api_key or self.openai_api_key
+
+    @property
+    def resolved_judge_base_url(self) -> str | None:
+        return self.judge_base_url or self.openai_base_url
+
+    @property
+    def resolved_judge_api_key(self) -> str | None:
+        return self.judge_api_key or self.openai_api_key
 
     @property
     def resolved_artifact_root(self) -> Path:

@@ -136,6 +136,12 @@ def default_reply(body: dict[str, Any]) -> Reply:
 Script = Reply | Callable[[dict[str, Any]], Reply | None]
 
 
+class _HTTPServer(ThreadingHTTPServer):
+    # The default listen backlog (5) drops the SYNs of a burst of concurrent connections, which the
+    # client's kernel retransmits only after a second: a 1 s stall in any test at concurrency 8.
+    request_queue_size = 128
+
+
 class OpenAIServer:
     def __init__(
         self,
@@ -154,7 +160,7 @@ class OpenAIServer:
         self._script: list[Script] = []
         self._lock = threading.Lock()
         self._stopping = threading.Event()
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._httpd = _HTTPServer(("127.0.0.1", 0), self._handler())
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
 

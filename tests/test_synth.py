@@ -29,17 +29,15 @@ from engine.data.synth import (
     SynthOutcome,
     SynthRequest,
     allocate,
-    estimate_cost,
     extract_json,
     make_client,
-    parse_retry_after,
     plan_batches,
     render_markdown,
-    retry_delay,
     synthesize,
 )
 from engine.data.versions import Entry, get_or_create_dataset, load_entries, resolve_version, save_version
 from engine.events import Event, ignore_events
+from engine.llm import estimate_cost, parse_retry_after, retry_delay
 from engine.projects import get_or_create_project
 from engine.settings import Settings, get_settings
 from storage.db import make_engine, session_scope

@@ -4,9 +4,10 @@ OpenAI-compatible endpoint.
     plan      sub-scenarios from the user, the dataset's existing tags, or the model; frozen per job
     batches   the samples spread over sub-scenario × persona × mood × difficulty × turns in the given
               proportions, `per_request` samples per request
-    fan-out   bounded concurrency; our own retry loop (the client's is off) with exponential back-off
-              and jitter on 429 / 5xx / timeouts, honouring Retry-After; response_format json_schema,
-              falling back to json_object, then to JSON found in prose
+    fan-out   bounded concurrency; every request through `engine.llm.ChatCaller`: our own retry loop
+              (the client's is off) with exponential back-off and jitter on 429 / 5xx / timeouts,
+              honouring Retry-After; response_format json_schema, falling back to json_object, then
+              to JSON found in prose
     store     every reply is stored (`synth_batches`) the moment it arrives, keyed by job and batch
               index with a fingerprint of the request: a resumed job never pays for a batch twice
     budget    requests / tokens / USD: once reached no new request starts; in-flight ones finish
@@ -18,7 +19,6 @@ running the same command again resumes (or, when complete, reproduces) the same 
 """
 
 import asyncio
-import email.utils
 import hashlib
 import json
 import logging
@@ -28,14 +28,13 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
-import openai
 from openai import AsyncOpenAI
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
+from engine import llm
 from engine.data.filters import FilterConfig, apply_filters, load_tokenizer
 from engine.data.sample import Message, Sample
 from engine.data.synth_prompts import PROMPT_VERSION, batch_messages, response_format, scenario_messages
@@ -51,6 +50,7 @@ from engine.data.versions import (
     save_version,
 )
 from engine.events import Event, EventSink, ignore_events, progress_event
+from engine.llm import Budget, BudgetReached, ChatCaller, EndpointRefused, Reply, RequestFailed, RetryPolicy, Usage
 from engine.projects import get_or_create_project
 from engine.settings import Settings, get_settings
 from storage.db import session_scope
@@ -60,7 +60,6 @@ log = logging.getLogger(__name__)
 
 STAGE = "synthesize"
 PLAN_INDEX = -1  # the SynthBatch row holding the job's frozen sub-scenario plan
-FORMAT_MODES = ("json_schema", "json_object", "text")
 
 DEFAULT_PERSONAS = {
     "first-time user, unsure how things work": 0.25,
@@ -77,15 +76,6 @@ DEFAULT_DIFFICULTIES = {"easy": 0.4, "medium": 0.4, "hard (edge case or policy e
 class SynthError(Exception):
     """A synthesis job that cannot start or go on: no endpoint, a rejected key, a job name reused
     with different settings."""
-
-
-@dataclass
-class Budget:
-    """Limits for a whole job (batches paid for in earlier attempts count); None means no limit."""
-
-    max_requests: int | None = None
-    max_tokens: int | None = None
-    max_cost_usd: float | None = None
 
 
 @dataclass
@@ -174,59 +164,25 @@ class BatchPlan:
 
 
 @dataclass
-class _Usage:
-    requests: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cost_usd: float = 0.0
-    retries: int = 0
-    stopped: str | None = None
-
-    def exhausted(self, budget: Budget) -> str | None:
-        if budget.max_requests is not None and self.requests >= budget.max_requests:
-            return f"max_requests {budget.max_requests} reached"
-        if budget.max_tokens is not None and self.prompt_tokens + self.completion_tokens >= budget.max_tokens:
-            return f"max_tokens {budget.max_tokens} reached"
-        if budget.max_cost_usd is not None and self.cost_usd >= budget.max_cost_usd:
-            return f"max_cost_usd {budget.max_cost_usd} reached"
-        return None
-
-
-@dataclass
-class _Reply:
-    content: str
-    mode: str
-    prompt_tokens: int
-    completion_tokens: int
-    cost_usd: float | None
-    finish_reason: str | None
-    attempts: int
-
-
-class _BudgetReached(Exception):
-    pass
-
-
-class _BatchFailed(Exception):
-    def __init__(self, message: str, attempts: int) -> None:
-        super().__init__(message)
-        self.attempts = attempts
-
-
-@dataclass
 class _Context:
     """What every request of one job shares."""
 
-    client: AsyncOpenAI
-    model: str
-    temperature: float
+    chat: ChatCaller  # client, model, temperature, retries, budget, usage, response format mode
     settings: Settings
-    budget: Budget
-    usage: _Usage
     project: str
     events: EventSink
-    mode: str = "json_schema"  # lowered for the whole job the first time the server rejects it
-    rng: random.Random = field(default_factory=random.Random)
+
+    @property
+    def model(self) -> str:
+        return self.chat.model
+
+    @property
+    def usage(self) -> Usage:
+        return self.chat.usage
+
+    @property
+    def mode(self) -> str:
+        return self.chat.mode
 
 
 # --- the engine function -----------------------------------------------------------------------
@@ -263,14 +219,23 @@ async def synthesize(
         job_name = request.job or default_job_name(project_name, model, request)
         job_key = f"{project_id}:{job_name}"
         stored = _stored_batches(engine, job_key)
-        usage = _Usage(
+        usage = Usage(
             requests=sum(b.attempts for b in stored.values()),
             prompt_tokens=sum(b.prompt_tokens for b in stored.values()),
             completion_tokens=sum(b.completion_tokens for b in stored.values()),
             cost_usd=sum(b.cost_usd or 0.0 for b in stored.values()),
         )
-        ctx = _Context(client, model, request.temperature, settings, request.budget, usage, project_name, events)
-        ctx.rng.seed(request.seed)
+        chat = ChatCaller(
+            client,
+            model,
+            RetryPolicy.from_settings(settings),
+            prices=settings.synth_prices,
+            temperature=request.temperature,
+            budget=request.budget,
+            usage=usage,
+            rng=random.Random(request.seed),
+        )
+        ctx = _Context(chat, settings, project_name, events)
         resumed = sum(1 for i, b in stored.items() if i != PLAN_INDEX and b.status == "ok")
         events(_stage(project_name, "plan", job=job_name, resumed_batches=resumed))
 
@@ -325,16 +290,15 @@ def default_job_name(project_name: str, model: str, request: SynthRequest) -> st
 def make_client(settings: Settings | None = None) -> AsyncOpenAI:
     """The synthesis client: TUNELOOP_SYNTH_* first, then OPENAI_BASE_URL / OPENAI_API_KEY."""
     settings = settings or get_settings()
-    base_url = settings.resolved_synth_base_url
-    api_key = settings.resolved_synth_api_key
-    if api_key is None:
-        if base_url is None:
-            raise SynthError(
-                "no synthesis endpoint: set OPENAI_API_KEY (and OPENAI_BASE_URL for a non-OpenAI server), "
-                "or TUNELOOP_SYNTH_API_KEY / TUNELOOP_SYNTH_BASE_URL"
-            )
-        api_key = "not-needed"  # a local vLLM or the like takes any key
-    return AsyncOpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=settings.synth_timeout_s)
+    client = llm.make_client(
+        settings.resolved_synth_base_url, settings.resolved_synth_api_key, settings.synth_timeout_s
+    )
+    if client is None:
+        raise SynthError(
+            "no synthesis endpoint: set OPENAI_API_KEY (and OPENAI_BASE_URL for a non-OpenAI server), "
+            "or TUNELOOP_SYNTH_API_KEY / TUNELOOP_SYNTH_BASE_URL"
+        )
+    return client
 
 
 # --- planning ----------------------------------------------------------------------------------
@@ -359,7 +323,7 @@ async def _plan_scenarios(
         if wanted and wanted != {s.name: s.weight for s in scenarios}:
             raise SynthError("this job was planned with other sub-scenarios; give this one another job name")
         return scenarios, source
-    reply: _Reply | None = None
+    reply: Reply | None = None
     if request.scenarios:
         scenarios, source = [Scenario(k, float(v)) for k, v in request.scenarios.items() if v > 0], "user"
     elif request.use_existing_tags and tags:
@@ -368,9 +332,9 @@ async def _plan_scenarios(
         messages = scenario_messages(request.task, request.scenario_count)
         try:
             reply = await _request(ctx, messages, "scenarios")
-        except _BudgetReached as stop:
+        except BudgetReached as stop:
             raise SynthError(f"the budget was spent before the sub-scenarios were planned ({stop})") from None
-        except _BatchFailed as failure:
+        except RequestFailed as failure:
             # Nothing is stored: a passing outage must not fix this job's plan for good.
             raise SynthError(f"could not plan the sub-scenarios: {failure}; run again, or give --scenarios") from None
         scenarios, source = parse_scenarios(reply.content, request.scenario_count), "model"
@@ -539,14 +503,14 @@ async def _run_batches(
     await asyncio.gather(*(one(plan) for plan in pending))
 
 
-async def _ask(ctx: _Context, plan: BatchPlan) -> "_Reply | _BatchFailed | None":
+async def _ask(ctx: _Context, plan: BatchPlan) -> "Reply | RequestFailed | None":
     """The reply to one batch, the failure that ended its retries, or None when the budget forbade
     sending it."""
     try:
         return await _request(ctx, plan.messages, "samples")
-    except _BudgetReached:
+    except BudgetReached:
         return None
-    except _BatchFailed as failure:
+    except RequestFailed as failure:
         return failure
 
 
@@ -554,7 +518,7 @@ async def _keep(
     engine: Engine,
     ctx: _Context,
     plan: BatchPlan,
-    answer: "_Reply | _BatchFailed | None",
+    answer: "Reply | RequestFailed | None",
     project_id: int,
     job_key: str,
 ) -> SynthBatch | None:
@@ -568,8 +532,8 @@ async def _keep(
     return row
 
 
-def _batch_row(ctx: _Context, plan: BatchPlan, answer: "_Reply | _BatchFailed") -> SynthBatch:
-    if isinstance(answer, _BatchFailed):
+def _batch_row(ctx: _Context, plan: BatchPlan, answer: "Reply | RequestFailed") -> SynthBatch:
+    if isinstance(answer, RequestFailed):
         log.warning("synthesis batch %d failed: %s", plan.index, answer)
         ctx.events(Event("warning", ctx.project, {"stage": STAGE, "batch": plan.index, "message": str(answer)}))
         return SynthBatch(
@@ -603,128 +567,12 @@ def _batch_row(ctx: _Context, plan: BatchPlan, answer: "_Reply | _BatchFailed") 
     )
 
 
-async def _request(ctx: _Context, messages: list[dict[str, str]], kind: str) -> _Reply:
-    """One chat completion with our retries: back-off with jitter on 429, 408/409, 5xx, timeouts and
-    dropped connections, Retry-After honoured; a rejected response_format lowers the job's mode."""
-    settings = ctx.settings
-    failures = 0
-    requests = 0
-    while True:
-        stop = ctx.usage.exhausted(ctx.budget)
-        if stop:
-            ctx.usage.stopped = ctx.usage.stopped or stop
-            raise _BudgetReached(stop)
-        mode = ctx.mode
-        fmt = response_format(mode, kind)
-        ctx.usage.requests += 1
-        requests += 1
-        try:
-            raw = await ctx.client.chat.completions.with_raw_response.create(
-                model=ctx.model,
-                messages=messages,  # type: ignore[arg-type]
-                temperature=ctx.temperature,
-                response_format=fmt if fmt is not None else openai.omit,  # type: ignore[arg-type]
-                timeout=settings.synth_timeout_s,
-            )
-            completion = raw.parse()
-        except (openai.BadRequestError, openai.UnprocessableEntityError) as error:
-            if mode != "text" and _rejects_format(error):
-                if ctx.mode == mode:  # concurrent requests learn it too; lower once
-                    ctx.mode = FORMAT_MODES[FORMAT_MODES.index(mode) + 1]
-                    log.info("server rejected response_format %s; using %s", mode, ctx.mode)
-                continue
-            raise _BatchFailed(f"rejected: {_describe(error)}", requests) from None
-        except (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError) as error:
-            raise SynthError(f"the synthesis endpoint refused the job: {_describe(error)}") from None
-        except (openai.APIStatusError, openai.APITimeoutError, openai.APIConnectionError) as error:
-            status = getattr(error, "status_code", None)
-            if status is not None and status not in (408, 409, 429) and status < 500:
-                raise _BatchFailed(f"rejected: {_describe(error)}", requests) from None
-            failures += 1
-            if failures >= settings.synth_max_attempts:
-                raise _BatchFailed(f"gave up after {requests} request(s): {_describe(error)}", requests) from None
-            headers = error.response.headers if isinstance(error, openai.APIStatusError) else None
-            delay = retry_delay(failures, headers, settings, ctx.rng)
-            ctx.usage.retries += 1
-            log.info("retrying in %.2fs after %s", delay, _describe(error))
-            await asyncio.sleep(delay)
-            continue
-        except openai.APIResponseValidationError as error:
-            raise _BatchFailed(f"malformed response: {error}", requests) from None
-        usage = completion.usage
-        prompt_tokens = usage.prompt_tokens if usage else 0
-        completion_tokens = usage.completion_tokens if usage else 0
-        cost = estimate_cost(ctx.model, prompt_tokens, completion_tokens, settings)
-        ctx.usage.prompt_tokens += prompt_tokens
-        ctx.usage.completion_tokens += completion_tokens
-        ctx.usage.cost_usd += cost or 0.0
-        choice = completion.choices[0] if completion.choices else None
-        return _Reply(
-            content=(choice.message.content or "") if choice else "",
-            mode=mode,
-            prompt_tokens=prompt_tokens,
-            completion_tokens=completion_tokens,
-            cost_usd=cost,
-            finish_reason=choice.finish_reason if choice else None,
-            attempts=requests,
-        )
-
-
-def retry_delay(failures: int, headers: Any, settings: Settings, rng: random.Random) -> float:
-    """Retry-After (seconds, milliseconds or an HTTP date) when the server sends one, capped at
-    `synth_retry_after_max_s`; otherwise exponential back-off with jitter (half fixed, half random,
-    so concurrent workers that failed together do not retry together)."""
-    after = parse_retry_after(headers) if headers is not None else None
-    if after is not None:
-        return min(after, settings.synth_retry_after_max_s)
-    ceiling = min(settings.synth_backoff_max_s, settings.synth_backoff_base_s * 2 ** (failures - 1))
-    return ceiling / 2 + rng.uniform(0, ceiling / 2)
-
-
-def parse_retry_after(headers: Any) -> float | None:
-    """Seconds to wait from `retry-after-ms` or `retry-after` (seconds or an HTTP date), or None."""
-    value = headers.get("retry-after-ms")
-    if value is not None:
-        try:
-            return max(0.0, float(value) / 1000)
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if value is None:
-        return None
+async def _request(ctx: _Context, messages: list[dict[str, str]], kind: str) -> Reply:
+    """One chat completion through the job's caller (retries, format fallback, budget: engine.llm)."""
     try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
-
-
-def estimate_cost(model: str, prompt_tokens: int, completion_tokens: int, settings: Settings) -> float | None:
-    """USD from the price table (per 1M tokens): the model's exact name, else its longest listed
-    prefix ("gpt-4o-2024-08-06" → "gpt-4o"); None for a model with no price."""
-    prices = settings.synth_prices
-    key = model if model in prices else max((k for k in prices if model.startswith(k)), key=len, default=None)
-    if key is None:
-        return None
-    per_prompt, per_completion = prices[key]
-    return (prompt_tokens * per_prompt + completion_tokens * per_completion) / 1_000_000
-
-
-def _rejects_format(error: openai.APIStatusError) -> bool:
-    text = f"{error.message} {error.param or ''} {error.code or ''}".lower()
-    return any(word in text for word in ("response_format", "json_schema", "json_object", "structured output"))
-
-
-def _describe(error: Exception) -> str:
-    status = getattr(error, "status_code", None)
-    message = getattr(error, "message", None) or str(error)
-    return f"{status} {message}" if status else f"{type(error).__name__}: {message}"
+        return await ctx.chat.complete(messages, lambda mode: response_format(mode, kind))
+    except EndpointRefused as error:
+        raise SynthError(f"the synthesis endpoint refused the job: {error}") from None
 
 
 # --- replies -----------------------------------------------------------------------------------

@@ -10,6 +10,8 @@ mood, difficulty, turns): precise for the model, and parseable by the test serve
 import json
 from typing import Any
 
+from engine.llm import schema_format
+
 PROMPT_VERSION = "synth-v1"
 
 _MESSAGE_SCHEMA: dict[str, Any] = {
@@ -117,9 +119,4 @@ def batch_messages(
 def response_format(mode: str, kind: str) -> dict[str, Any] | None:
     """The `response_format` for `mode` (json_schema, json_object, text) and `kind` (samples,
     scenarios); None for text, where the JSON is extracted from the reply."""
-    if mode == "json_schema":
-        schema = SAMPLES_SCHEMA if kind == "samples" else SCENARIOS_SCHEMA
-        return {"type": "json_schema", "json_schema": {"name": SCHEMA_NAMES[kind], "schema": schema, "strict": True}}
-    if mode == "json_object":
-        return {"type": "json_object"}
-    return None
+    return schema_format(mode, SCHEMA_NAMES[kind], SAMPLES_SCHEMA if kind == "samples" else SCENARIOS_SCHEMA)
