@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 import torch  # noqa: E402
+from evaluation_data import generated_sample  # noqa: E402
 from openai import AsyncOpenAI  # noqa: E402
 from openai_server import OpenAIServer, Reply  # noqa: E402
 
@@ -138,20 +139,13 @@ def serve_judge(delay: float, urls: "mp.Queue[str]", stop: "mp.Event") -> None: 
 
 def judged_samples(count: int) -> list[GeneratedSample]:
     return [
-        GeneratedSample(
-            index=i,
-            question=f"订单{i}的耳机坏了能退吗?",
-            reference="可以,签收七天内无理由退货,请在订单页申请。",
-            prompt=[{"role": "user", "content": f"订单{i}的耳机坏了能退吗?"}],
-            tags=["退货"],
-            base_answer=f"base {i}: 不清楚。",
-            tuned_answer=f"tuned {i}: 可以退货,签收七天内在订单页申请。",
-            base_tokens=8,
-            tuned_tokens=16,
-            base_seconds=0.1,
-            tuned_seconds=0.1,
-            base_stopped=True,
-            tuned_stopped=True,
+        generated_sample(
+            i,
+            f"订单{i}的耳机坏了能退吗?",
+            "可以,签收七天内无理由退货,请在订单页申请。",
+            f"base {i}: 不清楚。",
+            f"tuned {i}: 可以退货,签收七天内在订单页申请。",
+            ["退货"],
         )
         for i in range(count)
     ]

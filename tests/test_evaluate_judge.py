@@ -25,6 +25,7 @@ from engine.evaluate.judge import (
 from engine.evaluate.judge_prompts import DEFAULT_RUBRIC, PROMPT_VERSION
 from engine.llm import RetryPolicy
 from engine.settings import Settings, get_settings
+from tests.evaluation_data import generated_sample
 
 FAST = RetryPolicy(max_attempts=3, backoff_base_s=0.01, backoff_max_s=0.05, retry_after_max_s=5, timeout_s=5)
 DIMS = list(DEFAULT_RUBRIC)
@@ -44,20 +45,8 @@ def no_endpoint_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 
 def sample(index: int, base: str, tuned: str, tags: tuple[str, ...] = ("退货",)) -> GeneratedSample:
-    return GeneratedSample(
-        index=index,
-        question=f"问题{index}: 耳机坏了能退吗?",
-        reference="可以,签收七天内无理由退货,请在订单页申请。",
-        prompt=[{"role": "user", "content": f"问题{index}: 耳机坏了能退吗?"}],
-        tags=list(tags),
-        base_answer=base,
-        tuned_answer=tuned,
-        base_tokens=10,
-        tuned_tokens=10,
-        base_seconds=0.1,
-        tuned_seconds=0.1,
-        base_stopped=True,
-        tuned_stopped=True,
+    return generated_sample(
+        index, f"问题{index}: 耳机坏了能退吗?", "可以,签收七天内无理由退货,请在订单页申请。", base, tuned, tags
     )
 
 

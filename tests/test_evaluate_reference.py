@@ -10,7 +10,6 @@ from rouge_score.rouge_scorer import RougeScorer
 
 from engine.evaluate import (
     AnswerNLL,
-    GeneratedSample,
     GenerationSettings,
     LoadedModels,
     answer_nlls,
@@ -27,6 +26,7 @@ from engine.evaluate import (
 from engine.evaluate.reference import answer_labels
 from engine.train.prepare import IGNORE_INDEX
 from engine.train.tiny import IM_END, build_tiny_model
+from tests.evaluation_data import generated_sample
 from tests.test_evaluate_generate import qa_samples, trained_adapter
 from tests.training_data import SHOP_QA, SHOP_SYSTEM
 
@@ -126,21 +126,7 @@ def test_reference_perplexity_is_lower_under_the_adapter_trained_on_it(tuned: Lo
 
 
 def test_reference_metrics_without_a_model() -> None:
-    row = GeneratedSample(
-        index=0,
-        question="多久到货？",
-        reference="一般三到五天送达。",
-        prompt=[{"role": "user", "content": "多久到货？"}],
-        tags=["物流"],
-        base_answer="不知道",
-        tuned_answer="一般三到五天送达。",
-        base_tokens=3,
-        tuned_tokens=9,
-        base_seconds=0.1,
-        tuned_seconds=0.1,
-        base_stopped=True,
-        tuned_stopped=True,
-    )
+    row = generated_sample(0, "多久到货？", "一般三到五天送达。", "不知道", "一般三到五天送达。", ["物流"])
     metrics = reference_metrics([row])
     assert metrics.tuned["exact_match"] == 1.0 and metrics.base["exact_match"] == 0.0
     assert "perplexity" not in metrics.tuned and metrics.samples[0].tuned_nll is None

@@ -7,23 +7,13 @@ from engine.evaluate.generate import GeneratedSample
 from engine.evaluate.judge import Judgement, JudgeResult, SampleJudgement
 from engine.evaluate.weakest import judge_scores, render_markdown, shorten, sub_scenario, weakest_samples
 from engine.llm import Usage
+from tests.evaluation_data import generated_sample
 
 
 def sample(index: int, tags: list[str], question: str | None = None) -> GeneratedSample:
-    return GeneratedSample(
-        index=index,
-        question=question or f"问题{index}: 耳机坏了能退吗?",
-        reference=f"参考{index}: 签收七天内可以无理由退货。",
-        prompt=[{"role": "user", "content": "q"}],
-        tags=tags,
-        base_answer=f"基座{index}",
-        tuned_answer=f"微调{index}",
-        base_tokens=1,
-        tuned_tokens=1,
-        base_seconds=0.1,
-        tuned_seconds=0.1,
-        base_stopped=True,
-        tuned_stopped=True,
+    question = question or f"问题{index}: 耳机坏了能退吗?"
+    return generated_sample(
+        index, question, f"参考{index}: 签收七天内可以无理由退货。", f"基座{index}", f"微调{index}", tags
     )
 
 

@@ -6,11 +6,10 @@ from typing import Annotated
 import typer
 
 from bot.cli.common import ProjectOption, console, errors, fail, open_session, quiet_training_libraries
+from engine.artifacts import get_artifact_store
 from engine.data.versions import DEFAULT_DATASET
 from engine.events import Event
-from engine.settings import get_settings
 from engine.train.recipe import DEFAULT_RECIPE, RecipeError, load_recipe
-from storage.artifacts import LocalArtifactStore
 from storage.models import Run
 
 
@@ -133,7 +132,7 @@ def export_command(
         if out is None:
             if not row.artifact_prefix:
                 fail(f"run {run} has no folder; pass --out")
-            folder = LocalArtifactStore(get_settings().resolved_artifact_root).path(row.artifact_prefix)
+            folder = get_artifact_store().path(row.artifact_prefix)
             out = folder / ("merged" if merge else "export")
         try:
             outcome = export_run(session, run, out, merge=merge)

@@ -238,7 +238,10 @@ def report_version(
     dataset_name: str = DEFAULT_DATASET,
     number: int | None = None,
 ) -> DataReport:
-    version = resolve_version(session, project_name, dataset_name, number)
+    return _report_of(session, resolve_version(session, project_name, dataset_name, number))
+
+
+def _report_of(session: Session, version: DatasetVersion) -> DataReport:
     entries = load_entries(session, version)
     source = _ancestor_detail(session, version, "upload")
     return build_report(
@@ -264,7 +267,7 @@ def publish_report(
     """Build the version's report and keep its Markdown and length histogram in the artifact store
     (`projects/<project>/datasets/<dataset>/v<n>/`), with their hashes recorded, for the chat threads."""
     version = resolve_version(session, project_name, dataset_name, number)
-    report = report_version(session, project_name, dataset_name=dataset_name, number=version.number)
+    report = _report_of(session, version)
     prefix = ("datasets", dataset_name, f"v{version.number}")
     project_id = _dataset_of(session, version).project_id
     stored = [store.put_bytes(project_key(project_name, *prefix, "report.md"), render_markdown(report).encode())]

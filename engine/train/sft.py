@@ -35,11 +35,11 @@ from transformers.trainer_utils import get_last_checkpoint
 from transformers.utils import is_flash_attn_2_available
 from trl import SFTConfig, SFTTrainer
 
+from engine.artifacts import get_artifact_store
 from engine.data.sample import Sample
 from engine.data.versions import DEFAULT_DATASET, load_entries, resolve_version
 from engine.events import Event, EventSink, ignore_events
 from engine.projects import get_project
-from engine.settings import get_settings
 from engine.train.charts import write_loss_curve
 from engine.train.distributed import DistributedError, check_distributed, deepspeed_config
 from engine.train.eos import EosCheck, check_saved_model
@@ -54,7 +54,7 @@ from engine.train.prepare import (
     split_entries,
 )
 from engine.train.recipe import Recipe, recipe_yaml
-from storage.artifacts import LocalArtifactStore, StoredArtifact, record_artifact, run_key, sha256_file
+from storage.artifacts import StoredArtifact, record_artifact, run_key, sha256_file
 from storage.models import Adapter, DatasetVersion, Metric, Project, Run, utcnow
 
 EOS_CHECK_PROMPTS = 3
@@ -120,7 +120,7 @@ def train(
     if previous is None and not main:
         raise TrainingError("the processes of a multi-process launch continue a run that rank 0 created")
     run = previous or start_run(session, project_row, version.id, recipe)
-    out_dir = Path(out_dir) if out_dir else _store().path(run_key(project, run.id))
+    out_dir = Path(out_dir) if out_dir else get_artifact_store().path(run_key(project, run.id))
     if main:
         run.state, run.error, run.updated_at = "training", None, utcnow()
         run.artifact_prefix = run_key(project, run.id)
@@ -458,17 +458,13 @@ def record_adapter(
 
 def _record_files(session: Session, project: Project, run: Run, files: list[Path]) -> None:
     """Artifact rows for the files a run wrote inside the artifact store (a custom out_dir has none)."""
-    root = _store().root
+    root = get_artifact_store().root
     for path in files:
         if path.resolve().is_relative_to(root):
             key = path.resolve().relative_to(root).as_posix()
             stored = StoredArtifact(key=key, sha256=sha256_file(path), size_bytes=path.stat().st_size)
             kind = "chart" if path.suffix == ".png" else "report"
             record_artifact(session, stored, project_id=project.id, run_id=run.id, kind=kind)
-
-
-def _store() -> LocalArtifactStore:
-    return LocalArtifactStore(get_settings().resolved_artifact_root)
 
 
 def start_run(session: Session, project: Project, version_id: int | None, recipe: Recipe) -> Run:
