@@ -30,7 +30,10 @@ class Settings(BaseSettings):
     judge_concurrency: int = Field(default=8, ge=1)
     synth_base_url: str | None = None
     synth_api_key: str | None = None
+    # Serving (engine/serve/): the vLLM (or `tuneloop serve`) servers every deployment goes to, and the folder
+    # they all read adapters from (a shared volume in docker-compose).
     vllm_urls: list[str] = Field(default_factory=list)
+    adapters_dir: Path | None = Field(default=None, description="Shared adapters folder; home/adapters if unset.")
 
     # Synthesis (engine/data/synth.py). The platforms' own OPENAI_BASE_URL / OPENAI_API_KEY are the
     # fallback for TUNELOOP_SYNTH_BASE_URL / TUNELOOP_SYNTH_API_KEY.
@@ -89,6 +92,10 @@ class Settings(BaseSettings):
     @property
     def resolved_artifact_root(self) -> Path:
         return self.artifact_root or self.home / "artifacts"
+
+    @property
+    def resolved_adapters_dir(self) -> Path:
+        return self.adapters_dir or self.home / "adapters"
 
 
 @lru_cache

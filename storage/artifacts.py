@@ -178,6 +178,18 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def adapter_digest(folder: Path) -> tuple[str, int]:
+    """sha256 over every file's relative path and content, and the total size: one digest for an adapter
+    folder, the same wherever the folder was copied."""
+    digest, size = hashlib.sha256(), 0
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        data = path.read_bytes()
+        digest.update(path.relative_to(folder).as_posix().encode("utf-8") + b"\0")
+        digest.update(hashlib.sha256(data).digest())
+        size += len(data)
+    return digest.hexdigest(), size
+
+
 def record_artifact(
     session: Session,
     stored: StoredArtifact,

@@ -207,6 +207,10 @@ class Judgement(SQLModel, table=True):
     judge_model: str | None = None
     prompt_version: str | None = None
     tags: list | None = _json()
+    position: int | None = None  # the sample's place among the evaluation's test samples
+    # What the columns above leave out: the base answer's grade, both pairwise verdicts with their raw
+    # replies, and the reference metrics of both answers.
+    detail: dict | None = _json()
     created_at: datetime = _created()
 
 

@@ -4,7 +4,7 @@ Each command group lives in its own module; this one only assembles them."""
 
 import typer
 
-from bot.cli import data, db, demo, model, project, synth, train
+from bot.cli import data, db, demo, evaluate, model, project, synth, train
 
 app = typer.Typer(
     help="tuneloop: the fine-tuning loop as one conversation.", no_args_is_help=True, add_completion=False
@@ -17,3 +17,4 @@ app.command("demo")(demo.demo)
 app.add_typer(model.app, name="model")
 app.command("train")(train.train_command)
 app.command("export")(train.export_command)
+app.command("eval")(evaluate.eval_command)

@@ -7,6 +7,7 @@ import typer
 
 from bot.cli.common import console, fail
 from bot.cli.data import data_export, data_filter, data_import, data_report, data_split
+from bot.cli.evaluate import eval_command
 from bot.cli.model import model_tiny
 from bot.cli.train import train_command
 from engine.data.export import EXPORT_FORMATS
@@ -22,7 +23,7 @@ def demo(
     recipe: Annotated[Path, typer.Option(help="The training recipe.")] = DEMO_RECIPE,
 ) -> None:
     """Run the loop as far as it goes today on the bundled example: import, filter, split, export, report,
-    then build a tiny model locally and train a LoRA adapter on the train split."""
+    then build a tiny model locally, train a LoRA adapter on the train split and evaluate it against its base."""
     if not data.exists():
         fail(f"{data} does not exist; build it with `python examples/build_customer_service.py`")
     console.rule(f"tuneloop demo: {project}")
@@ -40,4 +41,9 @@ def demo(
         # adapter: a random model is no base, and cannot learn to answer and stop within a demo's minute.
         train_file = next((out / "openai" / "train").glob("*.jsonl"))
         model_tiny(out=model, data=train_file, hidden_size=128, pretrain_epochs=2)
-        train_command(project=project, dataset="latest", recipe=recipe, base_model=str(model), out=None, resume=None)
+        run = train_command(
+            project=project, dataset="latest", recipe=recipe, base_model=str(model), out=None, resume=None
+        )
+        console.rule("evaluation")
+        # The metric judge unless an LLM judge endpoint is configured; the report says which judged.
+        eval_command(run=run, max_new_tokens=64, stability_prompts=4, weakest=5)

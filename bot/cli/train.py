@@ -66,7 +66,7 @@ def train_command(
             min=1, help="Processes (GPUs) to train with, launched by `accelerate launch` (the recipe's `distributed`)."
         ),
     ] = 1,
-) -> None:
+) -> int:
     """Fine-tune on a dataset version with a recipe; prints where the adapter and the loss curve are."""
     # The training stack (torch, transformers, bitsandbytes) loads only when training, so that every
     # other command starts at once.
@@ -113,6 +113,7 @@ def train_command(
             console.print(f"run {outcome.run.id}: {check.message()}")
         console.print(f"adapter: {outcome.adapter_dir} (sha256 {outcome.adapter.sha256[:12]}…)")
         console.print(f"loss curve: {outcome.loss_curve}")
+        return outcome.run.id  # type: ignore[return-value]
 
 
 def export_command(

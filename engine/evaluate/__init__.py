@@ -1,14 +1,21 @@
 """Evaluation: tuned vs base on a dataset version's test split.
 
-This slice: generation (`generate`) and reference metrics (`reference`). A run's evaluation stage does
+A run's evaluation stage is one call, `evaluate_run(session, run_id, EvaluationOptions(...))` (run.py), which
+composes the modules below and stores an `Evaluation` row, a `Judgement` row per test sample and the report:
 
-    loaded = load_models(base_model, adapter_dir)               # the base once, the adapter on top
-    generation = generate_pairs(loaded, held_out_samples(entries), GenerationSettings(...))
-    metrics = reference_metrics(generation.samples, loaded.model, loaded.tokenizer)
-
-and the judge, the gate and the report (later slices) read `generation.samples` and `metrics`.
+    generate.py      base and base+adapter answers from one loaded model, batched
+    reference.py     ROUGE-L, BLEU, chrF, exact match (Chinese on characters or jieba words), perplexity
+    stability.py     how much k sampled answers to one prompt agree
+    forgetting.py    the general-ability probe set (Chinese and English) answered by both models
+    judge.py         the LLM judge: graded on a rubric and compared pairwise in both orders
+    metric_judge.py  the judge when no endpoint is configured: reference metrics mapped to 1-5
+    gate.py          the project's bar for deployment, with its reasons
+    weakest.py       the lowest-scoring samples grouped by sub-scenario
+    agreement.py     how often the judge agreed with people's reviews
+    report.py        Markdown, self-contained HTML and the chat summary, with charts.py's PNGs
 """
 
+from engine.evaluate.gate import GateConfig, GateDecision, GateInputs, decide
 from engine.evaluate.generate import (
     Answer,
     GeneratedSample,
@@ -37,10 +44,17 @@ from engine.evaluate.reference import (
     score_answer,
     tokens,
 )
+from engine.evaluate.run import EvaluationError, EvaluationOptions, EvaluationOutcome, evaluate_run
 
 __all__ = [
     "Answer",
     "AnswerNLL",
+    "EvaluationError",
+    "EvaluationOptions",
+    "EvaluationOutcome",
+    "GateConfig",
+    "GateDecision",
+    "GateInputs",
     "GeneratedSample",
     "Generation",
     "GenerationSettings",
@@ -53,6 +67,8 @@ __all__ = [
     "answer_nlls",
     "cjk_share",
     "corpus_perplexity",
+    "decide",
+    "evaluate_run",
     "generate_answers",
     "generate_pairs",
     "held_out_samples",

@@ -9,7 +9,6 @@
 long and its progress must be visible, and kept, even when the process is killed.
 """
 
-import hashlib
 import json
 import os
 import shutil
@@ -54,7 +53,7 @@ from engine.train.prepare import (
     split_entries,
 )
 from engine.train.recipe import Recipe, recipe_yaml
-from storage.artifacts import StoredArtifact, record_artifact, run_key, sha256_file
+from storage.artifacts import StoredArtifact, adapter_digest, record_artifact, run_key, sha256_file
 from storage.models import Adapter, DatasetVersion, Metric, Project, Run, utcnow
 
 EOS_CHECK_PROMPTS = 3
@@ -420,17 +419,6 @@ def eos_prompts(
     prompts = [message_dicts(s)[: s.last_assistant_index()] for s in chosen]
     longest = max(len(tokenizer(s.answer_text(), add_special_tokens=False)["input_ids"]) for s in chosen)
     return prompts, min(cutoff_len, 2 * longest + 16)
-
-
-def adapter_digest(folder: Path) -> tuple[str, int]:
-    """sha256 over every file's relative path and content, and the total size."""
-    digest, size = hashlib.sha256(), 0
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        data = path.read_bytes()
-        digest.update(path.relative_to(folder).as_posix().encode("utf-8") + b"\0")
-        digest.update(hashlib.sha256(data).digest())
-        size += len(data)
-    return digest.hexdigest(), size
 
 
 def record_adapter(

@@ -1,0 +1,250 @@
+"""The evaluation stage end to end on a trained tiny adapter: offline with the metric judge, with the LLM judge
+against the scripted OpenAI-protocol server, the gate blocking a run and saying why, invalid judgements kept raw,
+judge trust from people's reviews, and `tuneloop eval`."""
+
+import difflib
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from openai_server import OpenAIServer, Reply
+from sqlmodel import select
+from typer.testing import CliRunner
+
+from bot.cli import app
+from engine.database import get_engine
+from engine.evaluate.generate import GenerationSettings
+from engine.evaluate.judge_prompts import DEFAULT_RUBRIC
+from engine.evaluate.run import EvaluationError, EvaluationOptions, evaluate_run
+from engine.settings import get_settings
+from engine.train.recipe import Recipe
+from engine.train.sft import train
+from engine.train.tiny import build_tiny_model
+from storage.db import session_scope
+from storage.models import Artifact, Evaluation, Judgement, Project, Review, Run
+from tests.training_data import SHOP_QA, SHOP_SYSTEM, add_dataset, qa_entries
+
+TAGS = {"可以退货吗？": "退货", "运费谁出？": "退货", "订单什么时候发货？": "物流", "多久到货？": "物流"}
+_DATA = re.compile(r"```data\n(.*?)\n```", re.DOTALL)
+# Stability and the forgetting probe are measured once, in the offline test; the others skip them.
+QUICK = EvaluationOptions(
+    generation=GenerationSettings(max_new_tokens=24), stability_prompts=0, forgetting=False, weakest_k=3
+)
+FULL = EvaluationOptions(generation=GenerationSettings(max_new_tokens=24), stability_prompts=2, stability_k=2)
+
+
+@dataclass
+class TrainedRun:
+    database_url: str
+    artifact_root: Path
+    run_id: int
+
+
+def tagged(split: str) -> list:
+    entries = qa_entries(SHOP_QA, split, system=SHOP_SYSTEM)
+    for entry in entries:
+        question = entry.sample.messages[-2].content
+        entry.sample.tags = [TAGS.get(question, "问候")]
+    return entries
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> TrainedRun:
+    """A run whose adapter memorised SHOP_QA; its test split asks the same questions (so the tuned model
+    answers like the references and the base does not)."""
+    root = tmp_path_factory.mktemp("evaluate-run")
+    base = build_tiny_model(root / "model")
+    recipe = Recipe.model_validate(
+        {
+            "model_name_or_path": str(base),
+            "num_train_epochs": 30,
+            "per_device_train_batch_size": 2,
+            "learning_rate": 5e-3,
+            "lora_dropout": 0.0,
+            "logging_steps": 10,
+            "cutoff_len": 128,
+        }
+    )
+    url, artifacts = f"sqlite:///{root / 'tuneloop.db'}", root / "artifacts"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TUNELOOP_DATABASE_URL", url)
+        patch.setenv("TUNELOOP_ARTIFACT_ROOT", str(artifacts))
+        get_settings.cache_clear()
+        try:
+            number = add_dataset(tagged("train") + tagged("test"))
+            with session_scope(get_engine()) as session:
+                outcome = train(session, "shop", number, recipe)
+                assert outcome is not None
+                run_id = outcome.run.id
+        finally:
+            get_settings.cache_clear()
+    return TrainedRun(url, artifacts, run_id)
+
+
+@pytest.fixture
+def home(trained: TrainedRun, monkeypatch: pytest.MonkeyPatch) -> Iterator[TrainedRun]:
+    monkeypatch.setenv("TUNELOOP_DATABASE_URL", trained.database_url)
+    monkeypatch.setenv("TUNELOOP_ARTIFACT_ROOT", str(trained.artifact_root))
+    for name in ("OPENAI_BASE_URL", "OPENAI_API_KEY", "TUNELOOP_JUDGE_BASE_URL", "TUNELOOP_JUDGE_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    get_settings.cache_clear()
+    set_gate({})
+    yield trained
+    get_settings.cache_clear()
+
+
+def set_gate(gate: dict) -> None:
+    with session_scope(get_engine()) as session:
+        project = session.exec(select(Project).where(Project.name == "shop")).one()
+        project.settings = {**(project.settings or {}), "gate": gate}
+        session.add(project)
+
+
+def evaluate(run_id: int, options: EvaluationOptions = QUICK) -> tuple[Evaluation, list[Judgement], Any]:
+    with session_scope(get_engine()) as session:
+        outcome = evaluate_run(session, run_id, options)
+        evaluation_id = outcome.evaluation.id
+    with session_scope(get_engine()) as session:
+        evaluation = session.get(Evaluation, evaluation_id)
+        rows = list(session.exec(select(Judgement).where(Judgement.evaluation_id == evaluation_id)).all())
+        session.expunge_all()
+    return evaluation, sorted(rows, key=lambda r: r.position), outcome
+
+
+def data_of(body: dict[str, Any]) -> dict[str, Any]:
+    match = _DATA.search(body["messages"][-1]["content"])
+    assert match
+    return json.loads(match.group(1))
+
+
+def closeness(answer: str, reference: str) -> float:
+    return difflib.SequenceMatcher(None, answer, reference).ratio()
+
+
+def reference_judge(body: dict[str, Any]) -> Reply:
+    """A fair judge: the closer an answer is to the reference, the better."""
+    data = data_of(body)
+    if "answer_A" in data:
+        a, b = (closeness(data[k], data["reference"]) for k in ("answer_A", "answer_B"))
+        winner = "A" if a > b else "B" if b > a else "tie"
+        return Reply.text(json.dumps({"reason": "更接近参考答案", "winner": winner}, ensure_ascii=False))
+    score = 5 if closeness(data["answer"], data["reference"]) > 0.8 else 2
+    body = {"reason": f"与参考答案相似度{score}", "scores": dict.fromkeys(DEFAULT_RUBRIC, score), "overall": score}
+    return Reply.text(json.dumps(body, ensure_ascii=False))
+
+
+def test_offline_evaluation_uses_the_metric_judge_and_says_so(home: TrainedRun) -> None:
+    evaluation, rows, outcome = evaluate(home.run_id, FULL)
+    assert evaluation.judge_kind == "metric" and evaluation.invalid_rate is None
+    assert len(rows) == len(SHOP_QA) and all(r.valid and r.overall is not None for r in rows)
+    assert all(1.0 <= r.overall <= 5.0 for r in rows)
+    # The adapter memorised the answers: the metric judge scores it far above the base.
+    means = evaluation.scores["judge"]["means"]
+    assert means["tuned"]["overall"] > means["base"]["overall"] + 1.0
+    assert evaluation.scores["reference"]["tuned"]["chrf"] > evaluation.scores["reference"]["base"]["chrf"]
+    assert evaluation.scores["forgetting"]["probes"] and evaluation.scores["stability"]["tuned"]["k"] == 2
+    assert evaluation.gate_passed == outcome.decision.passed
+    checks = {c["name"]: c["status"] for c in evaluation.scores["gate"]["checks"]}
+    assert checks["win_rate"] == "not_measured"  # the metric judge makes no pairwise comparisons
+    detail = rows[0].detail
+    assert detail["base"]["subject"] == "base" and detail["reference"]["tuned"]["chrf"] >= 0
+    assert rows[0].tags and rows[0].sample_id is not None and rows[0].question == SHOP_QA[0][0]
+
+    markdown = Path(outcome.report.markdown).read_text(encoding="utf-8")
+    assert "metric judge" in markdown.splitlines()[0].lower()  # the title says how the scores were made
+    assert "订单什么时候发货？" in markdown
+    html = Path(outcome.report.html).read_text(encoding="utf-8")
+    assert "data:image/png;base64," in html and "https://" not in html
+    assert set(outcome.report.charts) >= {"scores", "dimensions", "loss"}
+    with session_scope(get_engine()) as session:
+        run = session.get(Run, home.run_id)
+        keys = set(session.exec(select(Artifact.key).where(Artifact.run_id == home.run_id)).all())
+        assert run.state == "reviewing"
+    assert evaluation.report_path in keys and outcome.report_keys["html"] in keys
+    assert (home.artifact_root / evaluation.report_path).is_file()
+
+
+def test_llm_judge_against_the_scripted_server_passes_the_gate(
+    home: TrainedRun, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with OpenAIServer(responder=reference_judge) as server:
+        monkeypatch.setenv("TUNELOOP_JUDGE_BASE_URL", server.base_url)
+        monkeypatch.setenv("TUNELOOP_JUDGE_API_KEY", "test")
+        monkeypatch.setenv("TUNELOOP_JUDGE_MODEL", "judge-model")
+        get_settings.cache_clear()
+        evaluation, rows, outcome = evaluate(home.run_id)
+        requests = len(server.requests)
+    assert requests == 4 * len(SHOP_QA)  # two grades and both pairwise orders per sample
+    assert evaluation.judge_kind == "llm" and evaluation.judge_model == "judge-model"
+    assert evaluation.prompt_version and all(r.prompt_version == evaluation.prompt_version for r in rows)
+    assert evaluation.gate_passed, outcome.decision.reasons
+    assert evaluation.scores["judge"]["pairwise"]["win_rate"] >= 0.5 and evaluation.invalid_rate == 0.0
+    won = [r for r in rows if r.pairwise == "tuned"]
+    assert won and all(len(r.detail["pair"]) == 2 and r.detail["pair"][0]["raw_reply"] for r in won)
+    assert all(r.raw_reply and r.reason.startswith("与参考答案相似度") for r in rows)
+    markdown = Path(outcome.report.markdown).read_text(encoding="utf-8")
+    assert "judge-model" in markdown and "Gate passed" in markdown
+
+
+def test_the_gate_blocks_a_run_that_misses_it_and_says_why(home: TrainedRun, monkeypatch: pytest.MonkeyPatch) -> None:
+    set_gate({"min_overall": 4.5, "max_invalid_rate": 0.0})
+    harsh = Reply.text(json.dumps({"reason": "太简略", "scores": dict.fromkeys(DEFAULT_RUBRIC, 3), "overall": 3}))
+    with OpenAIServer(responder=lambda body: harsh if "answer" in data_of(body) else reference_judge(body)) as server:
+        server.script(Reply.text("这不是JSON"))  # one invalid judgement: kept raw, never a score
+        monkeypatch.setenv("TUNELOOP_JUDGE_BASE_URL", server.base_url)
+        get_settings.cache_clear()
+        evaluation, rows, outcome = evaluate(home.run_id)
+    assert evaluation.gate_passed is False
+    assert any("overall" in reason and "3.0" in reason and "4.5" in reason for reason in evaluation.gate_reasons)
+    assert any("invalid" in reason for reason in evaluation.gate_reasons)
+    invalid = [r for r in rows if not r.valid]
+    assert len(invalid) == 1 and evaluation.invalid_rate == pytest.approx(1 / (4 * len(SHOP_QA)))
+    raw = [j["raw_reply"] for r in invalid for j in (r.detail["base"], r.detail["tuned"], *(r.detail["pair"] or []))]
+    assert "这不是JSON" in raw
+    markdown = Path(outcome.report.markdown).read_text(encoding="utf-8")
+    assert all(reason in markdown for reason in evaluation.gate_reasons)
+    with session_scope(get_engine()) as session:
+        assert session.get(Run, home.run_id).state == "reviewing"  # stops at reviewing, never awaiting approval
+
+
+def test_reviews_of_judged_samples_show_in_the_next_report(home: TrainedRun) -> None:
+    first, rows, _ = evaluate(home.run_id)
+    assert first.scores["agreement"]["reviewed"] == 0
+    # The adapter memorised its answers: the metric judge accepts them (>= 4), so a person keeping one agrees,
+    # and people fixing or dropping two say the judge was too kind.
+    best = sorted(rows, key=lambda r: -r.overall)[:3]
+    assert all(r.overall >= 4.0 for r in best)
+    with session_scope(get_engine()) as session:
+        session.add(Review(judgement_id=best[0].id, reviewer="lead", verdict="keep"))
+        session.add(Review(judgement_id=best[1].id, reviewer="lead", verdict="fix", corrected_answer="更好的回答"))
+        session.add(Review(judgement_id=best[2].id, reviewer="lawyer", verdict="drop"))
+    second, _, outcome = evaluate(home.run_id)
+    agreement = second.scores["agreement"]
+    assert (agreement["reviewed"], agreement["agreed"], agreement["judge_too_kind"]) == (3, 1, 2)
+    markdown = Path(outcome.report.markdown).read_text(encoding="utf-8")
+    assert "agreed with reviewers on 1 of 3 reviewed samples" in markdown
+
+
+def test_a_run_that_cannot_be_evaluated_gets_a_plain_error(home: TrainedRun) -> None:
+    with session_scope(get_engine()) as session, pytest.raises(EvaluationError, match="no run 999"):
+        evaluate_run(session, 999)
+    set_gate({"min_overall": 9})
+    with session_scope(get_engine()) as session, pytest.raises(EvaluationError, match=r"gate\.min_overall"):
+        evaluate_run(session, home.run_id)
+
+
+def test_tuneloop_eval_prints_the_gate_and_the_report(home: TrainedRun) -> None:
+    runner = CliRunner()
+    quick = ["--max-new-tokens", "16", "--stability-prompts", "0", "--no-forgetting"]
+    result = runner.invoke(app, ["eval", "--run", str(home.run_id), "--judge", "metric", *quick])
+    assert result.exit_code == 0, result.output
+    assert "Gate" in result.output and "report: " in result.output and "report (HTML): " in result.output
+    assert "overall" in result.output
+    refused = runner.invoke(app, ["eval", "--run", str(home.run_id), "--judge", "llm", *quick])
+    assert refused.exit_code == 2 and "TUNELOOP_JUDGE_BASE_URL" in refused.output
+    missing = runner.invoke(app, ["eval", "--run", "999", *quick])
+    assert missing.exit_code == 2 and "no run 999" in missing.output
