@@ -33,6 +33,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/synth.py
 	$(BIN)/python bench/train.py
 	$(BIN)/python bench/eval.py
+	$(BIN)/python bench/serve.py
 
 clean:
 	rm -rf $(VENV) .tuneloop demo-out

@@ -251,8 +251,9 @@ class Deployment(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     project_id: int = Field(foreign_key="projects.id", index=True)
     adapter_id: int = Field(foreign_key="adapters.id")
-    model_name: str  # the stable name clients call, e.g. customer_service
-    version_name: str  # e.g. customer_service-v3
+    # Indexed: the gateway resolves a name on every request.
+    model_name: str = Field(index=True)  # the stable name clients call, e.g. customer_service
+    version_name: str = Field(index=True)  # e.g. customer_service-v3
     servers: list | None = _json()
     status: str = Field(default="pending", max_length=20)  # pending | active | superseded | failed | rolled_back
     previous_deployment_id: int | None = Field(default=None, foreign_key="deployments.id")

@@ -4,23 +4,19 @@ An adapter here is untrained but not a no-op (`init_lora_weights=False` draws bo
 so base and adapter answers differ, and two seeds give two adapters that answer differently."""
 
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-ROOT = Path(__file__).resolve().parents[1]
-READY_TIMEOUT_S = 120.0
+# The server helpers are the product's own (the demo starts servers the same way).
+from engine.serve.local import LocalServer as ServeProcess
+from engine.serve.local import free_port, start_local_server
+
+__all__ = ["ROOT", "ServeProcess", "free_port", "make_adapter", "running_server", "start_server"]
 
 
 def make_adapter(base: Path, out: Path, *, rank: int = 8, seed: int = 0, base_name: str | None = None) -> Path:
@@ -47,36 +43,7 @@ def make_adapter(base: Path, out: Path, *, rank: int = 8, seed: int = 0, base_na
     return out
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@dataclass
-class ServeProcess:
-    """A running `tuneloop serve`; `url` is its root (http://127.0.0.1:PORT), the OpenAI base is url + "/v1"."""
-
-    process: subprocess.Popen
-    port: int
-    log: Path
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def base_url(self) -> str:
-        return f"{self.url}/v1"
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def start_server(
@@ -84,27 +51,7 @@ def start_server(
 ) -> ServeProcess:
     """Start `tuneloop serve --model MODEL --port PORT ARGS...` and wait until GET /health answers 200."""
     port = port or free_port()
-    log = log_dir / f"serve-{port}.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "bot.cli", "serve", "--model", str(model), "--host", "127.0.0.1"]
-    command += ["--port", str(port), *args]
-    with open(log, "ab") as out:
-        process = subprocess.Popen(
-            command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
-        )
-    server = ServeProcess(process, port, log)
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"tuneloop serve exited with {process.returncode}:\n{log.read_text(errors='replace')}")
-        try:
-            if httpx.get(f"{server.url}/health", timeout=1.0).status_code == 200:
-                return server
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    server.stop()
-    raise RuntimeError(f"tuneloop serve did not become ready in {READY_TIMEOUT_S:.0f} s:\n{log.read_text()}")
+    return start_local_server(model, log_dir / f"serve-{port}.log", port=port, args=args, env=env)
 
 
 @contextmanager

@@ -123,7 +123,9 @@ def test_vllm_hot_loads_lora_adapters() -> None:
     argv = _argv(vllm)
     assert "--enable-lora" in argv
     assert argv[argv.index("--max-lora-rank") + 1] == "64"
-    assert "--max-loras" in argv
+    # ${VLLM_MAX_LORAS:-4}: during a promotion the outgoing and the incoming version serve side by side.
+    max_loras = argv[argv.index("--max-loras") + 1]
+    assert int(max_loras.removeprefix("${VLLM_MAX_LORAS:-").removesuffix("}")) >= 2
     assert vllm["environment"]["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] in ("True", "true", "1")
     devices = vllm["deploy"]["resources"]["reservations"]["devices"]
     assert any(d.get("driver") == "nvidia" and "gpu" in d.get("capabilities", []) for d in devices)
@@ -134,3 +136,18 @@ def test_adapters_volume_is_shared_at_one_path() -> None:
     (vllm_path,) = _volume_targets(SERVICES["vllm"], "adapters")
     for name in TUNELOOP_SERVICES:
         assert _volume_targets(SERVICES[name], "adapters") == {vllm_path}, name
+        assert SERVICES[name]["environment"]["TUNELOOP_ADAPTERS_DIR"] == vllm_path, name
+
+
+def test_gateway_routes_to_vllm_and_is_what_clients_reach() -> None:
+    gateway, vllm = SERVICES["gateway"], SERVICES["vllm"]
+    params = _resolve(_argv(gateway)[1:]).params
+    vllm_argv = _argv(vllm)
+    vllm_port = vllm_argv[vllm_argv.index("--port") + 1]
+    assert params["servers"] == [f"http://vllm:{vllm_port}"]
+    assert params["host"] == "0.0.0.0"  # reachable from outside its container
+    assert gateway["ports"] == [f"{params['port']}:{params['port']}"]
+    # Clients must not reach vLLM around the gateway: there, stable names do not exist.
+    assert "ports" not in vllm
+    assert gateway["environment"]["TUNELOOP_VLLM_URLS"] == f'["http://vllm:{vllm_port}"]'
+    assert gateway["depends_on"]["migrate"]["condition"] == "service_completed_successfully"

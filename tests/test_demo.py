@@ -1,4 +1,4 @@
-"""`tuneloop demo`: the loop as far as it goes today, on the bundled example, run twice."""
+"""`tuneloop demo`: the loop as far as it goes today, on the bundled example, run twice (the data half again)."""
 
 from pathlib import Path
 
@@ -29,6 +29,17 @@ def test_demo_runs_the_data_loop_and_is_repeatable(tmp_path: Path) -> None:
     exported = "".join(s.full_text() for s in train + test)
     assert "13812345678" not in exported and "sk-" not in exported
 
-    second = runner.invoke(app, ["demo", "--data", str(EXAMPLE), "--out", str(out)])
+    # The loop after the data: trained, evaluated with the metric judge (no endpoint here), deployed, and asked.
+    output = first.output
+    assert "adapter: " in output and "metric judge" in output
+    assert "Gate passed" in output or "Gate failed" in output
+    evaluation = Path(next(line for line in output.splitlines() if line.startswith("report: "))[8:].strip())
+    assert evaluation.is_file() and evaluation.with_suffix(".html").is_file()
+    assert "now serves customer_service-v1" in output
+    assert "asked customer_service through the gateway" in output
+    answer = next(line for line in output.splitlines() if line.startswith("the deployed adapter answered: "))
+    assert len(answer) > len("the deployed adapter answered: ")
+
+    second = runner.invoke(app, ["demo", "--data", str(EXAMPLE), "--out", str(out), "--no-train"])
     assert second.exit_code == 0, second.output
     assert "nothing new" in second.output and "v4" not in second.output

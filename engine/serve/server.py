@@ -1,0 +1,307 @@
+"""`tuneloop serve`: an OpenAI-compatible server for a base model and its LoRA adapters, speaking vLLM's
+LoRA admin protocol, so that what deploys to vLLM deploys here (a laptop, CI, the tests) unchanged.
+
+    GET  /health                  200, empty body, once the model is loaded
+    GET  /v1/models               the base model, then each loaded adapter (root: its path, parent: the base)
+    POST /v1/load_lora_adapter    {"lora_name", "lora_path"} → 200 "Success: LoRA adapter 'x' added successfully."
+    POST /v1/unload_lora_adapter  {"lora_name"} → 200 "Success: LoRA adapter 'x' removed successfully."
+    POST /v1/chat/completions     OpenAI chat, streamed (SSE) or not; `model` is the base's name or an adapter's
+    POST /v1/completions          OpenAI completions, the same
+    GET  /stats                   ours, not vLLM's: requests, generate calls (batches), largest batch
+
+vLLM allows the two admin endpoints only with VLLM_ALLOW_RUNTIME_LORA_UPDATING=True; here they are always on.
+Errors are vLLM's bodies and status codes (400 bad input, 404 unknown model or adapter, 500 the rest), in
+the nested or flat shape (`--error-format`); request validation errors are 400s in that shape, not 422s.
+"""
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from pydantic import BaseModel
+
+from engine.serve.batching import (
+    BatchScheduler,
+    Finished,
+    GenerationJob,
+    ModelEntry,
+    Sampling,
+    ServedModel,
+    TextDelta,
+)
+from engine.serve.protocol import (
+    AssistantMessage,
+    BadRequestError,
+    ChatCompletionChoice,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    ChatCompletionStreamChoice,
+    CompletionChoice,
+    CompletionRequest,
+    CompletionResponse,
+    ErrorFormat,
+    LoadLoRAAdapterRequest,
+    ModelCard,
+    ModelList,
+    SamplingRequest,
+    ServeError,
+    ServerStats,
+    UnloadLoRAAdapterRequest,
+    UsageInfo,
+    error_body,
+    new_id,
+    now,
+)
+
+logger = logging.getLogger("tuneloop.serve")
+
+# vLLM's words for a tokenizer without a chat template
+NO_CHAT_TEMPLATE = (
+    "As of transformers v4.44, default chat template is no longer allowed, so you must provide a chat template "
+    "if the tokenizer does not define one."
+)
+
+
+def create_app(scheduler: BatchScheduler, error_format: ErrorFormat = ErrorFormat.NESTED) -> FastAPI:
+    served = scheduler.served
+    app = FastAPI(title="tuneloop serve", docs_url=None, redoc_url=None)
+
+    def error_response(message: str, error_type: str, status_code: int) -> JSONResponse:
+        return JSONResponse(error_body(message, error_type, status_code, error_format), status_code=status_code)
+
+    @app.exception_handler(ServeError)
+    async def serve_error(request: Request, error: ServeError) -> JSONResponse:
+        return error_response(error.message, error.error_type, error.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
+        return error_response(validation_message(error), "BadRequestError", 400)
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, error: Exception) -> JSONResponse:
+        return error_response(f"{type(error).__name__}: {error}", "InternalServerError", 500)
+
+    @app.get("/health")
+    async def health() -> Response:
+        return Response(status_code=200)
+
+    @app.get("/v1/models")
+    async def models() -> ModelList:
+        base = served.base
+        cards = [ModelCard(id=base.name, root=str(base.path), max_model_len=served.max_model_len, created=base.created)]
+        for adapter in list(served.adapters.values()):  # a copy: the worker thread may be changing the dict
+            cards.append(ModelCard(id=adapter.name, root=str(adapter.path), parent=base.name, created=adapter.created))
+        return ModelList(data=cards)
+
+    @app.post("/v1/load_lora_adapter")
+    async def load_lora_adapter(body: LoadLoRAAdapterRequest) -> PlainTextResponse:
+        await scheduler.call(lambda: served.load_adapter(body.lora_name, body.lora_path))
+        return PlainTextResponse(f"Success: LoRA adapter '{body.lora_name}' added successfully.")
+
+    @app.post("/v1/unload_lora_adapter")
+    async def unload_lora_adapter(body: UnloadLoRAAdapterRequest) -> PlainTextResponse:
+        await scheduler.call(lambda: served.unload_adapter(body.lora_name))
+        return PlainTextResponse(f"Success: LoRA adapter '{body.lora_name}' removed successfully.")
+
+    @app.get("/stats")
+    async def stats() -> ServerStats:
+        return scheduler.stats.model_copy(update={"loaded_adapters": len(served.adapters)})
+
+    @app.post("/v1/chat/completions", response_model=None)
+    async def chat_completions(body: ChatCompletionRequest) -> ChatCompletionResponse | StreamingResponse:
+        entry = served.resolve(body.model)
+        prompt_ids = chat_prompt_ids(entry, [message.template_dict() for message in body.messages])
+        job = submit(scheduler, entry, prompt_ids, body, body.completion_limit())
+        if body.stream:
+            return event_stream(chat_chunks(job, body, error_format))
+        text, end = await collect(job)
+        return ChatCompletionResponse(
+            model=body.model,
+            choices=[
+                ChatCompletionChoice(
+                    message=AssistantMessage(content=text), finish_reason=end.reason, stop_reason=end.stop_reason
+                )
+            ],
+            usage=usage(job, end),
+        )
+
+    @app.post("/v1/completions", response_model=None)
+    async def completions(body: CompletionRequest) -> CompletionResponse | StreamingResponse:
+        entry = served.resolve(body.model)
+        prompt_ids = entry.tokenizer(body.prompt_text())["input_ids"]  # special tokens as the tokenizer adds them
+        job = submit(scheduler, entry, prompt_ids, body, body.completion_limit())
+        if body.stream:
+            return event_stream(completion_chunks(job, body, error_format))
+        text, end = await collect(job)
+        return CompletionResponse(
+            model=body.model,
+            choices=[CompletionChoice(text=text, finish_reason=end.reason, stop_reason=end.stop_reason)],
+            usage=usage(job, end),
+        )
+
+    return app
+
+
+def validation_message(error: RequestValidationError) -> str:
+    problems = []
+    for problem in error.errors():
+        where = ".".join(str(part) for part in problem["loc"] if part != "body")
+        problems.append(f"{where}: {problem['msg']}" if where else problem["msg"])
+    return "; ".join(problems)
+
+
+def chat_prompt_ids(entry: ModelEntry, messages: list[dict]) -> list[int]:
+    """The conversation through the entry's own chat template, with the assistant's generation prompt."""
+    tokenizer = entry.tokenizer
+    if not tokenizer.chat_template:
+        raise BadRequestError(NO_CHAT_TEMPLATE)
+    try:
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    except Exception as error:  # the template's own raise_exception, or a message it cannot render
+        raise BadRequestError(f"the chat template cannot render these messages: {error}") from None
+    return tokenizer(text, add_special_tokens=False)["input_ids"]  # the template writes any BOS itself
+
+
+def submit(
+    scheduler: BatchScheduler, entry: ModelEntry, prompt_ids: list[int], body: SamplingRequest, limit: int | None
+) -> GenerationJob:
+    """Check the request against the context length (vLLM's message) and queue its generation."""
+    max_model_len = scheduler.served.max_model_len
+    if not prompt_ids:
+        raise BadRequestError("The prompt is empty: there is nothing to continue.")
+    max_new_tokens = limit if limit is not None else max(max_model_len - len(prompt_ids), 1)
+    if len(prompt_ids) + max_new_tokens > max_model_len:
+        raise BadRequestError(
+            f"This model's maximum context length is {max_model_len} tokens. However, you requested "
+            f"{len(prompt_ids) + max_new_tokens} tokens ({len(prompt_ids)} in the messages, {max_new_tokens} in "
+            "the completion). Please reduce the length of the messages or completion."
+        )
+    sampling = Sampling(
+        temperature=1.0 if body.temperature is None else body.temperature,
+        top_p=1.0 if body.top_p is None else body.top_p,
+        seed=body.seed,
+    )
+    job = GenerationJob(prompt_ids, entry, max_new_tokens, sampling, body.stop_strings(), asyncio.get_running_loop())
+    scheduler.submit(job)
+    return job
+
+
+async def job_events(job: GenerationJob) -> AsyncIterator[TextDelta | Finished]:
+    """The job's text deltas, then its end; a failure raises. Leaving early (a client gone) ends the row."""
+    try:
+        while True:
+            event = await job.events.get()
+            if isinstance(event, TextDelta):
+                yield event
+            elif isinstance(event, Finished):
+                yield event
+                return
+            else:
+                raise event.error
+    finally:
+        job.cancelled = True
+
+
+async def collect(job: GenerationJob) -> tuple[str, Finished]:
+    parts = []
+    async for event in job_events(job):
+        if isinstance(event, TextDelta):
+            parts.append(event.text)
+        else:
+            return "".join(parts), event
+    raise AssertionError("job_events ends with Finished or raises")
+
+
+def usage(job: GenerationJob, end: Finished) -> UsageInfo:
+    prompt = len(job.prompt_ids)
+    return UsageInfo(
+        prompt_tokens=prompt, completion_tokens=end.completion_tokens, total_tokens=prompt + end.completion_tokens
+    )
+
+
+def sse(data: BaseModel | dict) -> str:
+    payload = data.model_dump_json() if isinstance(data, BaseModel) else json.dumps(data, ensure_ascii=False)
+    return f"data: {payload}\n\n"
+
+
+def event_stream(chunks: AsyncIterator[str]) -> StreamingResponse:
+    return StreamingResponse(chunks, media_type="text/event-stream")
+
+
+async def chat_chunks(job: GenerationJob, body: ChatCompletionRequest, error_format: ErrorFormat) -> AsyncIterator[str]:
+    """OpenAI's chat chunks: the role, the content deltas, an empty delta with the finish reason, [DONE]."""
+    chunk_id, created = new_id("chatcmpl"), now()
+
+    def chunk(choices: list[ChatCompletionStreamChoice], usage_info: UsageInfo | None = None) -> str:
+        return sse(
+            ChatCompletionChunk(id=chunk_id, created=created, model=body.model, choices=choices, usage=usage_info)
+        )
+
+    yield chunk([ChatCompletionStreamChoice(delta={"role": "assistant", "content": ""})])
+    try:
+        async for event in job_events(job):
+            if isinstance(event, TextDelta):
+                yield chunk([ChatCompletionStreamChoice(delta={"content": event.text})])
+                continue
+            ending = ChatCompletionStreamChoice(delta={}, finish_reason=event.reason, stop_reason=event.stop_reason)
+            yield chunk([ending])
+            if body.include_usage():
+                yield chunk([], usage(job, event))
+    except ServeError as error:  # the status line has gone: vLLM reports a failure mid-stream as an error event
+        yield sse(error_body(error.message, error.error_type, error.status_code, error_format))
+    yield "data: [DONE]\n\n"
+
+
+async def completion_chunks(
+    job: GenerationJob, body: CompletionRequest, error_format: ErrorFormat
+) -> AsyncIterator[str]:
+    """OpenAI's completion chunks: text deltas, an empty text with the finish reason, [DONE]."""
+    chunk_id, created = new_id("cmpl"), now()
+
+    def chunk(choices: list[CompletionChoice], usage_info: UsageInfo | None = None) -> str:
+        return sse(
+            CompletionResponse(id=chunk_id, created=created, model=body.model, choices=choices, usage=usage_info)
+        )
+
+    try:
+        async for event in job_events(job):
+            if isinstance(event, TextDelta):
+                yield chunk([CompletionChoice(text=event.text)])
+                continue
+            yield chunk([CompletionChoice(text="", finish_reason=event.reason, stop_reason=event.stop_reason)])
+            if body.include_usage():
+                yield chunk([], usage(job, event))
+    except ServeError as error:
+        yield sse(error_body(error.message, error.error_type, error.status_code, error_format))
+    yield "data: [DONE]\n\n"
+
+
+def load_served_model(
+    model: Path, *, served_model_name: str | None, device: str | None, max_lora_rank: int, max_loras: int
+) -> ServedModel:
+    """The base model on `device` (CUDA when there is one), named as vLLM names it: the --model string."""
+    from engine.evaluate.generate import default_device
+
+    name = served_model_name or str(model)
+    return ServedModel(model, name, device=device or default_device(), max_lora_rank=max_lora_rank, max_loras=max_loras)
+
+
+def serve_forever(
+    served: ServedModel,
+    *,
+    host: str,
+    port: int,
+    max_batch_size: int = 8,
+    error_format: ErrorFormat = ErrorFormat.NESTED,
+) -> None:
+    import uvicorn
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    app = create_app(BatchScheduler(served, max_batch_size=max_batch_size), error_format)
+    uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=5)
