@@ -11,6 +11,10 @@
 PostgreSQL is reached through `TUNELOOP_TEST_POSTGRES_URL` (default: the `test` database on
 127.0.0.1 as `postgres`). When it cannot be reached the PostgreSQL cases are skipped locally but
 fail under CI (`CI=true`), so a broken CI service never passes as green.
+
+- `redis_url`: the Redis server at `TUNELOOP_TEST_REDIS_URL` (default 127.0.0.1:6379, db 0), skipped
+  locally and failed under CI when unreachable like PostgreSQL. Other tests share the server: use
+  uniquely named keys, delete them afterwards, and flush only a database of your own.
 """
 
 import os
@@ -19,6 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.pool import NullPool
@@ -28,6 +33,7 @@ from storage.db import make_engine
 from storage.migrate import upgrade
 
 POSTGRES_URL = os.environ.get("TUNELOOP_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("TUNELOOP_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
 @pytest.fixture(autouse=True)
@@ -84,3 +90,18 @@ def db_engine(db_url: str) -> Iterator[Engine]:
     engine = make_engine(db_url)
     yield engine
     engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=5)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        message = f"Redis is not reachable at {REDIS_URL!r}: {exc.__class__.__name__}: {exc}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{message} (CI=true: Redis tests must run in CI)", pytrace=False)
+        pytest.skip(message)
+    finally:
+        client.close()
+    return REDIS_URL

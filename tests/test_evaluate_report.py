@@ -29,6 +29,7 @@ from engine.evaluate.report import CHAT_LIMIT, ReportInputs, chat_summary, rende
 from engine.evaluate.stability import STABILITY_SETTINGS, PromptStability, StabilityReport
 from engine.evaluate.weakest import judge_scores, weakest_samples
 from engine.llm import Usage
+from engine.reviews import IterationComparison
 from storage.models import Metric
 from tests.evaluation_data import generated_sample
 
@@ -338,3 +339,33 @@ def test_chinese_rubric_dimensions_are_drawn_without_missing_glyphs(
         monkeypatch.setattr(charts, "cjk_font", lambda: None)
         assert is_png(dimension_chart(judge, tmp_path / "no-cjk-font.png").read_bytes())
     assert "| 准确性 | 2.00 | 3.50 | +1.50 |" in render_markdown(llm_inputs(judge=judge))
+
+
+def test_the_report_compares_iteration_k_with_k_minus_1(tmp_path: Path) -> None:
+    comparison = IterationComparison(
+        run_id=7,
+        iteration=2,
+        parent_run_id=5,
+        parent_iteration=1,
+        overall=(3.0, 3.5),
+        win_rate=(0.5, 0.75),
+        invalid_rate=(0.1, 0.0625),
+        chrf=(30.0, 41.0),
+        gate_passed=(False, False),
+        tags={"退货": (2.5, 3.0), "物流": (3.0, 3.0)},
+    )
+    inputs = llm_inputs(comparison=comparison)
+    files = write_report(inputs, tmp_path)
+    markdown, html, chat = (
+        files.markdown.read_text(encoding="utf-8"),
+        files.html.read_text(encoding="utf-8"),
+        chat_summary(inputs),
+    )
+    assert "## Compared with iteration 1" in markdown and "<h2>Compared with iteration 1</h2>" in html
+    for line in ("overall 3.0 → 3.5 (+0.5)", "win rate 50% → 75% (+25 pts)", "退货: 2.5 → 3.0 (+0.5)"):
+        assert f"- {line}" in markdown and f">{escape(line)}</li>" in html
+    assert "Since iteration 1: overall 3.0 → 3.5 (+0.5); win rate 50% → 75% (+25 pts)" in chat
+    assert len(chat) <= CHAT_LIMIT
+    # the first iteration has nothing to compare with, and says nothing about it
+    first = llm_inputs()
+    assert "Compared with iteration" not in render_markdown(first) and "Since iteration" not in chat_summary(first)

@@ -48,7 +48,7 @@ def test_two_processes_train_one_run(tmp_path: Path) -> None:
         run = session.exec(select(Run)).one()
         metrics = session.exec(select(Metric).where(Metric.run_id == run.id)).all()
         adapter = session.exec(select(Adapter).where(Adapter.run_id == run.id)).one()
-    assert run.state == "done"
+    assert run.state == "evaluating"
     report = json.loads((Path(adapter.path).parent / "train_report.json").read_text(encoding="utf-8"))
     assert report["processes"] == 2 and report["steps"] == 60
     # 6 samples x 20 epochs, one per process per step: 60 steps in two processes (120 in one).

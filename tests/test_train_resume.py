@@ -99,7 +99,7 @@ def test_sigkilled_training_resumes_from_its_last_checkpoint(tmp_path: Path) -> 
 
     steps = [m.step for m in metrics(killed.id)]
     assert steps == [m.step for m in metrics(uninterrupted.run.id)] and len(steps) == len(set(steps))
-    assert resumed.run.state == "done"
+    assert resumed.run.state == "evaluating"
     # Steps before the checkpoint were kept as the killed process wrote them; all losses match the clean run.
     again = {m.step: m.loss for m in metrics(killed.id)}
     assert all(again[step] == loss for step, loss in before.items() if step <= 10)

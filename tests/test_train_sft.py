@@ -69,7 +69,7 @@ def test_lora_memorises_records_metrics_and_reloads(db_engine: Engine, tiny: Pat
 
     with Session(db_engine) as session:
         run = session.get(Run, outcome.run.id)
-        assert run is not None and run.state == "done" and run.error is None
+        assert run is not None and run.state == "evaluating" and run.error is None
         metrics = session.exec(select(Metric).where(Metric.run_id == run.id).order_by(Metric.step)).all()
         adapter = session.exec(select(Adapter).where(Adapter.run_id == run.id)).one()
         charts = session.exec(select(Artifact).where(Artifact.run_id == run.id, Artifact.kind == "chart")).all()

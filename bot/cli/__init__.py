@@ -4,7 +4,7 @@ Each command group lives in its own module; this one only assembles them."""
 
 import typer
 
-from bot.cli import data, db, demo, deploy, evaluate, gateway, model, project, serve, synth, train
+from bot.cli import data, db, demo, deploy, evaluate, follow, gateway, model, project, runs, serve, synth, train
 
 app = typer.Typer(
     help="tuneloop: the fine-tuning loop as one conversation.", no_args_is_help=True, add_completion=False
@@ -18,9 +18,15 @@ app.add_typer(model.app, name="model")
 app.command("train")(train.train_command)
 app.command("export")(train.export_command)
 app.command("eval")(evaluate.eval_command)
+app.command("follow")(follow.follow_command)
 app.command("gateway")(gateway.gateway_command)
 app.command("deploy")(deploy.deploy_command)
 app.command("rollback")(deploy.rollback_command)
 app.command("deployments")(deploy.deployments_command)
+app.command("runs")(runs.runs_command)
+runs.app.command("show")(runs.show_command)
+app.add_typer(runs.app, name="run")
+app.command("approve")(runs.approve_command)
+app.command("cancel")(runs.cancel_command)
 serve.app.command("sync")(deploy.sync_command)
 app.add_typer(serve.app, name="serve")

@@ -39,6 +39,7 @@ from engine.evaluate.metric_judge import METRIC_JUDGE_TITLE
 from engine.evaluate.reference import ReferenceMetrics, language_of
 from engine.evaluate.stability import StabilityReport
 from engine.evaluate.weakest import WeakestReport, shorten
+from engine.reviews import IterationComparison
 from engine.train.charts import write_loss_curve
 from storage.models import Metric
 
@@ -78,6 +79,7 @@ class ReportInputs:
     agreement: JudgeAgreement | None = None
     loss_metrics: Sequence[Metric] = ()  # the run's training metrics
     created_at: datetime | None = None
+    comparison: IterationComparison | None = None  # this evaluation beside the parent run's (iteration k-1)
 
 
 @dataclass
@@ -178,6 +180,19 @@ def _gate_blocks(gate: GateDecision) -> list[_Block]:
     if gate.notes:
         blocks += [_Para("Notes:"), _Items(list(gate.notes))]
     return blocks
+
+
+def _comparison_blocks(comparison: IterationComparison | None) -> list[_Block]:
+    if comparison is None:
+        return []
+    return [
+        _Heading(2, f"Compared with iteration {comparison.parent_iteration}"),
+        _Para(
+            f"The tuned model of run {comparison.run_id} against run {comparison.parent_run_id}'s, "
+            "each on its own run's test split (reviews may have improved the references in between)."
+        ),
+        _Items(comparison.lines),
+    ]
 
 
 def _judge_blocks(inputs: ReportInputs) -> list[_Block]:
@@ -431,6 +446,7 @@ def _blocks(inputs: ReportInputs, charts: Sequence[str]) -> list[_Block]:
     return [
         *first,
         *_gate_blocks(inputs.gate),
+        *_comparison_blocks(inputs.comparison),
         *_judge_blocks(inputs),
         *_reference_blocks(inputs.metrics),
         *_generation_blocks(inputs.generation),
@@ -599,6 +615,9 @@ def chat_summary(inputs: ReportInputs) -> str:
         )
     if inputs.agreement is not None:
         lines.append(f"Judge trust: {_chat_text(inputs.agreement.line, 200)}")
+    if inputs.comparison is not None:
+        since = "; ".join(inputs.comparison.lines[:2])
+        lines.append(f"Since iteration {inputs.comparison.parent_iteration}: {_chat_text(since, 200)}")
     weak = [_chat_text(line, 120) for line in inputs.weakest.summary]
     if weak:
         lines += ["", "Weak sub-scenarios:"]

@@ -40,6 +40,8 @@ from engine.evaluate.report import ReportFiles, ReportInputs, write_report
 from engine.evaluate.stability import StabilityReport, base_and_tuned_stability
 from engine.evaluate.weakest import WeakestReport, judge_scores, weakest_samples
 from engine.events import Event, EventSink, ignore_events
+from engine.reviews import iteration_comparison
+from engine.runs import IllegalTransition, RunCancelled, fail_run, stop_if_cancelled, transition, worker_actor
 from engine.settings import Settings, get_settings
 from storage.artifacts import StoredArtifact, record_artifact, run_key, sha256_file
 from storage.models import (
@@ -51,7 +53,6 @@ from storage.models import (
     Project,
     Review,
     Run,
-    utcnow,
 )
 from storage.models import Sample as SampleRow
 
@@ -249,10 +250,14 @@ def evaluate_run(
     rubric = project_rubric(project)
 
     def stage(step: str, **payload: object) -> None:
+        stop_if_cancelled(session, run.id)  # type: ignore[arg-type]
         events(Event("stage", project.name, {"stage": STAGE, "state": "evaluating", "step": step, **payload}, run.id))
 
-    run.state, run.error, run.updated_at = "evaluating", None, utcnow()
-    session.add(run)
+    if run.state != "evaluating":  # trained runs arrive evaluating; a re-evaluation, a retry or older "done" move
+        try:
+            transition(session, run, "evaluating", actor=worker_actor())
+        except IllegalTransition as error:
+            raise EvaluationError(str(error)) from None
     session.commit()
     try:
         stage("generate", samples=len(samples))
@@ -343,15 +348,17 @@ def evaluate_run(
             agreement=agreement,
             loss_metrics=loss,
             created_at=evaluation.created_at,
+            # this evaluation (its judgements added above) beside the parent run's latest one
+            comparison=iteration_comparison(session, run.id, evaluation=evaluation),  # type: ignore[arg-type]
         )
         files = write_report(report_inputs, out_dir)
         keys = _record_report(session, project, run, files)
         evaluation.report_path = keys.get("markdown")
         session.add(evaluation)
-        run.state, run.updated_at = "reviewing", utcnow()
-        session.add(run)
+        detail = {"evaluation": evaluation.id, "gate_passed": decision.passed}
+        transition(session, run, "reviewing", actor=worker_actor(), detail=detail)
         session.commit()
-    except JudgeError as error:
+    except (JudgeError, RunCancelled, IllegalTransition) as error:
         _fail(session, run, str(error))
         raise EvaluationError(str(error)) from None
     except BaseException as error:
@@ -373,8 +380,5 @@ def evaluate_run(
 
 
 def _fail(session: Session, run: Run, message: str) -> None:
-    session.rollback()
-    run = session.get(Run, run.id) or run
-    run.state, run.error, run.updated_at = "failed", message, utcnow()
-    session.add(run)
+    fail_run(session, run.id, message, actor=worker_actor())  # type: ignore[arg-type]
     session.commit()

@@ -19,11 +19,12 @@ from sqlmodel import Session, col, select
 from engine.data.versions import DEFAULT_DATASET, resolve_version
 from engine.events import Event, EventSink, ignore_events
 from engine.projects import get_project
+from engine.runs import fail_run, worker_actor
 from engine.train.distributed import DistributedError, check_distributed, deepspeed_config
 from engine.train.eos import EosCheck
 from engine.train.recipe import Recipe
 from engine.train.sft import TrainingError, TrainOutcome, is_main_process, resume_run, start_run, train
-from storage.models import Adapter, Metric, Run, utcnow
+from storage.models import Adapter, Metric, Run
 
 EVENT_PREFIX = "TUNELOOP_EVENT "
 
@@ -100,11 +101,10 @@ def launch_training(
             tail = [*tail[-40:], line.rstrip()]
     code = process.wait(timeout=timeout)
     session.refresh(run)
-    if code != 0 or run.state != "done":
+    if code != 0 or run.state != "evaluating":  # a finished training moves on to evaluating
         detail = run.error or "\n".join(tail[-15:])
         if run.state != "failed":  # the processes died before rank 0 could say so
-            run.state, run.error, run.updated_at = "failed", f"exit {code}: {detail}", utcnow()
-            session.add(run)
+            fail_run(session, run.id, f"exit {code}: {detail}", actor=worker_actor())
             session.commit()
         raise TrainingError(f"the {num_processes}-process training of run {run.id} failed (exit {code}): {detail}")
     return _outcome_from_storage(session, run)

@@ -39,6 +39,8 @@ from engine.data.sample import Sample
 from engine.data.versions import DEFAULT_DATASET, load_entries, resolve_version
 from engine.events import Event, EventSink, ignore_events
 from engine.projects import get_project
+from engine.runs import IllegalTransition, fail_run, transition, worker_actor
+from engine.train.cancel import CancelCallback
 from engine.train.charts import write_loss_curve
 from engine.train.distributed import DistributedError, check_distributed, deepspeed_config
 from engine.train.eos import EosCheck, check_saved_model
@@ -54,7 +56,7 @@ from engine.train.prepare import (
 )
 from engine.train.recipe import Recipe, recipe_yaml
 from storage.artifacts import StoredArtifact, adapter_digest, record_artifact, run_key, sha256_file
-from storage.models import Adapter, DatasetVersion, Metric, Project, Run, utcnow
+from storage.models import Adapter, DatasetVersion, Metric, Project, Run
 
 EOS_CHECK_PROMPTS = 3
 
@@ -121,7 +123,13 @@ def train(
     run = previous or start_run(session, project_row, version.id, recipe)
     out_dir = Path(out_dir) if out_dir else get_artifact_store().path(run_key(project, run.id))
     if main:
-        run.state, run.error, run.updated_at = "training", None, utcnow()
+        try:
+            if run.state == "failed":  # a retried run: queued again, then trained from its last checkpoint
+                transition(session, run, "queued", actor=worker_actor(), reason="retried")
+            if run.state != "training":  # a resumed run (its process died) is training already
+                transition(session, run, "training", actor=worker_actor())
+        except IllegalTransition as error:
+            raise TrainingError(str(error)) from None
         run.artifact_prefix = run_key(project, run.id)
         session.add(run)
         session.commit()
@@ -129,16 +137,14 @@ def train(
     try:
         outcome = _train_run(session, project_row, run, version, recipe, out_dir, events, callbacks)
     except BaseException as error:
-        if main:
-            run.state, run.error, run.updated_at = "failed", f"{type(error).__name__}: {error}", utcnow()
-            session.add(run)
+        if main:  # a run cancelled meanwhile stays cancelled
+            fail_run(session, run.id, f"{type(error).__name__}: {error}", actor=worker_actor())  # type: ignore[arg-type]
             session.commit()
-            events(Event("failure", project, {"stage": "train", "error": run.error}, run=run.id))
+            events(Event("failure", project, {"stage": "train", "error": run.error or str(error)}, run=run.id))
         raise
     if outcome is None:
         return None  # another process of a multi-process launch: rank 0 saves, checks and records
-    run.state, run.updated_at = "done", utcnow()
-    session.add(run)
+    transition(session, run, "evaluating", actor=worker_actor())  # the next stage; the worker queues it
     session.commit()
     events(
         Event(
@@ -179,10 +185,14 @@ def _train_run(
 
     trainer = build_trainer(recipe, tokenizer, data, out_dir / "checkpoints")
     trainer.add_callback(MetricsCallback(session, run.id, project.name, events))
+    canceller = CancelCallback(run.id, session.get_bind())  # type: ignore[arg-type]
+    trainer.add_callback(canceller)
     for callback in callbacks:
         trainer.add_callback(callback)
     last = get_last_checkpoint(str(out_dir / "checkpoints")) if (out_dir / "checkpoints").is_dir() else None
     trainer.train(resume_from_checkpoint=last)
+    if canceller.cancelled:
+        raise TrainingError(f"run {run.id} was cancelled: training stopped at step {trainer.state.global_step}")
     adapter_dir = out_dir / ("adapter" if recipe.uses_lora else "model")
     save_trained(trainer, tokenizer, adapter_dir)  # every process: FSDP and ZeRO-3 gather the weights together
     if not trainer.is_world_process_zero():
@@ -463,7 +473,6 @@ def start_run(session: Session, project: Project, version_id: int | None, recipe
         parent_run_id=previous.id if previous else None,
         dataset_version_id=version_id,
         recipe=recipe.model_dump(mode="json"),
-        state="training",
     )
     session.add(run)
     session.flush()

@@ -1,0 +1,469 @@
+"""Reviews and iterations: people's verdicts on judged samples, and the next iteration they lead to.
+
+A reviewer keeps, fixes (with a corrected answer) or drops a sample. A review names either a judgement (a
+test sample as the evaluation judged it) or a sample row directly (a training sample). The project's
+`reviewers` list says who may review; an empty or missing list lets anyone. Every review is kept as history;
+for each sample the latest review, by anyone, is the one that counts.
+
+Starting the next iteration of run k turns the latest reviews of its samples into a new dataset version
+(kind "review", parent: run k's version) and a queued run k+1 on it with the same recipe:
+
+- A review of a judgement targets the test sample it judged (`Judgement.sample_id`, a row of run k's version).
+  Reviews of rows of other versions, and reviews recorded after the next iteration started, change nothing.
+- fix on a test sample: the corrected answer replaces its reference (the last assistant turn), and the sample
+  stays in test. It is not added to the training data: training on a test question would leak the test set
+  and inflate the next evaluation. A project that wants its weak test samples' corrections learned anyway sets
+  `settings["review_fixes_train"] = true`; the corrected sample is then also added to train (origin "review"),
+  and its evaluation no longer measures that question fairly.
+- fix on any other sample (train, validation): the corrected answer replaces its answer.
+  A corrected answer is plain text: it replaces the last assistant turn whole, tool calls included.
+- drop: the sample is removed the way filters remove samples: it stays in the version with the filter rule
+  "review_drop" and a reason naming the reviewer, so reports can say what was removed and why.
+- keep: no change.
+
+A changed sample gets a new content hash; the samples no review changed keep theirs, and the old version is
+never touched (entries are loaded, changed in memory and saved as a new version). When the reviews change
+nothing there is nothing to retrain on, and starting the next iteration is refused. Starting it again
+returns the run that already continues run k. Nothing here commits: the caller's unit of work stores all of it
+or none of it.
+"""
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from sqlmodel import Session, col, select
+
+from engine.data.sample import Message, Sample
+from engine.data.versions import Entry, load_entries, save_version
+from storage.models import AuditEvent, Dataset, DatasetVersion, Evaluation, Judgement, Project, Review, Run
+from storage.models import Sample as SampleRow
+
+VERDICTS = ("keep", "fix", "drop")
+DROP_RULE = "review_drop"
+FIXES_TRAIN_SETTING = "review_fixes_train"
+
+
+class ReviewError(ValueError):
+    """A review or an iteration that cannot be recorded or started; the message says why, in a plain sentence."""
+
+
+@dataclass
+class ReviewSummary:
+    """The latest verdict on each reviewed sample of a run, and what the next iteration would change."""
+
+    run_id: int
+    verdicts: dict[str, int]  # keep | fix | drop -> samples whose latest review says so
+    fixed_answers: int = 0  # training answers replaced
+    better_references: int = 0  # test references replaced
+    dropped: int = 0
+    new_training_samples: int = 0  # fixed test samples added to train (only with review_fixes_train)
+
+    @property
+    def changes(self) -> int:
+        return self.fixed_answers + self.better_references + self.dropped + self.new_training_samples
+
+    @property
+    def lines(self) -> list[str]:
+        reviewed = sum(self.verdicts.values())
+        if not reviewed:
+            return [f"No samples of run {self.run_id} are reviewed yet."]
+        done = {"keep": "kept", "fix": "fixed", "drop": "dropped"}
+        counts = ", ".join(f"{self.verdicts.get(verdict, 0)} {word}" for verdict, word in done.items())
+        head = f"{_plural(reviewed, 'sample')} of run {self.run_id} reviewed: {counts}."
+        if not self.changes:
+            return [head, "No review changes the data: there is nothing to retrain on yet."]
+        return [head, f"The next iteration would {_change_phrase(self, future=True)}."]
+
+
+@dataclass
+class NextIteration:
+    run: Run
+    version: DatasetVersion
+    created: bool  # False: the next iteration had already been started
+    summary: ReviewSummary | None = None  # what the reviews changed (None when it had already been started)
+
+
+@dataclass
+class IterationComparison:
+    """A run's evaluation beside its parent run's: each pair is (iteration k-1, iteration k)."""
+
+    run_id: int
+    iteration: int
+    parent_run_id: int
+    parent_iteration: int
+    overall: tuple[float | None, float | None]
+    win_rate: tuple[float | None, float | None]
+    invalid_rate: tuple[float | None, float | None]
+    chrf: tuple[float | None, float | None]
+    gate_passed: tuple[bool | None, bool | None]
+    tags: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)  # sub-scenario -> means
+
+    @property
+    def lines(self) -> list[str]:
+        lines = [_move("overall", *self.overall, "{:.1f}", "{:+.1f}")]
+        if self.win_rate != (None, None):
+            lines.append(_move("win rate", *_percent(self.win_rate), "{:.0f}%", "{:+.0f} pts"))
+        if self.invalid_rate != (None, None):
+            lines.append(_move("invalid judgements", *_percent(self.invalid_rate), "{:.1f}%", "{:+.1f} pts"))
+        if self.chrf != (None, None):
+            lines.append(_move("reference chrF", *self.chrf, "{:.1f}", "{:+.1f}"))
+        before, after = (_gate_word(g) for g in self.gate_passed)
+        lines.append(f"gate {before} → {after}")
+        lines += [_move(f"{tag}:", *means, "{:.1f}", "{:+.1f}") for tag, means in self.tags.items()]
+        return lines
+
+
+# --- recording a review ------------------------------------------------------------------------------------
+
+
+def record_review(
+    session: Session,
+    *,
+    judgement_id: int | None = None,
+    sample_id: int | None = None,
+    reviewer: str,
+    verdict: str,
+    corrected_answer: str | None = None,
+    comment: str | None = None,
+    platform: str | None = None,
+) -> Review:
+    """Record `reviewer`'s verdict on a judgement or a sample; it supersedes earlier reviews of the same sample."""
+    reviewer = (reviewer or "").strip()
+    verdict = (verdict or "").strip().lower()
+    corrected_answer = (corrected_answer or "").strip() or None
+    if not reviewer:
+        raise ReviewError("a review needs the reviewer's name")
+    if verdict not in VERDICTS:
+        raise ReviewError(f"a verdict is keep, fix or drop, not '{verdict}'")
+    if verdict == "fix" and corrected_answer is None:
+        raise ReviewError("a fix needs the corrected answer")
+    if verdict != "fix" and corrected_answer is not None:
+        raise ReviewError(f"a corrected answer goes with the verdict fix, not {verdict}")
+    if (judgement_id is None) == (sample_id is None):
+        raise ReviewError("a review names either the judgement or the sample it is about, one of them")
+
+    if judgement_id is not None:
+        judgement = session.get(Judgement, judgement_id)
+        if judgement is None:
+            raise ReviewError(f"there is no judgement {judgement_id} to review")
+        project = _project_of_judgement(session, judgement)
+        target = f"judgement {judgement_id}"
+        row = session.get(SampleRow, judgement.sample_id) if judgement.sample_id is not None else None
+        if row is None and verdict != "keep":
+            raise ReviewError(f"{target} is not linked to a test sample, so a {verdict} could not change the data")
+    else:
+        row = session.get(SampleRow, sample_id)
+        if row is None:
+            raise ReviewError(f"there is no sample {sample_id} to review")
+        project = _project_of_sample(session, row)
+        target = f"sample {sample_id}"
+    if row is not None and row.filter_rule is not None:
+        raise ReviewError(f"{target} was already removed ({row.filter_rule}: {row.filter_reason}); nothing to review")
+    allowed = [str(name) for name in project.reviewers or []]
+    if allowed and reviewer not in allowed:
+        raise ReviewError(f"{reviewer} may not review project {project.name}; its reviewers are {', '.join(allowed)}")
+
+    review = Review(
+        judgement_id=judgement_id,
+        sample_id=sample_id,
+        reviewer=reviewer,
+        platform=platform,
+        verdict=verdict,
+        corrected_answer=corrected_answer,
+        comment=(comment or "").strip() or None,
+    )
+    session.add(review)
+    session.flush()
+    session.add(
+        AuditEvent(
+            actor=reviewer,
+            platform=platform,
+            action="review.recorded",
+            project_id=project.id,
+            subject_type="review",
+            subject_id=review.id,
+            detail={"verdict": verdict, "judgement_id": judgement_id, "sample_id": sample_id},
+        )
+    )
+    session.flush()
+    return review
+
+
+def _project_of_judgement(session: Session, judgement: Judgement) -> Project:
+    evaluation = session.get(Evaluation, judgement.evaluation_id)
+    run = session.get(Run, evaluation.run_id) if evaluation else None
+    project = session.get(Project, run.project_id) if run else None
+    if project is None:
+        raise ReviewError(f"judgement {judgement.id} belongs to no project")
+    return project
+
+
+def _project_of_sample(session: Session, row: SampleRow) -> Project:
+    version = session.get(DatasetVersion, row.version_id)
+    dataset = session.get(Dataset, version.dataset_id) if version else None
+    project = session.get(Project, dataset.project_id) if dataset else None
+    if project is None:
+        raise ReviewError(f"sample {row.id} belongs to no project")
+    return project
+
+
+# --- from reviews to the next version -------------------------------------------------------------------------
+
+
+@dataclass
+class _Plan:
+    run: Run
+    version: DatasetVersion
+    entries: list[Entry]  # the next version's entries (the run's version's, changed in memory)
+    summary: ReviewSummary
+
+
+def _get_run(session: Session, run_id: int) -> Run:
+    run = session.get(Run, run_id)
+    if run is None:
+        raise ReviewError(f"there is no run {run_id}")
+    return run
+
+
+def _latest_reviews(session: Session, run: Run, row_ids: Iterable[int]) -> dict[int, Review]:
+    """Sample row id -> the latest review of it, through the run's judgements or of the row itself."""
+    row_ids = list(row_ids)
+    by_judgement = session.exec(
+        select(Review, Judgement.sample_id)
+        .join(Judgement, col(Review.judgement_id) == col(Judgement.id))
+        .join(Evaluation, col(Judgement.evaluation_id) == col(Evaluation.id))
+        .where(Evaluation.run_id == run.id, col(Judgement.sample_id).is_not(None))
+    ).all()
+    by_sample = session.exec(select(Review).where(col(Review.sample_id).in_(row_ids))).all() if row_ids else []
+    targeted = [(review, row_id) for review, row_id in by_judgement] + [(r, r.sample_id) for r in by_sample]
+    latest: dict[int, Review] = {}
+    # Ids, not timestamps, order the reviews: they follow the order of recording and never tie.
+    for review, row_id in sorted(targeted, key=lambda pair: pair[0].id or 0):
+        latest[row_id] = review  # type: ignore[index]
+    return latest
+
+
+def _with_answer(sample: Sample, answer: str) -> Sample:
+    messages = list(sample.messages)
+    last = sample.last_assistant_index()
+    messages[last] = Message(role="assistant", content=answer, name=messages[last].name)
+    return sample.model_copy(update={"messages": messages})
+
+
+def _prompt_key(sample: Sample) -> list[dict]:
+    return [m.model_dump(exclude_none=True) for m in sample.messages[: sample.last_assistant_index()]]
+
+
+def _add_to_train(entries: list[Entry], corrected: Sample) -> None:
+    """Add a fixed test sample to train, replacing the one an earlier review added for the same question."""
+    learned = Entry(
+        corrected.model_copy(update={"origin": "review", "original": None, "original_format": None}), "train"
+    )
+    for index, entry in enumerate(entries):
+        same_question = _prompt_key(entry.sample) == _prompt_key(corrected)
+        if entry.in_use and entry.split == "train" and entry.sample.origin == "review" and same_question:
+            entries[index] = learned
+            return
+    entries.append(learned)
+
+
+def _plan(session: Session, run: Run) -> _Plan:
+    version = session.get(DatasetVersion, run.dataset_version_id) if run.dataset_version_id else None
+    if version is None:
+        raise ReviewError(f"run {run.id} records no dataset version, so its reviews cannot change any data")
+    project = session.get(Project, run.project_id)
+    fixes_train = bool((project.settings or {}).get(FIXES_TRAIN_SETTING)) if project else False
+    entries = load_entries(session, version)
+    row_ids = session.exec(
+        select(SampleRow.id).where(SampleRow.version_id == version.id).order_by(col(SampleRow.position))
+    ).all()
+    index_of = {row_id: index for index, row_id in enumerate(row_ids)}
+    summary = ReviewSummary(run.id, dict.fromkeys(VERDICTS, 0))  # type: ignore[arg-type]
+    for row_id, review in sorted(_latest_reviews(session, run, index_of).items()):
+        index = index_of.get(row_id)
+        if index is None or not entries[index].in_use:
+            continue
+        summary.verdicts[review.verdict] = summary.verdicts.get(review.verdict, 0) + 1
+        entry = entries[index]
+        if review.verdict == "drop":
+            entry.filter_rule = DROP_RULE
+            why = f": {review.comment}" if review.comment else ""
+            entry.filter_reason = f"dropped by {review.reviewer} in the review of run {run.id}{why}"
+            summary.dropped += 1
+        elif review.verdict == "fix" and review.corrected_answer:
+            corrected = _with_answer(entry.sample, review.corrected_answer)
+            if corrected.content_hash == entry.sample.content_hash:
+                continue  # the "correction" is the answer it already had
+            entry.sample = corrected
+            if entry.split != "test":
+                summary.fixed_answers += 1
+                continue
+            summary.better_references += 1
+            if fixes_train:
+                _add_to_train(entries, corrected)
+                summary.new_training_samples += 1
+    return _Plan(run, version, entries, summary)
+
+
+def review_summary(session: Session, run_id: int) -> ReviewSummary:
+    """The latest verdicts on run `run_id`'s samples and what starting the next iteration would change."""
+    return _plan(session, _get_run(session, run_id)).summary
+
+
+def _change_phrase(summary: ReviewSummary, *, future: bool = False) -> str:
+    parts = [
+        (summary.fixed_answers, "training answer", "replace {}", "{} fixed"),
+        (summary.better_references, "reference", "improve {}", "{} improved"),
+        (summary.dropped, "sample", "remove {}", "{} dropped"),
+        (summary.new_training_samples, "fixed test sample", "add {} to train", "{} added to train"),
+    ]
+    phrase = [(will if future else done).format(_plural(n, noun)) for n, noun, will, done in parts if n]
+    return ", ".join(phrase)
+
+
+def start_next_iteration(session: Session, run_id: int, *, by: str, platform: str | None = None) -> NextIteration:
+    """Turn the reviews of run `run_id` into a new dataset version and queue the next iteration's run on it."""
+    run = _get_run(session, run_id)
+    started = session.exec(select(Run).where(Run.parent_run_id == run.id).order_by(col(Run.id))).first()
+    if started is not None:
+        version = session.get(DatasetVersion, started.dataset_version_id) if started.dataset_version_id else None
+        if version is None:
+            raise ReviewError(f"run {started.id} already continues run {run.id}, without a dataset version")
+        return NextIteration(started, version, created=False)
+    plan = _plan(session, run)
+    if not plan.summary.changes:
+        raise ReviewError(f"no reviews change the data of run {run.id}; nothing to retrain on")
+    dataset = session.get(Dataset, plan.version.dataset_id)
+    assert dataset is not None
+    summary = plan.summary
+    change = save_version(
+        session,
+        dataset,
+        plan.entries,
+        kind="review",
+        summary=f"review of run {run.id}: {_change_phrase(summary)}",
+        parent=plan.version,
+        detail={
+            "run": run.id,
+            "fixed_answers": summary.fixed_answers,
+            "better_references": summary.better_references,
+            "dropped": summary.dropped,
+            "new_training_samples": summary.new_training_samples,
+            "verdicts": summary.verdicts,
+        },
+        actor=by,
+        platform=platform or run.platform or "cli",
+        reviewed=True,
+    )
+    # Iterations number a project's runs: in a straight chain this is run k's iteration + 1.
+    last = session.exec(
+        select(Run.iteration).where(Run.project_id == run.project_id).order_by(col(Run.iteration).desc())
+    ).first()
+    next_run = Run(
+        project_id=run.project_id,
+        iteration=(last or run.iteration) + 1,
+        parent_run_id=run.id,
+        dataset_version_id=change.version.id,
+        recipe=dict(run.recipe) if run.recipe is not None else None,
+        state="queued",
+        requested_by=by,
+        platform=platform or run.platform,
+        thread_ref=run.thread_ref,
+    )
+    session.add(next_run)
+    session.flush()
+    session.add(
+        AuditEvent(
+            actor=by,
+            platform=platform or run.platform,
+            action="run.next_iteration",
+            project_id=run.project_id,
+            subject_type="run",
+            subject_id=next_run.id,
+            detail={"parent_run": run.id, "dataset_version": change.version.id, "iteration": next_run.iteration},
+        )
+    )
+    session.flush()
+    return NextIteration(next_run, change.version, created=True, summary=summary)
+
+
+# --- iteration k against iteration k-1 ------------------------------------------------------------------------
+
+
+def iteration_comparison(
+    session: Session, run_id: int, *, evaluation: Evaluation | None = None
+) -> IterationComparison | None:
+    """Run `run_id`'s evaluation (`evaluation`, else its latest) beside its parent run's latest evaluation;
+    None when the run has no parent or either has no evaluation."""
+    run = _get_run(session, run_id)
+    parent = session.get(Run, run.parent_run_id) if run.parent_run_id else None
+    current = evaluation or _latest_evaluation(session, run.id)  # type: ignore[arg-type]
+    previous = _latest_evaluation(session, parent.id) if parent else None  # type: ignore[arg-type]
+    if parent is None or current is None or previous is None:
+        return None
+    before_tags, after_tags = _tag_means(session, previous), _tag_means(session, current)
+    return IterationComparison(
+        run_id=run.id,  # type: ignore[arg-type]
+        iteration=run.iteration,
+        parent_run_id=parent.id,  # type: ignore[arg-type]
+        parent_iteration=parent.iteration,
+        overall=(
+            _score(previous, "judge", "means", "tuned", "overall"),
+            _score(current, "judge", "means", "tuned", "overall"),
+        ),
+        win_rate=(_score(previous, "judge", "pairwise", "win_rate"), _score(current, "judge", "pairwise", "win_rate")),
+        invalid_rate=(previous.invalid_rate, current.invalid_rate),
+        chrf=(_score(previous, "reference", "tuned", "chrf"), _score(current, "reference", "tuned", "chrf")),
+        gate_passed=(previous.gate_passed, current.gate_passed),
+        tags={
+            tag: (before_tags.get(tag), after_tags.get(tag)) for tag in sorted(before_tags.keys() | after_tags.keys())
+        },
+    )
+
+
+def _latest_evaluation(session: Session, run_id: int) -> Evaluation | None:
+    return session.exec(
+        select(Evaluation).where(Evaluation.run_id == run_id).order_by(col(Evaluation.id).desc())
+    ).first()
+
+
+def _score(evaluation: Evaluation, *path: str) -> float | None:
+    value: object = evaluation.scores or {}
+    for key in path:
+        value = value.get(key) if isinstance(value, dict) else None
+    return float(value) if isinstance(value, int | float) else None
+
+
+def _tag_means(session: Session, evaluation: Evaluation) -> dict[str, float]:
+    """Mean overall score of the tuned answers per sub-scenario (first tag), over valid judgements."""
+    from engine.evaluate.weakest import UNTAGGED  # not at the top: engine.evaluate (its report) imports this module
+
+    rows = session.exec(
+        select(Judgement.tags, Judgement.overall).where(
+            Judgement.evaluation_id == evaluation.id, Judgement.valid, col(Judgement.overall).is_not(None)
+        )
+    ).all()
+    scores: dict[str, list[float]] = {}
+    for tags, overall in rows:
+        scores.setdefault(tags[0] if tags else UNTAGGED, []).append(overall)
+    return {tag: sum(values) / len(values) for tag, values in scores.items()}
+
+
+def _percent(pair: tuple[float | None, float | None]) -> tuple[float | None, float | None]:
+    return tuple(None if v is None else v * 100 for v in pair)  # type: ignore[return-value]
+
+
+def _move(label: str, before: float | None, after: float | None, form: str, delta: str) -> str:
+    shown = [form.format(v) if v is not None else "n/a" for v in (before, after)]
+    line = f"{label} {shown[0]} → {shown[1]}"
+    if before is None or after is None:
+        return line
+    return f"{line} ({delta.format(after - before)})"
+
+
+def _gate_word(passed: bool | None) -> str:
+    return "not decided" if passed is None else ("passed" if passed else "failed")
+
+
+def _plural(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
