@@ -4,7 +4,7 @@ Each command group lives in its own module; this one only assembles them."""
 
 import typer
 
-from bot.cli import data, db, demo, deploy, evaluate, follow, gateway, model, project, runs, serve, synth, train
+from bot.cli import data, db, demo, deploy, evaluate, follow, gateway, model, project, runs, serve, synth, train, work
 
 app = typer.Typer(
     help="tuneloop: the fine-tuning loop as one conversation.", no_args_is_help=True, add_completion=False
@@ -30,3 +30,6 @@ app.command("approve")(runs.approve_command)
 app.command("cancel")(runs.cancel_command)
 serve.app.command("sync")(deploy.sync_command)
 app.add_typer(serve.app, name="serve")
+app.command("worker")(work.worker_command)
+app.command("submit")(work.submit_command)
+app.command("reconcile")(work.reconcile_command)

@@ -1,16 +1,21 @@
 """`tuneloop runs`, `run show`, `approve` and `cancel`: the runs, one run's whole history, the approver's decision
 (approve, then deploy) and stopping a run."""
 
+import asyncio
 from typing import Annotated
 
 import typer
+from arq.connections import RedisSettings, create_pool
 from rich.table import Table
+from sqlmodel import Session
 
 from bot.cli.common import console, fail, open_session
 from bot.cli.deploy import ServerOption, report
 from engine.data.versions import current_actor
 from engine.runs import RunError, RunHistory, approve_run, cancel_run, deploy_approved, list_runs, run_history
 from engine.serve.deploy import DeployError
+from engine.settings import get_settings
+from engine.work.jobs import approve_and_enqueue, is_queued_run
 
 app = typer.Typer(help="One run: its history.", no_args_is_help=True)
 
@@ -46,7 +51,7 @@ def show_command(run: RunArgument) -> None:
     with open_session() as session:
         history = run_history(session, run)
     for line in history_lines(history):
-        console.print(line, markup=False, highlight=False)
+        console.print(line, markup=False, highlight=False, emoji=False)  # job ids such as 3:train:1
 
 
 def approve_command(
@@ -57,8 +62,18 @@ def approve_command(
     ] = None,
     server: ServerOption = None,
 ) -> None:
-    """Approve a run and deploy its adapter."""
+    """Approve a run and deploy its adapter (on the cpu queue's workers, for a run submitted to them)."""
     approver = by or current_actor()
+    with open_session() as session:
+        queued = is_queued_run(session, run)
+    if queued:  # its other stages ran on workers, and a worker's reconciler would deploy it anyway
+        with open_session() as session:
+            try:
+                job = asyncio.run(approve_on_queue(session, run, approver, override))
+            except RunError as error:
+                fail(str(error))
+        console.print(f"run {run} approved by {approver}; deployment queued as job {job}", emoji=False)
+        return
     with open_session() as session:
         try:
             approve_run(session, run, approver, platform="cli", override_reason=override)
@@ -74,6 +89,15 @@ def approve_command(
     if problem is not None:
         fail(problem)
     report(outcome)
+
+
+async def approve_on_queue(session: Session, run: int, approver: str, override: str | None) -> str:
+    pool = await create_pool(RedisSettings.from_dsn(get_settings().redis_url))
+    try:
+        job = await approve_and_enqueue(session, pool, run, approver, platform="cli", override_reason=override)
+    finally:
+        await pool.aclose()
+    return job.arq_job_id
 
 
 def cancel_command(run: RunArgument, by: ByOption = None) -> None:

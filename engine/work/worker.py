@@ -1,0 +1,91 @@
+"""An arq worker for one queue: `gpu` (train, evaluate: one job at a time) or `cpu` (deploy).
+
+It loads no model at start (a stage imports what it needs when it runs), and runs the reconciler every
+`reconcile_every_s` beside its jobs. On SIGTERM it takes no new job and lets the running one finish for
+`job_completion_wait_s`; after that a training saves a checkpoint and stops, and arq runs the job again."""
+
+import asyncio
+import logging
+import os
+import socket
+from typing import Any
+
+from arq import Worker
+from arq.connections import RedisSettings, create_pool
+from arq.worker import func
+from sqlmodel import Session
+
+from engine.database import get_engine
+from engine.settings import Settings, get_settings
+from engine.work import stages
+from engine.work.jobs import queue_name
+from engine.work.reconcile import reconcile
+
+logger = logging.getLogger(__name__)
+
+QUEUES = ("gpu", "cpu")
+
+
+def worker_name() -> str:
+    """What a Job records as the worker that ran it: host and process."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def build_worker(queue: str, *, burst: bool = False, settings: Settings | None = None) -> Worker:
+    settings = settings or get_settings()
+    if queue not in QUEUES:
+        raise ValueError(f"'{queue}' is not a queue (queues: {', '.join(QUEUES)})")
+    tries = settings.job_max_tries
+    functions = (
+        [
+            func(stages.train, name="train", timeout=settings.train_timeout_s, max_tries=tries),
+            func(stages.evaluate, name="evaluate", timeout=settings.evaluate_timeout_s, max_tries=tries),
+        ]
+        if queue == "gpu"
+        else [func(stages.deploy, name="deploy", timeout=settings.deploy_timeout_s, max_tries=tries)]
+    )
+    return Worker(
+        functions,  # type: ignore[arg-type]
+        queue_name=queue_name(queue, settings),
+        redis_settings=RedisSettings.from_dsn(settings.redis_url),
+        burst=burst,
+        max_jobs=1 if queue == "gpu" else 4,
+        job_completion_wait=settings.job_completion_wait_s,
+        max_tries=tries,
+        poll_delay=0.5,
+        on_startup=_start_reconciling,
+        on_shutdown=_stop_reconciling,
+        ctx={"worker_name": worker_name()},
+    )
+
+
+async def reconcile_once(settings: Settings | None = None) -> list[str]:
+    """One pass of the reconciler against the configured database and Redis; the report's lines."""
+    settings = settings or get_settings()
+    pool = await create_pool(RedisSettings.from_dsn(settings.redis_url))
+    try:
+        with Session(get_engine(settings), expire_on_commit=False) as session:
+            report = await reconcile(session, pool, silent_after_s=settings.silent_after_s)
+    finally:
+        await pool.aclose()
+    return report.lines()
+
+
+async def _reconcile_forever(pool: Any, settings: Settings) -> None:
+    while True:
+        try:
+            with Session(get_engine(settings), expire_on_commit=False) as session:
+                report = await reconcile(session, pool, silent_after_s=settings.silent_after_s)
+            if report.lost or report.requeued or report.cancelled:
+                logger.info("reconciled: %s", "; ".join(report.lines()))
+        except Exception:  # Redis or the database away for a moment: the next pass tries again
+            logger.exception("reconciling failed")
+        await asyncio.sleep(settings.reconcile_every_s)
+
+
+async def _start_reconciling(ctx: dict[str, Any]) -> None:
+    ctx["reconciler"] = asyncio.create_task(_reconcile_forever(ctx["redis"], get_settings()))
+
+
+async def _stop_reconciling(ctx: dict[str, Any]) -> None:
+    ctx["reconciler"].cancel()
