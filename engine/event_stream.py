@@ -282,14 +282,18 @@ def follow_run(
     *,
     stream: str = DEFAULT_STREAM,
     from_start: bool = False,
+    after: str | None = None,
     timeout_s: float | None = None,
     block_ms: int = 1000,
+    until: Callable[[], bool] | None = None,
 ) -> Iterator[Event]:
-    """The events of `run` as they are appended, until a final one (yielded too) or `timeout_s`.
+    """The events of `run` as they are appended, until a final one (yielded too), `timeout_s`, or `until()` says
+    so (asked after every read: the database knows a state no event announces, such as `reviewing`).
 
     A follower only watches, so it reads with plain XREAD and leaves no group behind; it starts after the
-    stream's current last entry, or with `from_start` at the oldest entry the stream keeps."""
-    last_id = "0-0" if from_start else _last_entry_id(client, stream)
+    stream's current last entry, with `from_start` at the oldest entry the stream keeps, or `after` a given entry
+    (`last_entry_id` read before starting the work, so that none of its events is missed)."""
+    last_id = after if after is not None else "0-0" if from_start else last_entry_id(client, stream)
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     while True:
         wait_ms = block_ms
@@ -309,9 +313,11 @@ def follow_run(
                 yield item.event
                 if is_final(item.event):
                     return
+        if until is not None and until():
+            return
 
 
-def _last_entry_id(client: redis.Redis, stream: str) -> str:
+def last_entry_id(client: redis.Redis, stream: str = DEFAULT_STREAM) -> str:
     newest = client.xrevrange(stream, count=1)
     return _text(newest[0][0]) if newest else "0-0"
 

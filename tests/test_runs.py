@@ -3,6 +3,7 @@ sentence, approval rules, one deployment for an approval sent twice at once, can
 at its next step), a run's history read back, and the terminal commands. Runs are rows made directly; deployment
 is a stand-in counting its calls (tests/test_serve_deploy.py covers the real one)."""
 
+import asyncio
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +22,7 @@ from engine.runs import (
     TRANSITIONS,
     ApprovalRefused,
     IllegalTransition,
+    RunError,
     approve_run,
     cancel_run,
     deploy_approved,
@@ -33,6 +35,7 @@ from engine.settings import get_settings
 from engine.train.recipe import Recipe
 from engine.train.sft import TrainingError, train
 from engine.train.tiny import build_tiny_model
+from engine.work.jobs import submit_run
 from storage.db import session_scope
 from storage.models import AuditEvent, Deployment, Evaluation, Job, Judgement, Metric, Review, Run
 from tests.training_data import SHOP_QA, SHOP_SYSTEM, add_dataset, qa_entries
@@ -386,3 +389,14 @@ def test_cli_runs_show_approve_and_cancel(cli_db: Engine, deploys: FakeDeploy) -
     assert missing.exit_code == 1 and "no run 999" in missing.output
     with Session(cli_db) as session:
         assert session.exec(select(Run.state).order_by(col(Run.id))).all() == ["reviewing", "deployed", "cancelled"]
+
+
+def test_only_the_projects_requesters_may_start_a_run(db_engine: Engine) -> None:
+    with session_scope(db_engine) as session:
+        project = get_or_create_project(session, "shop")
+        project.settings = {"requesters": ["王经理"]}
+    recipe = Recipe.model_validate({"model_name_or_path": "models/tiny"})
+    with session_scope(db_engine) as session, pytest.raises(RunError, match="张三 may not start runs of shop"):
+        asyncio.run(submit_run(session, None, "shop", None, recipe, "张三"))  # type: ignore[arg-type]
+    with session_scope(db_engine) as session:
+        assert session.exec(select(Run)).first() is None  # refused before anything was written

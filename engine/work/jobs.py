@@ -6,8 +6,10 @@ it still holds, and the row's id is unique, so enqueuing a stage twice does noth
 made only when the previous one ended failed or lost (its worker went silent); a retried training resumes from its
 last checkpoint because `train(..., run_id=...)` does."""
 
+from typing import Any
+
 from arq.connections import ArqRedis
-from arq.constants import in_progress_key_prefix, job_key_prefix, retry_key_prefix
+from arq.constants import in_progress_key_prefix, job_key_prefix, result_key_prefix, retry_key_prefix
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
@@ -73,7 +75,16 @@ async def enqueue_stage(session: Session, redis: ArqRedis, run_id: int, stage: s
 
 async def push(redis: ArqRedis, job: Job) -> bool:
     """Put the job on its arq queue; False when arq holds that id already (waiting, or its result kept)."""
-    pushed = await redis.enqueue_job(job.stage, job.run_id, _job_id=job.arq_job_id, _queue_name=queue_name(job.queue))
+
+    def enqueue() -> Any:
+        return redis.enqueue_job(job.stage, job.run_id, _job_id=job.arq_job_id, _queue_name=queue_name(job.queue))
+
+    pushed = await enqueue()
+    if pushed is None and job.status == "queued" and not await on_queue(redis, job):
+        # A result kept under this id for a job that never ran here belongs to another database that shared this
+        # Redis (a new database numbers its runs from 1 again): it is not this job's, and would block it for good.
+        await redis.delete(result_key_prefix + job.arq_job_id)
+        pushed = await enqueue()
     return pushed is not None
 
 
@@ -103,10 +114,14 @@ async def submit_run(
     dataset_name: str = DEFAULT_DATASET,
     platform: str | None = None,
 ) -> Run:
-    """A new queued run of `recipe` on a dataset version (the latest when None), its training on the gpu queue."""
+    """A new queued run of `recipe` on a dataset version (the latest when None), its training on the gpu queue.
+    Refused when the project lists who may start runs (`settings.requesters`) and `requested_by` is not one."""
     from engine.train.sft import start_run  # the training stack loads only where a run is started
 
     project_row = get_project(session, project)
+    requesters = (project_row.settings or {}).get("requesters") or []
+    if requesters and requested_by not in requesters:
+        raise RunError(f"{requested_by} may not start runs of {project}; its requesters are {', '.join(requesters)}")
     if not (recipe.model_name_or_path or project_row.base_model):
         raise RunError(
             f"no base model: set model_name_or_path in the recipe or `tuneloop project set {project} --base-model`"
