@@ -228,6 +228,11 @@ class OpenAIServer:
                 if not self.path.rstrip("/").endswith("/chat/completions"):
                     self._send(Reply.error(404, f"Unknown path {self.path}", type="invalid_request_error"))
                     return
+                if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
+                    # OpenAI's reply; not recorded, so a stray request (another test's client retrying a port
+                    # this server now holds) cannot pass for one of the requests a test counts.
+                    self._send(Reply.error(400, "Missing required parameter: 'messages'.", param="messages"))
+                    return
                 with server._lock:
                     server.requests.append(body)
                     server.arrivals.append(time.monotonic())
