@@ -31,12 +31,10 @@ def free_port() -> int:
 
 
 @dataclass
-class LocalServer:
-    """A running `tuneloop serve`; `url` is its root, the OpenAI base is `base_url`."""
+class Loopback:
+    """Something listening on a loopback port: `url` is its root, the OpenAI base is `base_url`."""
 
-    process: subprocess.Popen
     port: int
-    log: Path
 
     @property
     def url(self) -> str:
@@ -45,6 +43,14 @@ class LocalServer:
     @property
     def base_url(self) -> str:
         return f"{self.url}/v1"
+
+
+@dataclass(kw_only=True)
+class LocalServer(Loopback):
+    """A running `tuneloop serve`."""
+
+    process: subprocess.Popen
+    log: Path
 
     def stop(self) -> None:
         stop_process(self.process)
@@ -95,7 +101,7 @@ def start_local_server(
         process = subprocess.Popen(
             command, cwd=root, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
         )
-    server = LocalServer(process, port, log)
+    server = LocalServer(port=port, process=process, log=log)
     if wait_until_healthy(server.url, timeout_s, process):
         return server
     server.stop()
@@ -104,19 +110,12 @@ def start_local_server(
     )
 
 
-@dataclass
-class LocalGateway:
+@dataclass(kw_only=True)
+class LocalGateway(Loopback):
+    """The gateway, served by uvicorn in a thread of this process."""
+
     server: "uvicorn.Server"
     thread: threading.Thread
-    port: int
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def base_url(self) -> str:
-        return f"{self.url}/v1"
 
     def stop(self) -> None:
         self.server.should_exit = True
@@ -135,7 +134,8 @@ def start_local_gateway(servers: Sequence[str], engine: Engine, *, port: int | N
     app = create_app(servers, engine)
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", log_config=None)
     server = uvicorn.Server(config)
-    gateway = LocalGateway(server, threading.Thread(target=server.run, name="tuneloop-gateway", daemon=True), port)
+    thread = threading.Thread(target=server.run, name="tuneloop-gateway", daemon=True)
+    gateway = LocalGateway(port=port, server=server, thread=thread)
     gateway.thread.start()
     deadline = time.monotonic() + READY_TIMEOUT_S
     while not gateway.server.started:
