@@ -27,8 +27,12 @@ from datetime import datetime
 from typing import Any, get_args
 
 import redis
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, select
 
+from engine.event_log import EventKeeper
 from engine.events import Event, EventSink, EventType
+from storage.models import RunEvent, utcnow
 
 DEFAULT_STREAM = "tuneloop:events"
 DEFAULT_MAXLEN = 100_000
@@ -102,15 +106,68 @@ def stream_sink(
     clock: Callable[[], float] = time.monotonic,
 ) -> EventSink:
     """A sink that appends to the stream, keeping it near `maxlen` entries and coalescing progress."""
+    return Announcer(None, client, stream=stream, maxlen=maxlen, interval=interval, clock=clock)
 
-    def append(event: Event) -> None:
-        try:
-            client.xadd(stream, encode(event), maxlen=maxlen, approximate=True)  # type: ignore[arg-type]
-        except redis.RedisError:
-            # A training must not die because the display is down; the run's state lives in the database.
-            logger.exception("could not append a %s event of run %s to %s", event.type, event.run, stream)
 
-    return coalesce_progress(append, interval=interval, clock=clock)
+class Announcer:
+    """How the engine announces a run's events: each kept in the database (engine.event_log) when there is an
+    `engine`, and appended to the stream when there is a `client`, under one id; progress coalesced first.
+    `close()` when done: it waits for the events still being written to the database."""
+
+    def __init__(
+        self,
+        engine: Engine | None,
+        client: redis.Redis | None,
+        *,
+        stream: str = DEFAULT_STREAM,
+        maxlen: int = DEFAULT_MAXLEN,
+        interval: float = PROGRESS_INTERVAL_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.keeper = EventKeeper(engine) if engine is not None else None
+        self.client, self.stream, self.maxlen = client, stream, maxlen
+        self.send = coalesce_progress(self._announce, interval=interval, clock=clock)
+
+    def __call__(self, event: Event) -> None:
+        self.send(event)
+
+    def close(self) -> None:
+        if self.keeper is not None:
+            self.keeper.close()
+
+    def _announce(self, event: Event) -> None:
+        event_id = uuid.uuid4().hex
+        streamed = self.client is not None and _append(self.client, self.stream, self.maxlen, event, event_id)
+        if self.keeper is not None:
+            self.keeper.keep(event, event_id, streamed=streamed)
+
+
+def relay_events(engine: Engine, client: redis.Redis, *, stream: str = DEFAULT_STREAM, batch: int = 500) -> int:
+    """Append to the stream the kept events that have not reached it (a run's moves, events announced while Redis
+    was away), oldest first, and mark them; how many. Two relays at once may both send one: consumers ignore
+    repeats by event id."""
+    with Session(engine) as session:
+        rows = session.exec(
+            select(RunEvent).where(col(RunEvent.streamed_at).is_(None)).order_by(col(RunEvent.id)).limit(batch)
+        ).all()
+        for row in rows:
+            event = Event(row.type, row.project, row.payload or {}, row.run_id, row.created_at)  # type: ignore[arg-type]
+            if not _append(client, stream, DEFAULT_MAXLEN, event, row.event_id):
+                break
+            row.streamed_at = utcnow()
+            session.add(row)
+            session.commit()
+        return sum(1 for row in rows if row.streamed_at is not None)
+
+
+def _append(client: redis.Redis, stream: str, maxlen: int, event: Event, event_id: str) -> bool:
+    try:
+        client.xadd(stream, encode(event, event_id), maxlen=maxlen, approximate=True)  # type: ignore[arg-type]
+    except redis.RedisError:
+        # A training must not die because the display is down; the run's state lives in the database.
+        logger.exception("could not append a %s event of run %s to %s", event.type, event.run, stream)
+        return False
+    return True
 
 
 def coalesce_progress(

@@ -15,18 +15,23 @@ Beyond the straight line:
 
 Every move is one conditional UPDATE (`... WHERE id = :id AND state = :from`): of two processes moving the same
 run at once exactly one changes the row, and the other is told who won, so an approval sent twice deploys once.
-Every move is audited (action "run.<state>") with who caused it: a person's name, "worker:<host>" or "system".
+Every move is audited (action "run.<state>") with who caused it: a person's name, "worker:<host>" or "system";
+and announced: a "stage" event (stage "run", the new state) kept in the same transaction, which workers relay to
+the event stream (engine.event_stream.relay_events), so front ends hear of approvals and deployments too.
 Functions take the caller's session and never commit: a move and its audit event land together when it commits.
 """
 
 import socket
+import uuid
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, update
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import Session, col, select
 
+from engine.event_log import run_events
 from engine.projects import NotFoundError
 from engine.serve.adapters import DeployError
 from engine.serve.deploy import DeployOutcome, deploy_run
@@ -41,6 +46,7 @@ from storage.models import (
     Project,
     Review,
     Run,
+    RunEvent,
     utcnow,
 )
 
@@ -90,6 +96,11 @@ class ApprovalRefused(RunError):
 
 class RunCancelled(RunError):
     """Raised by a stage that stopped because its run was cancelled."""
+
+
+class StageStopped(RunError):
+    """Raised by a stage its worker stopped (shutting down, or told its job was given to another worker).
+    The run is not failed: the stage runs again, and a training resumes from the checkpoint it saved."""
 
 
 def worker_actor() -> str:
@@ -159,6 +170,19 @@ def transition(
             created_at=now,
         )
     )
+    project = session.get(Project, run.project_id)
+    assert project is not None  # a foreign key
+    moved_by = {"from": origin, "by": actor, **({"reason": reason} if reason else {})}
+    session.add(
+        RunEvent(
+            event_id=uuid.uuid4().hex,
+            run_id=run.id,
+            project=project.name,
+            type="stage",
+            payload={"stage": "run", "state": to, **moved_by, **({"platform": platform} if platform else {})},
+            created_at=now,
+        )
+    )
     session.flush()
     return run
 
@@ -174,6 +198,35 @@ def fail_run(session: Session, run_id: int, reason: str, *, actor: str) -> None:
         transition(session, run, "failed", actor=actor, reason=reason)
     except IllegalTransition:
         session.rollback()  # moved by another process just now: its word stands
+
+
+RETRIED_AT = {"queued": "queued", "preparing": "queued", "training": "queued", "evaluating": "evaluating"}
+
+
+def retry_run(session: Session, run_id: int, by: str, *, platform: str | None = None) -> Run:
+    """Move a failed run back to where its work starts again, once a person has fixed the cause: queued when it
+    failed preparing or training (a training resumes from its last checkpoint), evaluating when it failed there (its
+    workers go on from the evaluation stage that failed). A failed deployment is retried by approving again."""
+    run = get_run(session, run_id)
+    if run.state != "failed":
+        raise IllegalTransition(f"run {run.id} is {run.state}; only a failed run can be retried")
+    origin = _failed_from(session, run)
+    if origin == "deploying":
+        raise RunError(f"run {run.id} failed while deploying: approve it again to retry (`tuneloop approve {run.id}`)")
+    return transition(
+        session, run, RETRIED_AT.get(origin or "", "queued"), actor=by, platform=platform, reason="retried"
+    )
+
+
+def last_retried_at(session: Session, run_id: int) -> datetime | None:
+    """When a person last moved the run out of failed (a retry); None if never."""
+    moves = session.exec(
+        select(AuditEvent)
+        .where(AuditEvent.subject_type == "run", AuditEvent.subject_id == run_id)
+        .where(col(AuditEvent.action).in_([f"run.{state}" for state in set(RETRIED_AT.values())]))
+        .order_by(col(AuditEvent.id).desc())
+    ).all()
+    return next((move.created_at for move in moves if (move.detail or {}).get("from") == "failed"), None)
 
 
 def approve_run(
@@ -317,6 +370,7 @@ class RunHistory:
     evaluations: list[Evaluation]  # oldest first, each with its gate decision
     reviews: list[Review]  # people's verdicts on the run's judgements
     deployments: list[Deployment]  # of the run's adapter
+    events: list[RunEvent]  # what the engine announced, progress aside, oldest first
 
 
 def run_history(session: Session, run_id: int) -> RunHistory:
@@ -358,6 +412,7 @@ def run_history(session: Session, run_id: int) -> RunHistory:
         list(evaluations),
         list(reviews),
         list(deployments),
+        run_events(session, run_id),
     )
 
 

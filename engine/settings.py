@@ -38,13 +38,15 @@ class Settings(BaseSettings):
     # Run workers (engine/work/): arq queues "<queue_prefix>:gpu" and "<queue_prefix>:cpu" on redis_url.
     queue_prefix: str = "tuneloop"
     train_timeout_s: int = Field(default=24 * 3600, gt=0, description="Longest a training job may run.")
-    evaluate_timeout_s: int = Field(default=4 * 3600, gt=0)
+    evaluate_timeout_s: int = Field(default=4 * 3600, gt=0, description="Longest generate, judge or report job.")
+    prepare_timeout_s: int = Field(default=4 * 3600, gt=0, description="Longest synthesize or prepare job.")
     deploy_timeout_s: int = Field(default=900, gt=0)
     job_completion_wait_s: int = Field(default=600, ge=0, description="On SIGTERM: how long a job may finish.")
     job_max_tries: int = Field(default=3, ge=1, description="arq's tries of one job id; a stopped worker's counts.")
     heartbeat_every_s: float = Field(default=30.0, gt=0)
     silent_after_s: float = Field(default=300.0, gt=0, description="A running job this quiet is re-queued.")
     reconcile_every_s: float = Field(default=60.0, gt=0)
+    stage_max_lost: int = Field(default=3, ge=1, description="A stage that lost its worker this often fails the run.")
 
     # Synthesis (engine/data/synth.py). The platforms' own OPENAI_BASE_URL / OPENAI_API_KEY are the
     # fallback for TUNELOOP_SYNTH_BASE_URL / TUNELOOP_SYNTH_API_KEY.

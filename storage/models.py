@@ -131,6 +131,8 @@ class Run(SQLModel, table=True):
     error: str | None = Field(default=None, sa_column=Column(Text))
     gate_override_reason: str | None = Field(default=None, sa_column=Column(Text))
     artifact_prefix: str | None = None
+    # What the run prepares before it trains (synthesis, filter, split), as engine.prepare.PreparePlan holds it
+    plan: dict | None = _json()
     created_at: datetime = _created()
     updated_at: datetime | None = _when()
 
@@ -140,10 +142,11 @@ class Job(SQLModel, table=True):
 
     id: int | None = Field(default=None, primary_key=True)
     run_id: int = Field(foreign_key="runs.id", index=True)
-    stage: str = Field(max_length=20)  # synthesize | prepare | train | evaluate | deploy
+    stage: str = Field(max_length=20)  # synthesize | prepare | train | generate | judge | report | deploy
     queue: str = Field(max_length=10)  # gpu | cpu
     arq_job_id: str = Field(unique=True)  # "{run}:{stage}:{attempt}"
     attempt: int = 1
+    # queued, running, interrupted (its worker stopped it), done, failed, lost, skipped (nothing to do), cancelled
     status: str = Field(default="queued", max_length=20)
     progress: float = 0.0
     worker: str | None = None
@@ -290,6 +293,25 @@ class AuditEvent(SQLModel, table=True):
     subject_id: int | None = None
     detail: dict | None = _json()
     created_at: datetime = _created()
+
+
+class RunEvent(SQLModel, table=True):
+    """An event the engine announced, kept after the stream lets it go: a run's story can be read back from the
+    database alone. `event_id` is the uuid the stream entry carries, so the two can be matched. Every move of a run
+    is one too, written in the move's own transaction, so that no move is announced that did not happen."""
+
+    __tablename__ = "run_events"
+
+    id: int | None = Field(default=None, primary_key=True)
+    event_id: str = Field(max_length=32, unique=True)
+    run_id: int | None = Field(default=None, foreign_key="runs.id", index=True)
+    project: str = Field(max_length=100)
+    type: str = Field(max_length=20)  # progress | stage | report | warning | failure
+    payload: dict | None = _json()
+    created_at: datetime = _created()
+    # When it reached the stream; None: not yet (a run's move, written with the move, or Redis was away). Workers
+    # relay such events (engine.event_stream.relay_events).
+    streamed_at: datetime | None = Field(default=None, sa_column=Column(DateTime(timezone=True), index=True))
 
 
 class SynthBatch(SQLModel, table=True):

@@ -20,6 +20,7 @@ fail under CI (`CI=true`), so a broken CI service never passes as green.
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -72,7 +73,13 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'test.db'}"
         return
-    admin: Engine = request.getfixturevalue("postgres_admin")
+    with fresh_postgres_database(request.getfixturevalue("postgres_admin")) as url:
+        yield url
+
+
+@contextmanager
+def fresh_postgres_database(admin: Engine) -> Iterator[str]:
+    """A new, uniquely named PostgreSQL database's URL; dropped afterwards."""
     name = f"tuneloop_test_{uuid.uuid4().hex[:12]}"
     with admin.connect() as connection:
         connection.execute(text(f'CREATE DATABASE "{name}"'))
@@ -105,3 +112,21 @@ def redis_url() -> str:
     finally:
         client.close()
     return REDIS_URL
+
+
+@pytest.fixture
+def client(redis_url: str) -> Iterator[redis.Redis]:
+    """A client of the test Redis."""
+    connection = redis.Redis.from_url(redis_url)
+    yield connection
+    connection.close()
+
+
+@pytest.fixture
+def stream(client: redis.Redis) -> Iterator[str]:
+    """An event stream of this test's own on the shared server, deleted with its dedup keys afterwards."""
+    name = f"tuneloop:test:{uuid.uuid4().hex}"
+    yield name
+    keys = list(client.scan_iter(f"{name}*"))
+    if keys:
+        client.delete(*keys)

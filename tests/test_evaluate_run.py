@@ -1,11 +1,12 @@
 """The evaluation stage end to end on a trained tiny adapter: offline with the metric judge, with the LLM judge
 against the scripted OpenAI-protocol server, the gate blocking a run and saying why, invalid judgements kept raw,
-judge trust from people's reviews, and `tuneloop eval`."""
+judge trust from people's reviews, `tuneloop eval`, and the three stages (generate, judge, report) run one by one
+as separate workers would, their hand-over files, and what each does when it cannot go on or is stopped."""
 
 import difflib
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,11 +20,21 @@ from bot.cli import app
 from engine.database import get_engine
 from engine.evaluate.generate import GenerationSettings
 from engine.evaluate.judge_prompts import DEFAULT_RUBRIC
-from engine.evaluate.run import EvaluationError, EvaluationOptions, evaluate_run
+from engine.evaluate.run import (
+    EvaluationError,
+    EvaluationOptions,
+    evaluate_run,
+    generate_for_run,
+    judge_for_run,
+    report_for_run,
+)
+from engine.events import Event
+from engine.runs import StageStopped
 from engine.settings import get_settings
 from engine.train.recipe import Recipe
 from engine.train.sft import train
 from engine.train.tiny import build_tiny_model
+from storage.artifacts import run_key
 from storage.db import session_scope
 from storage.models import Artifact, Evaluation, Judgement, Project, Review, Run
 from tests.training_data import SHOP_QA, SHOP_SYSTEM, add_dataset, qa_entries
@@ -248,3 +259,71 @@ def test_tuneloop_eval_prints_the_gate_and_the_report(home: TrainedRun) -> None:
     assert refused.exit_code == 2 and "TUNELOOP_JUDGE_BASE_URL" in refused.output
     missing = runner.invoke(app, ["eval", "--run", "999", *quick])
     assert missing.exit_code == 2 and "no run 999" in missing.output
+
+
+def in_own_session(stage: Callable[..., Any], run_id: int, options: EvaluationOptions = QUICK, **kw: Any) -> Any:
+    """One stage in a fresh session, as a worker of its queue runs it."""
+    with session_scope(get_engine()) as session:
+        return stage(session, run_id, options, **kw)
+
+
+def handed_over(home: TrainedRun, name: str) -> Path:
+    return home.artifact_root / run_key("shop", home.run_id, "evaluation", name)
+
+
+def run_state(run_id: int) -> tuple[str, str | None]:
+    with session_scope(get_engine()) as session:
+        run = session.get(Run, run_id)
+        return run.state, run.error
+
+
+def test_the_three_stages_one_by_one_give_what_evaluate_run_gives(home: TrainedRun) -> None:
+    whole, whole_rows, _ = evaluate(home.run_id)
+    in_own_session(generate_for_run, home.run_id)
+    in_own_session(judge_for_run, home.run_id)
+    outcome = in_own_session(report_for_run, home.run_id)
+    assert handed_over(home, "generated.json").is_file() and handed_over(home, "judged.json").is_file()
+    assert "订单什么时候发货？" in handed_over(home, "generated.json").read_text(encoding="utf-8")  # not escaped
+    with session_scope(get_engine()) as session:
+        rows = session.exec(select(Judgement).where(Judgement.evaluation_id == outcome.evaluation.id)).all()
+        staged = [(r.question, r.base_answer, r.tuned_answer, r.overall, r.scores) for r in rows]
+        evaluation = session.get(Evaluation, outcome.evaluation.id)
+    assert sorted(staged) == sorted(
+        (r.question, r.base_answer, r.tuned_answer, r.overall, r.scores) for r in whole_rows
+    )
+    assert (evaluation.gate_passed, evaluation.gate_reasons) == (whole.gate_passed, whole.gate_reasons)
+    assert evaluation.judge_kind == "metric" and evaluation.report_path
+    assert run_state(home.run_id)[0] == "reviewing"
+
+
+def test_the_judge_stage_without_generated_answers_fails_the_run_and_says_why(home: TrainedRun) -> None:
+    handed_over(home, "generated.json").unlink(missing_ok=True)
+    with pytest.raises(
+        EvaluationError, match=r"generated\.json is missing: the generate stage must run first"
+    ) as error:
+        in_own_session(judge_for_run, home.run_id)
+    assert run_state(home.run_id) == ("failed", str(error.value))
+
+
+def test_the_report_stage_refuses_a_judgement_of_an_older_generation(home: TrainedRun) -> None:
+    in_own_session(generate_for_run, home.run_id)
+    in_own_session(judge_for_run, home.run_id)
+    shorter = EvaluationOptions(generation=GenerationSettings(max_new_tokens=4), stability_prompts=0, forgetting=False)
+    in_own_session(generate_for_run, home.run_id, shorter)  # new answers, not judged yet
+    with pytest.raises(EvaluationError, match=r"judged\.json was judged from an older generation; run the judge stage"):
+        in_own_session(report_for_run, home.run_id)
+    assert run_state(home.run_id)[0] == "failed"
+
+
+def test_a_stage_its_worker_stops_leaves_the_run_evaluating(home: TrainedRun) -> None:
+    def stop_at_the_judge(event: Event) -> None:
+        if event.type == "stage" and event.payload.get("step") == "judge":
+            raise StageStopped("the worker is shutting down")
+
+    with pytest.raises(StageStopped):
+        in_own_session(evaluate_run, home.run_id, events=stop_at_the_judge)
+    assert run_state(home.run_id) == ("evaluating", None)
+    assert handed_over(home, "generated.json").is_file()
+    in_own_session(judge_for_run, home.run_id)  # run again, it goes on
+    in_own_session(report_for_run, home.run_id)
+    assert run_state(home.run_id)[0] == "reviewing"

@@ -6,7 +6,6 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -21,23 +20,6 @@ from engine.events import Event, progress_event
 REPOSITORY = Path(__file__).resolve().parent.parent
 runner = CliRunner()
 ANNOUNCED = datetime(2025, 5, 1, 8, 30, tzinfo=UTC)  # fixed, so that an event read back equals a fresh one
-
-
-@pytest.fixture
-def client(redis_url: str) -> Iterator[redis.Redis]:
-    connection = redis.Redis.from_url(redis_url)
-    yield connection
-    connection.close()
-
-
-@pytest.fixture
-def stream(client: redis.Redis) -> Iterator[str]:
-    """A stream of this test's own on the shared server, deleted with its dedup keys afterwards."""
-    name = f"tuneloop:test:{uuid.uuid4().hex}"
-    yield name
-    keys = list(client.scan_iter(f"{name}*"))
-    if keys:
-        client.delete(*keys)
 
 
 @pytest.fixture

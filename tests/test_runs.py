@@ -26,7 +26,10 @@ from engine.runs import (
     approve_run,
     cancel_run,
     deploy_approved,
+    fail_run,
+    get_run,
     request_approval,
+    retry_run,
     run_history,
     transition,
 )
@@ -400,3 +403,30 @@ def test_only_the_projects_requesters_may_start_a_run(db_engine: Engine) -> None
         asyncio.run(submit_run(session, None, "shop", None, recipe, "张三"))  # type: ignore[arg-type]
     with session_scope(db_engine) as session:
         assert session.exec(select(Run)).first() is None  # refused before anything was written
+
+
+@pytest.mark.parametrize(("failed_in", "retried_to"), [("training", "queued"), ("evaluating", "evaluating")])
+def test_a_failed_run_is_retried_from_where_its_work_starts_again(
+    db_engine: Engine, failed_in: str, retried_to: str
+) -> None:
+    run_id = add_run(db_engine, failed_in)
+    with Session(db_engine) as session:
+        fail_run(session, run_id, "CUDA out of memory", actor="worker:gpu-1")
+        session.commit()
+        retry_run(session, run_id, "ml-eng", platform="slack")
+        session.commit()
+        assert get_run(session, run_id).error is None
+    assert state_of(db_engine, run_id) == retried_to
+    assert moves(db_engine, run_id)[-1] == (f"run.{retried_to}", "ml-eng", "slack")
+    with Session(db_engine) as session, pytest.raises(IllegalTransition, match="only a failed run can be retried"):
+        retry_run(session, run_id, "ml-eng")
+
+
+def test_a_failed_deployment_is_retried_by_approving_again(db_engine: Engine) -> None:
+    run_id = add_run(db_engine, "deploying")
+    with Session(db_engine) as session:
+        fail_run(session, run_id, "no serving server answered", actor="worker:cpu-1")
+        session.commit()
+        with pytest.raises(RunError, match=f"approve it again to retry \\(`tuneloop approve {run_id}`\\)"):
+            retry_run(session, run_id, "ml-eng")
+    assert state_of(db_engine, run_id) == "failed"

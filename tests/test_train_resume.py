@@ -16,7 +16,7 @@ from sqlmodel import Session, col, select
 from engine.database import get_engine
 from engine.events import Event
 from engine.train.recipe import Recipe
-from engine.train.sft import train
+from engine.train.sft import last_complete_checkpoint, train
 from engine.train.tiny import build_tiny_model
 from storage.db import session_scope
 from storage.models import Metric, Run
@@ -112,3 +112,18 @@ def test_sigkilled_training_resumes_from_its_last_checkpoint(tmp_path: Path) -> 
     assert a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(a[key], b[key], atol=1e-4, rtol=1e-3)
+
+
+def test_a_checkpoint_its_worker_died_writing_is_passed_over_for_the_one_before(tmp_path: Path) -> None:
+    folder = tmp_path / "checkpoints"
+    assert last_complete_checkpoint(folder) is None  # nothing trained yet
+    for step in (4, 8, 12):
+        (folder / f"checkpoint-{step}").mkdir(parents=True)
+        (folder / f"checkpoint-{step}" / "adapter_model.safetensors").write_bytes(b"weights")
+    (folder / "checkpoint-4" / "trainer_state.json").write_text('{"global_step": 4}', encoding="utf-8")
+    (folder / "checkpoint-8" / "trainer_state.json").write_text('{"global_step": 8}', encoding="utf-8")
+    (folder / "checkpoint-12" / "trainer_state.json").write_text('{"global_st', encoding="utf-8")  # cut off
+    (folder / "checkpoint-16").mkdir()  # killed before the state was written at all
+    assert last_complete_checkpoint(folder) == str(folder / "checkpoint-8")
+    (folder / "checkpoint-8" / "trainer_state.json").unlink()
+    assert last_complete_checkpoint(folder) == str(folder / "checkpoint-4")

@@ -1,5 +1,6 @@
-"""Runs on real arq workers (`tuneloop worker` processes) against a real Redis and a SQLite file: a run goes through
-training and evaluation to reviewing; a worker killed mid-training, or Redis wiped, does not lose the run (training
+"""Runs on real arq workers (`tuneloop worker` processes) against a real Redis and a SQLite file (PostgreSQL too where
+the test says so): a run goes through preparation, training, generation, judging and its report to reviewing; a worker
+killed mid-training, stopped, or frozen while another takes its job, or Redis wiped, does not lose the run (training
 resumes from its checkpoint); two GPU workers never run one job twice; a cancelled run stops and keeps its
 checkpoints. Each test owns a Redis logical database (flushed before and after) and its own queue names."""
 
@@ -16,17 +17,23 @@ from pathlib import Path
 
 import pytest
 import redis
+from arq.constants import job_key_prefix, result_key_prefix
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 from typer.testing import CliRunner
 
 from bot.cli import app
 from engine.database import get_engine
+from engine.event_stream import DEFAULT_STREAM, decode
 from engine.projects import get_or_create_project
+from engine.runs import fail_run, transition
 from engine.settings import get_settings
 from engine.train.tiny import build_tiny_model
+from engine.work.jobs import queue_name
 from storage.db import session_scope
+from storage.migrate import upgrade
 from storage.models import Adapter, Job, Metric, Run
+from tests.conftest import fresh_postgres_database
 from tests.training_data import SHOP_QA, SHOP_SYSTEM, add_dataset, qa_entries
 
 REPO = Path(__file__).resolve().parents[1]
@@ -63,8 +70,13 @@ class Setup:
         self.workers.append(worker)
         return worker
 
-    def submit(self) -> int:
-        result = runner.invoke(app, ["submit", "--project", "shop", "--recipe", str(self.recipe)])
+    def start_workers(self) -> subprocess.Popen:
+        """A gpu and a cpu worker (judge and report run on the cpu queue); returns the gpu one."""
+        self.start_worker("cpu")
+        return self.start_worker("gpu")
+
+    def submit(self, *options: str) -> int:
+        result = runner.invoke(app, ["submit", "--project", "shop", "--recipe", str(self.recipe), *options])
         assert result.exit_code == 0, result.output
         return int(result.output.split()[1])  # "run N queued for training"
 
@@ -104,12 +116,30 @@ class Setup:
 
 
 @pytest.fixture
-def setup(redis_url: str, base_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Setup]:
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """SQLite unless a test asks for `postgresql` (parametrize indirect)."""
+    if getattr(request, "param", "sqlite") == "sqlite":
+        yield f"sqlite:///{tmp_path / 'tuneloop.db'}"
+        return
+    with fresh_postgres_database(request.getfixturevalue("postgres_admin")) as url:
+        upgrade(url)
+        yield url
+
+
+BOTH_DATABASES = pytest.mark.parametrize(
+    "database_url", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True
+)
+
+
+@pytest.fixture
+def setup(
+    redis_url: str, database_url: str, base_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Setup]:
     url = redis_url.rsplit("/", 1)[0] + f"/{WORKER_REDIS_DB}"
     client = redis.Redis.from_url(url)
     client.flushdb()  # this test's own logical database
     values = {
-        "TUNELOOP_DATABASE_URL": f"sqlite:///{tmp_path / 'tuneloop.db'}",
+        "TUNELOOP_DATABASE_URL": database_url,
         "TUNELOOP_ARTIFACT_ROOT": str(tmp_path / "artifacts"),
         "TUNELOOP_REDIS_URL": url,
         "TUNELOOP_QUEUE_PREFIX": f"test-{uuid.uuid4().hex[:8]}",
@@ -140,32 +170,57 @@ def setup(redis_url: str, base_model: Path, tmp_path: Path, monkeypatch: pytest.
         if worker.poll() is None:
             worker.kill()
             worker.wait()
+    engine.dispose()  # a PostgreSQL database is dropped next
     client.flushdb()
     client.close()
     get_settings.cache_clear()
 
 
-def test_a_submitted_run_is_trained_and_evaluated_by_workers_and_waits_for_review(setup: Setup) -> None:
-    run_id = setup.submit()
-    setup.start_worker()
+def evaluated(run_id: int) -> list[tuple[str, str, int, str]]:
+    """The jobs of a trained run's evaluation: generate on the gpu queue, judge and report on the cpu queue."""
+    return [(f"{run_id}:{stage}:1", stage, 1, "done") for stage in ("generate", "judge", "report")]
+
+
+def test_a_submitted_run_is_prepared_trained_and_evaluated_by_workers_and_waits_for_review(setup: Setup) -> None:
+    run_id = setup.submit("--filter", "--split", "--test-size", "2")  # the filter drops the test copies of train
+    setup.start_workers()
     setup.wait_for("the run to reach reviewing", lambda: setup.settled(run_id, "reviewing", "failed"))
     assert setup.state(run_id) == "reviewing", setup.worker_logs()
     assert setup.jobs(run_id) == [
+        (f"{run_id}:prepare:1", "prepare", 1, "done"),
         (f"{run_id}:train:1", "train", 1, "done"),
-        (f"{run_id}:evaluate:1", "evaluate", 1, "done"),
+        *evaluated(run_id),
     ]
+    with Session(setup.engine) as session:
+        ran_on = dict(session.exec(select(Job.stage, Job.worker).where(Job.run_id == run_id)).all())
+    assert ran_on["prepare"] == ran_on["judge"] == ran_on["report"] != ran_on["train"] == ran_on["generate"]
     shown = runner.invoke(app, ["run", "show", str(run_id)])
     assert shown.exit_code == 0
     assert f"{run_id}:train:1 train done (attempt 1)" in shown.output, shown.output
-    assert "training → evaluating by worker:" in shown.output
-    assert "evaluating → reviewing by worker:" in shown.output
+    for move in ("queued → preparing", "preparing → training", "training → evaluating", "evaluating → reviewing"):
+        assert f"{move} by worker:" in shown.output, shown.output
+    # The events the workers announced, read back from the database (the stream is for following live).
+    assert "stage prepare filter (preparing)" in shown.output, shown.output
+    assert "stage evaluate judge (evaluating)" in shown.output
+    assert "report evaluate: " in shown.output
 
-    approved = runner.invoke(app, ["approve", str(run_id), "--by", "alice"])
-    assert approved.exit_code == 0 and f"deployment queued as job {run_id}:deploy:1" in approved.output
-    setup.start_worker("cpu")
+    approved = runner.invoke(app, ["approve", str(run_id), "--by", "alice", "--override", "a tiny model; testing"])
+    assert approved.exit_code == 0, approved.output
+    assert f"deployment queued as job {run_id}:deploy:1" in approved.output
     setup.wait_for("the deployment to end", lambda: setup.settled(run_id, "deployed", "failed"))
     assert setup.state(run_id) == "failed"  # no serving servers are configured: the worker says so on the run
     assert setup.jobs(run_id)[-1] == (f"{run_id}:deploy:1", "deploy", 1, "failed")
+
+    def moves_on_stream() -> list[str]:
+        """The run's moves as front ends read them from the event stream (the workers relay them), once each."""
+        entries = (decode(entry_id, fields) for entry_id, fields in setup.redis.xrange(DEFAULT_STREAM))
+        moves = {
+            e.event_id: e.event for e in entries if e.event.run == run_id and e.event.payload.get("stage") == "run"
+        }
+        return [event.payload["state"] for event in moves.values()]
+
+    setup.wait_for("the failure on the event stream", lambda: "failed" in moves_on_stream())
+    assert moves_on_stream() == ["preparing", "training", "evaluating", "reviewing", "deploying", "failed"]
 
 
 def test_a_worker_stopped_mid_training_saves_a_checkpoint_and_the_next_worker_resumes_there(setup: Setup) -> None:
@@ -175,18 +230,20 @@ def test_a_worker_stopped_mid_training_saves_a_checkpoint_and_the_next_worker_re
     first.send_signal(signal.SIGTERM)  # training outlasts job_completion_wait, so the worker stops it
     assert first.wait(timeout=WAIT_S) == 0
     assert setup.jobs(run_id) == [(f"{run_id}:train:1", "train", 1, "interrupted")]
-    setup.start_worker()
+    assert setup.state(run_id) == "training"  # stopped, not failed: it waits for the next worker
+    setup.start_workers()
     setup.wait_for("the run to reach reviewing", lambda: setup.settled(run_id, "reviewing", "failed"))
     assert setup.state(run_id) == "reviewing", setup.worker_logs()
     assert setup.jobs(run_id) == [
         (f"{run_id}:train:1", "train", 1, "done"),
-        (f"{run_id}:evaluate:1", "evaluate", 1, "done"),
+        *evaluated(run_id),
     ]
     with Session(setup.engine) as session:
         steps = session.exec(select(Metric.step).where(Metric.run_id == run_id, col(Metric.loss).is_not(None))).all()
     assert steps.count(1) == 1
 
 
+@BOTH_DATABASES
 def test_a_worker_killed_mid_training_is_replaced_and_training_resumes_from_its_checkpoint(setup: Setup) -> None:
     run_id = setup.submit()
     first = setup.start_worker()
@@ -195,13 +252,13 @@ def test_a_worker_killed_mid_training_is_replaced_and_training_resumes_from_its_
     first.wait()
     with Session(setup.engine) as session:
         killed_at = max(session.exec(select(Metric.step).where(Metric.run_id == run_id)).all())
-    setup.start_worker()
+    setup.start_workers()
     setup.wait_for("the run to reach reviewing", lambda: setup.settled(run_id, "reviewing", "failed"))
     assert setup.state(run_id) == "reviewing", setup.worker_logs()
     assert setup.jobs(run_id) == [
         (f"{run_id}:train:1", "train", 1, "lost"),
         (f"{run_id}:train:2", "train", 2, "done"),
-        (f"{run_id}:evaluate:1", "evaluate", 1, "done"),
+        *evaluated(run_id),
     ]
     with Session(setup.engine) as session:
         steps = session.exec(select(Metric.step).where(Metric.run_id == run_id, col(Metric.loss).is_not(None))).all()
@@ -216,29 +273,33 @@ def test_redis_wiped_with_work_waiting_and_again_mid_training_loses_no_run(setup
     setup.redis.flushdb()
     reconciled = runner.invoke(app, ["reconcile"])
     assert reconciled.exit_code == 0 and f"re-queued: {run_id}:train:1" in reconciled.output
-    setup.start_worker()
+    setup.start_workers()
     setup.wait_for("a checkpoint", lambda: bool(setup.checkpoints(run_id)))
     setup.redis.flushdb()
     setup.wait_for("the run to reach reviewing", lambda: setup.settled(run_id, "reviewing", "failed"))
     assert setup.state(run_id) == "reviewing", setup.worker_logs()
     assert setup.jobs(run_id) == [
         (f"{run_id}:train:1", "train", 1, "done"),
-        (f"{run_id}:evaluate:1", "evaluate", 1, "done"),
+        *evaluated(run_id),
     ]
 
 
+@BOTH_DATABASES
 def test_two_gpu_workers_share_four_runs_and_never_run_a_job_twice(setup: Setup) -> None:
-    runs = [setup.submit() for _ in range(4)]
-    setup.start_worker()
+    short = setup.recipe.with_name("short.yaml")  # nothing here is killed mid-training: a few steps will do
+    short.write_text(setup.recipe.read_text().replace("num_train_epochs: 30", "num_train_epochs: 4"))
+    runs = [setup.submit("--recipe", str(short)) for _ in range(4)]
+    setup.start_workers()
     setup.start_worker()
     for run_id in runs:
         setup.wait_for(f"run {run_id} to reach reviewing", lambda r=run_id: setup.settled(r, "reviewing", "failed"))
     assert [setup.state(run_id) for run_id in runs] == ["reviewing"] * 4, setup.worker_logs()
     with Session(setup.engine) as session:
         jobs = session.exec(select(Job)).all()
-    assert sorted(j.arq_job_id for j in jobs) == sorted(f"{r}:{s}:1" for r in runs for s in ("train", "evaluate"))
+    stages = ("train", "generate", "judge", "report")
+    assert sorted(j.arq_job_id for j in jobs) == sorted(f"{r}:{s}:1" for r in runs for s in stages)
     assert {j.status for j in jobs} == {"done"}
-    assert len({j.worker for j in jobs}) == 2  # both workers took work, each job once
+    assert len({j.worker for j in jobs if j.queue == "gpu"}) == 2  # both gpu workers took work, each job once
 
 
 def test_a_run_cancelled_mid_training_stops_and_keeps_its_checkpoints(setup: Setup) -> None:
@@ -253,3 +314,92 @@ def test_a_run_cancelled_mid_training_stops_and_keeps_its_checkpoints(setup: Set
     assert setup.checkpoints(run_id)
     with Session(setup.engine) as session:
         assert session.exec(select(Adapter).where(Adapter.run_id == run_id)).first() is None
+
+
+@pytest.mark.parametrize("database_url", [pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True)
+def test_a_frozen_worker_whose_training_was_given_to_another_stops_it_when_it_wakes(setup: Setup) -> None:
+    run_id = setup.submit()
+    frozen = setup.start_worker()
+    setup.wait_for("a checkpoint", lambda: bool(setup.checkpoints(run_id)))
+    frozen.send_signal(signal.SIGSTOP)  # alive but silent: its heartbeat stops
+    setup.start_workers()  # the cpu worker's reconciler marks train:1 lost; the new gpu worker resumes the run
+    taken_over = (f"{run_id}:train:2", "train", 2, "running")
+    setup.wait_for("another worker to take the training over", lambda: taken_over in setup.jobs(run_id))
+    frozen.send_signal(signal.SIGCONT)
+    setup.wait_for("the run to reach reviewing", lambda: setup.settled(run_id, "reviewing", "failed"))
+    assert setup.state(run_id) == "reviewing", setup.worker_logs()
+    assert setup.jobs(run_id) == [
+        (f"{run_id}:train:1", "train", 1, "lost"),
+        (f"{run_id}:train:2", "train", 2, "done"),
+        *evaluated(run_id),
+    ]
+    woken = (setup.logs / "worker-0.log").read_text()
+    assert f"job {run_id}:train:1 is no longer running here in the database's view; stopping it" in woken
+    assert frozen.poll() is None  # the worker goes on taking work; only the stage it lost was stopped
+
+
+def test_an_interrupted_job_that_arq_gave_up_on_is_queued_again_under_a_new_id(setup: Setup) -> None:
+    run_id = setup.submit()
+    job_id = f"{run_id}:train:1"
+    # What arq leaves of a job that used up job_max_tries of shutdowns: nothing queued, a result under its id.
+    with Session(setup.engine) as session:
+        job = session.exec(select(Job).where(Job.arq_job_id == job_id)).one()
+        job.status = "interrupted"
+        session.add(job)
+        session.commit()
+    setup.redis.zrem(queue_name("gpu"), job_id)
+    setup.redis.delete(job_key_prefix + job_id)
+    setup.redis.set(result_key_prefix + job_id, b"max tries exceeded")
+    reconciled = runner.invoke(app, ["reconcile"])
+    assert reconciled.exit_code == 0, reconciled.output
+    assert f"lost: {job_id}" in reconciled.output and f"re-queued: {run_id}:train:2" in reconciled.output
+    assert setup.jobs(run_id) == [(job_id, "train", 1, "lost"), (f"{run_id}:train:2", "train", 2, "queued")]
+    assert setup.redis.zscore(queue_name("gpu"), f"{run_id}:train:2") is not None
+
+
+def test_a_stage_that_keeps_losing_its_worker_fails_the_run_instead_of_looping(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TUNELOOP_STAGE_MAX_LOST", "2")
+    get_settings.cache_clear()
+    run_id = setup.submit()
+    with Session(setup.engine) as session:  # two attempts whose workers vanished (killed for memory, say)
+        session.exec(select(Job).where(Job.run_id == run_id)).one().status = "lost"
+        session.add(Job(run_id=run_id, stage="train", queue="gpu", arq_job_id=f"{run_id}:train:2", attempt=2))
+        session.commit()
+        session.exec(select(Job).where(Job.arq_job_id == f"{run_id}:train:2")).one().status = "lost"
+        session.commit()
+    reconciled = runner.invoke(app, ["reconcile"])
+    assert reconciled.exit_code == 0, reconciled.output
+    assert setup.state(run_id) == "failed"
+    assert [job[0] for job in setup.jobs(run_id)] == [f"{run_id}:train:1", f"{run_id}:train:2"]
+    shown = runner.invoke(app, ["run", "show", str(run_id)])
+    assert "its train stage lost its worker 2 times" in shown.output, shown.output
+    # Once its cause is fixed a person retries it, and the stage has its allowance again.
+    retried = runner.invoke(app, ["retry", str(run_id), "--by", "ml-eng"])
+    assert retried.exit_code == 0 and f"{run_id}:train:3 queued" in retried.output, retried.output
+    assert setup.state(run_id) == "queued"
+    assert runner.invoke(app, ["reconcile"]).exit_code == 0
+    assert setup.state(run_id) == "queued" and setup.jobs(run_id)[-1] == (f"{run_id}:train:3", "train", 3, "queued")
+
+
+def test_a_run_whose_judge_failed_is_retried_from_the_judge(setup: Setup) -> None:
+    run_id = setup.submit()
+    with Session(setup.engine) as session:  # as workers leave a run whose judge endpoint refused
+        session.exec(select(Job).where(Job.run_id == run_id)).one().status = "done"
+        for stage, queue, status in (("generate", "gpu", "done"), ("judge", "cpu", "failed")):
+            session.add(Job(run_id=run_id, stage=stage, queue=queue, arq_job_id=f"{run_id}:{stage}:1", status=status))
+        run = session.get(Run, run_id)
+        assert run is not None
+        transition(session, run, "training", actor="worker:gpu-1")
+        transition(session, run, "evaluating", actor="worker:gpu-1")
+        session.commit()
+        fail_run(session, run_id, "EvaluationError: the judge endpoint refused the key", actor="worker:cpu-1")
+        session.commit()
+    retried = runner.invoke(app, ["retry", str(run_id), "--by", "ml-eng"])
+    assert retried.exit_code == 0 and f"{run_id}:judge:2 queued" in retried.output, retried.output
+    assert setup.state(run_id) == "evaluating"  # the answers it generated are judged again, not generated again
+    assert setup.jobs(run_id)[-1] == (f"{run_id}:judge:2", "judge", 2, "queued")
+    assert setup.redis.zscore(queue_name("cpu"), f"{run_id}:judge:2") is not None
+    again = runner.invoke(app, ["retry", str(run_id)])
+    assert again.exit_code != 0 and f"run {run_id} is evaluating; only a failed run can be retried" in again.output

@@ -5,7 +5,7 @@ import difflib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Annotated, NoReturn, TypeVar
 
 import typer
 import yaml
@@ -16,8 +16,12 @@ from sqlmodel import Session
 from engine.data.errors import DataError
 from engine.data.split import SplitError
 from engine.database import DatabaseNotReadyError, get_engine
+from engine.events import EventSink
 from engine.projects import NotFoundError
 from storage.db import session_scope
+
+if TYPE_CHECKING:
+    import redis
 
 console = Console(soft_wrap=True)  # messages stay whole lines; tables still fit the width
 errors = Console(stderr=True, soft_wrap=True)
@@ -46,6 +50,50 @@ def open_session() -> Iterator[Session]:
     except (NotFoundError, DatabaseNotReadyError) as error:
         errors.print(f"[red]error:[/red] {error}")
         raise typer.Exit(EXIT_NOT_FOUND) from None
+
+
+@contextmanager
+def announcing(show: EventSink) -> Iterator[EventSink]:
+    """`show` (the terminal) plus the engine's own announcement of every event: kept in the database, and on the
+    event stream when Redis answers, so that a run started here is followed (`tuneloop follow`, the chat front
+    ends) and its story read back (`tuneloop run show`) like one a worker runs. The run's moves are relayed at the
+    end, as a worker would."""
+    from engine.event_stream import Announcer, fan_out, relay_events
+
+    with redis_client() as client:
+        announcer = Announcer(get_engine(), client)
+        try:
+            yield fan_out(show, announcer)
+        finally:
+            announcer.close()
+            if client is not None:
+                relay_events(get_engine(), client)
+
+
+@contextmanager
+def redis_client() -> Iterator["redis.Redis | None"]:
+    """A client of the configured Redis, or None when it does not answer (a laptop without one)."""
+    import redis
+
+    from engine.settings import get_settings
+    from engine.work.local import redis_reachable
+
+    url = get_settings().redis_url
+    client = redis.Redis.from_url(url) if redis_reachable(url) else None
+    try:
+        yield client
+    finally:
+        if client is not None:
+            client.close()
+
+
+def relay_moves() -> None:
+    """Put the run moves this command made on the event stream now, rather than at a worker's next relay."""
+    from engine.event_stream import relay_events
+
+    with redis_client() as client:
+        if client is not None:
+            relay_events(get_engine(), client)
 
 
 def print_data_error(error: DataError, shown: int = 20) -> None:

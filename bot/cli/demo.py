@@ -11,7 +11,7 @@ from sqlmodel import col, select
 
 from bot.cli.common import console, fail, open_session
 from bot.cli.data import data_export, data_filter, data_import, data_report, data_split
-from bot.cli.evaluate import print_evaluation_event
+from bot.cli.follow import print_followed_event
 from bot.cli.model import model_tiny
 from engine.artifacts import get_artifact_store
 from engine.data.export import EXPORT_FORMATS
@@ -205,7 +205,7 @@ def follow(run: int, state: str, mark: str) -> None:
     ended = ("failed", "cancelled", state)
     with redis.Redis.from_url(get_settings().redis_url) as client:
         for event in follow_run(client, run, after=mark, until=lambda: current() in ended, timeout_s=1800):
-            print_evaluation_event(event)
+            print_followed_event(event)
     if current() != state:
         with open_session() as session:
             error = get_run(session, run).error

@@ -5,7 +5,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from bot.cli.common import console, fail, open_session, quiet_training_libraries
+from bot.cli.common import announcing, console, fail, open_session, quiet_training_libraries
 from bot.cli.train import print_event
 from engine.events import Event
 
@@ -60,9 +60,9 @@ def eval_command(
         forgetting=forgetting,
         weakest_k=weakest,
     )
-    with open_session() as session:
+    with open_session() as session, announcing(print_evaluation_event) as events:
         try:
-            outcome = evaluate_run(session, run, options, events=print_evaluation_event)
+            outcome = evaluate_run(session, run, options, events=events)
         except EvaluationError as error:
             fail(str(error))
         decision = outcome.decision

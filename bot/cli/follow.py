@@ -19,7 +19,10 @@ EXIT_TIMED_OUT = 124  # as timeout(1)
 def print_followed_event(event: Event) -> None:
     """A line per event; a terminal shows progress as bars instead."""
     payload, stage = event.payload, event.payload.get("stage", "")
-    if event.type == "failure":
+    if event.type == "stage" and stage == "run":  # a move of the run (engine.runs.transition)
+        why = f": {payload['reason']}" if payload.get("reason") else ""
+        console.print(f"run {event.run}: {payload.get('from')} → {payload.get('state')} by {payload.get('by')}{why}")
+    elif event.type == "failure":
         errors.print(f"[red]run {event.run} failed[/red] ({stage}): {payload.get('error', '')}", highlight=False)
     elif event.type == "report":
         detail = payload.get("headline") or payload.get("adapter") or payload.get("markdown") or ""

@@ -9,13 +9,14 @@ from arq.connections import RedisSettings, create_pool
 from rich.table import Table
 from sqlmodel import Session
 
-from bot.cli.common import console, fail, open_session
+from bot.cli.common import console, fail, open_session, relay_moves
 from bot.cli.deploy import ServerOption, report
 from engine.data.versions import current_actor
 from engine.runs import RunError, RunHistory, approve_run, cancel_run, deploy_approved, list_runs, run_history
 from engine.serve.deploy import DeployError
 from engine.settings import get_settings
-from engine.work.jobs import approve_and_enqueue, is_queued_run
+from engine.work.jobs import approve_and_enqueue, is_queued_run, retry_and_enqueue
+from storage.models import RunEvent
 
 app = typer.Typer(help="One run: its history.", no_args_is_help=True)
 
@@ -86,6 +87,7 @@ def approve_command(
             outcome = deploy_approved(session, run, approver, servers=server, platform="cli")
         except (DeployError, RunError) as error:
             problem = str(error)
+    relay_moves()
     if problem is not None:
         fail(problem)
     report(outcome)
@@ -100,6 +102,33 @@ async def approve_on_queue(session: Session, run: int, approver: str, override: 
     return job.arq_job_id
 
 
+def retry_command(run: RunArgument, by: ByOption = None) -> None:
+    """Retry a failed run once its cause is fixed: its workers go on from the stage that failed (a training resumes
+    from its last checkpoint). A failed deployment is retried with `tuneloop approve`."""
+    with open_session() as session:
+        queued = is_queued_run(session, run)
+    if not queued:
+        fail(
+            f"run {run} was not run by workers: retry it with `tuneloop train --resume {run}` "
+            f"or `tuneloop eval --run {run}`"
+        )
+    with open_session() as session:
+        try:
+            job = asyncio.run(retry_on_queue(session, run, by or current_actor()))
+        except RunError as error:
+            fail(str(error))
+    console.print(f"run {run} retried; {job} queued" if job else f"run {run} retried", emoji=False)
+
+
+async def retry_on_queue(session: Session, run: int, by: str) -> str | None:
+    pool = await create_pool(RedisSettings.from_dsn(get_settings().redis_url))
+    try:
+        job = await retry_and_enqueue(session, pool, run, by, platform="cli")
+    finally:
+        await pool.aclose()
+    return job.arq_job_id if job else None
+
+
 def cancel_command(run: RunArgument, by: ByOption = None) -> None:
     """Cancel a run; a training run stops at its next step."""
     with open_session() as session:
@@ -107,6 +136,7 @@ def cancel_command(run: RunArgument, by: ByOption = None) -> None:
             cancelled = cancel_run(session, run, by or current_actor(), platform="cli")
         except RunError as error:
             fail(str(error))
+    relay_moves()
     console.print(f"run {cancelled.id} cancelled")
 
 
@@ -148,4 +178,18 @@ def history_lines(history: RunHistory) -> list[str]:
     for deployment in history.deployments:
         approved = f" approved by {deployment.approved_by}" if deployment.approved_by else ""
         lines.append(f"deployment {deployment.id}: {deployment.version_name} {deployment.status}{approved}")
+    announced = [event for event in history.events if (event.payload or {}).get("stage") != "run"]  # moves: above
+    if announced:
+        lines.append("events:")
+        lines += [f"  {event.created_at:{TIME}}  {event.type} {event_summary(event)}" for event in announced]
     return lines
+
+
+def event_summary(event: RunEvent) -> str:
+    """One line of a kept event: the stage and step, the report's headline, the warning or the error."""
+    payload = event.payload or {}
+    if event.type == "stage":
+        step = f" {payload['step']}" if payload.get("step") else ""
+        return f"{payload.get('stage', '')}{step}" + (f" ({payload['state']})" if payload.get("state") else "")
+    text = payload.get("headline") or payload.get("message") or payload.get("error") or payload.get("summary")
+    return f"{payload.get('stage', '')}: {text}" if text else str(payload.get("stage", ""))

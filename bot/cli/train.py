@@ -5,9 +5,9 @@ from typing import Annotated
 
 import typer
 
-from bot.cli.common import ProjectOption, console, errors, fail, open_session, quiet_training_libraries
+from bot.cli.common import ProjectOption, announcing, console, errors, fail, open_session, quiet_training_libraries
 from engine.artifacts import get_artifact_store
-from engine.data.versions import DEFAULT_DATASET
+from engine.data.versions import DEFAULT_DATASET, current_actor
 from engine.events import Event
 from engine.train.recipe import DEFAULT_RECIPE, RecipeError, load_recipe
 from storage.models import Run
@@ -43,7 +43,7 @@ def print_event(event: Event) -> None:
         console.print("  " + ", ".join(parts), highlight=False)
     elif event.type == "warning":
         errors.print(f"[yellow]warning:[/yellow] {payload['message']}")
-    elif event.type == "stage" and payload.get("state") == "training":
+    elif event.type == "stage" and payload.get("stage") == "train" and payload.get("state") == "training":
         console.print(f"run {event.run}: training into {payload['out_dir']}")
 
 
@@ -66,6 +66,7 @@ def train_command(
             min=1, help="Processes (GPUs) to train with, launched by `accelerate launch` (the recipe's `distributed`)."
         ),
     ] = 1,
+    by: Annotated[str | None, typer.Option("--by", help="Who asks for the run; you, if unset.")] = None,
 ) -> int:
     """Fine-tune on a dataset version with a recipe; prints where the adapter and the loss curve are."""
     # The training stack (torch, transformers, bitsandbytes) loads only when training, so that every
@@ -80,7 +81,7 @@ def train_command(
         loaded = load_recipe(recipe, **({"model_name_or_path": base_model} if base_model else {}))
     except RecipeError as error:
         fail(str(error))
-    with open_session() as session:
+    with open_session() as session, announcing(print_event) as events:
         try:
             if processes > 1:
                 if out is not None:
@@ -91,9 +92,10 @@ def train_command(
                     number,
                     loaded,
                     num_processes=processes,
-                    events=print_event,
+                    events=events,
                     dataset_name=dataset_name,
                     run_id=resume,
+                    requested_by=by or current_actor(),
                 )
             else:
                 outcome = train(
@@ -102,9 +104,10 @@ def train_command(
                     number,
                     loaded,
                     out_dir=out,
-                    events=print_event,
+                    events=events,
                     dataset_name=dataset_name,
                     run_id=resume,
+                    requested_by=by or current_actor(),
                 )
                 assert outcome is not None  # a single process is rank 0
         except (PrepareError, TrainingError) as error:

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 from arq.connections import RedisSettings, create_pool
+from pydantic import ValidationError
 
 from bot.cli.common import ProjectOption, console, fail, open_session
 from bot.cli.train import parse_dataset
@@ -17,7 +18,12 @@ from engine.train.recipe import DEFAULT_RECIPE, RecipeError, load_recipe
 
 
 def worker_command(
-    queue: Annotated[str, typer.Option("--queue", "-q", help="gpu (train, evaluate) or cpu (deploy).")],
+    queue: Annotated[
+        str,
+        typer.Option(
+            "--queue", "-q", help="gpu (train, generate) or cpu (synthesize, prepare, judge, report, deploy)."
+        ),
+    ],
     burst: Annotated[bool, typer.Option("--burst", help="Stop once the queue is empty.")] = False,
 ) -> None:
     """Run stages from a queue until stopped (SIGTERM lets the running job finish first)."""
@@ -39,22 +45,50 @@ def submit_command(
         str | None, typer.Option(help="Base model folder; overrides the recipe's model_name_or_path.")
     ] = None,
     by: Annotated[str | None, typer.Option("--by", help="Who asks for the run; you, if unset.")] = None,
+    synthesize: Annotated[
+        int | None, typer.Option(min=1, help="First synthesize this many samples (needs --task).")
+    ] = None,
+    task: Annotated[str | None, typer.Option(help="What the synthetic conversations are about.")] = None,
+    filter_data: Annotated[bool, typer.Option("--filter", help="Run the quality filter before training.")] = False,
+    split: Annotated[bool, typer.Option("--split", help="Split train/test before training.")] = False,
+    test_size: Annotated[float, typer.Option(help="--split: the test share (below 1) or count.")] = 0.1,
 ) -> None:
-    """Start a run on the workers: it trains on the gpu queue, is evaluated, then waits for review."""
+    """Start a run on the workers: it prepares its data on the cpu queue when asked (synthesis, filter, split),
+    trains on the gpu queue, is evaluated (generate on gpu, judge and report on cpu), then waits for review."""
+    from engine.data.filters import FilterConfig
+    from engine.data.split import SplitConfig
+    from engine.prepare import PreparePlan, SynthPlan
     from engine.work.jobs import submit_run
 
     dataset_name, number = parse_dataset(dataset)
+    if (synthesize is None) != (task is None):
+        fail("--synthesize N and --task TEXT go together")
     try:
         loaded = load_recipe(recipe, **({"model_name_or_path": base_model} if base_model else {}))
+        plan = PreparePlan(
+            synthesize=SynthPlan(task=task, n=synthesize) if task and synthesize else None,
+            filter=FilterConfig() if filter_data else None,
+            split=SplitConfig(test_size=int(test_size) if test_size >= 1 else test_size) if split else None,
+        )
     except RecipeError as error:
         fail(str(error))
+    except ValidationError as error:
+        fail(f"cannot prepare that run: {error.errors()[0]['msg']}")
+    preparing = plan.synthesize or plan.filter or plan.split
 
     async def submit() -> int:
         pool = await create_pool(RedisSettings.from_dsn(get_settings().redis_url))
         try:
             with open_session() as session:
                 run = await submit_run(
-                    session, pool, project, number, loaded, by or current_actor(), dataset_name=dataset_name
+                    session,
+                    pool,
+                    project,
+                    number,
+                    loaded,
+                    by or current_actor(),
+                    dataset_name=dataset_name,
+                    plan=plan if preparing else None,
                 )
                 assert run.id is not None
                 return run.id
@@ -65,7 +99,7 @@ def submit_command(
         run_id = asyncio.run(submit())
     except RunError as error:
         fail(str(error))
-    console.print(f"run {run_id} queued for training")
+    console.print(f"run {run_id} queued for " + ("preparation" if preparing else "training"))
 
 
 def reconcile_command() -> None:

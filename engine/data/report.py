@@ -269,18 +269,18 @@ def render_terminal(report: DataReport, console: Console) -> None:
 # ---- Markdown -------------------------------------------------------------------------------------
 
 
-def _md_escape(text: str) -> str:
+def md_escape(text: str) -> str:
     # Reasons are free text; keep them from opening code spans or bold in chat renderers. No
     # backslash escapes: Slack shows them literally. Intraword "_" is not emphasis anywhere.
     return text.replace("`", "'").replace("*", "＊")
 
 
 def render_markdown(report: DataReport) -> str:
-    lines = [f"**数据报告 · {_md_escape(report.title)}**", "", f"**{report.headline}**"]
+    lines = [f"**数据报告 · {md_escape(report.title)}**", "", f"**{report.headline}**"]
     if report.filter_removals:
         lines += ["", "**按规则移除**"]
         for r in report.filter_removals:
-            example = f" — 例:{_md_escape(r.examples[0])}" if r.examples else ""
+            example = f" — 例:{md_escape(r.examples[0])}" if r.examples else ""
             lines.append(f"• `{r.rule}` {r.count} 条{example}")
     if report.masked:
         lines += ["", "**脱敏** " + " · ".join(f"`{k}` {v}" for k, v in report.masked.items())]
@@ -291,7 +291,7 @@ def render_markdown(report: DataReport) -> str:
         lines += ["", "**标签**"]
         for t in report.tags:
             split = " / ".join(f"{s} {t.splits[s]}" for s in SPLIT_NAMES if t.splits.get(s))
-            lines.append(f"• {_md_escape(t.tag)} {t.count_in} → {t.count_out}" + (f" ({split})" if split else ""))
+            lines.append(f"• {md_escape(t.tag)} {t.count_in} → {t.count_out}" + (f" ({split})" if split else ""))
     # Aligned numbers in a code block: monospace in Slack, Telegram and the terminal alike.
     lines += ["", "**长度(字符)**", "```", f"{'':8}{'min':>6}{'median':>8}{'p95':>6}{'max':>7}"]
     for label, s in (("prompt", report.prompt_chars), ("answer", report.answer_chars)):

@@ -1,7 +1,9 @@
 """Evaluation: tuned vs base on a dataset version's test split.
 
-A run's evaluation stage is one call, `evaluate_run(session, run_id, EvaluationOptions(...))` (run.py), which
-composes the modules below and stores an `Evaluation` row, a `Judgement` row per test sample and the report:
+A run's evaluation is three restartable stages (run.py): `generate_for_run` (gpu queue), `judge_for_run` and
+`report_for_run` (cpu queue), handing on generated.json and judged.json in the run's artifacts; `evaluate_run(session,
+run_id, EvaluationOptions(...))` runs the three in turn. They compose the modules below and store an `Evaluation`
+row, a `Judgement` row per test sample and the report:
 
     generate.py      base and base+adapter answers from one loaded model, batched
     reference.py     ROUGE-L, BLEU, chrF, exact match (Chinese on characters or jieba words), perplexity
@@ -44,7 +46,15 @@ from engine.evaluate.reference import (
     score_answer,
     tokens,
 )
-from engine.evaluate.run import EvaluationError, EvaluationOptions, EvaluationOutcome, evaluate_run
+from engine.evaluate.run import (
+    EvaluationError,
+    EvaluationOptions,
+    EvaluationOutcome,
+    evaluate_run,
+    generate_for_run,
+    judge_for_run,
+    report_for_run,
+)
 
 __all__ = [
     "Answer",
@@ -70,13 +80,16 @@ __all__ = [
     "decide",
     "evaluate_run",
     "generate_answers",
+    "generate_for_run",
     "generate_pairs",
     "held_out_samples",
+    "judge_for_run",
     "language_of",
     "load_models",
     "mean_scores",
     "prompt_messages",
     "reference_metrics",
+    "report_for_run",
     "score_answer",
     "tokens",
 ]

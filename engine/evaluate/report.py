@@ -28,7 +28,7 @@ from html import escape
 from pathlib import Path
 from typing import Literal
 
-from engine.data.report import _md_escape
+from engine.data.report import md_escape
 from engine.evaluate.agreement import JudgeAgreement
 from engine.evaluate.charts import dimension_chart, score_distribution_chart
 from engine.evaluate.forgetting import ForgettingReport
@@ -579,7 +579,7 @@ def render_html(inputs: ReportInputs, charts: Mapping[str, Path]) -> str:
 
 def _chat_text(text: str, limit: int) -> str:
     # Slack shows backslash escapes literally: no backslashes, only what cannot open markup (as the data report).
-    return _md_escape(shorten(text, limit))
+    return md_escape(shorten(text, limit))
 
 
 def chat_summary(inputs: ReportInputs) -> str:

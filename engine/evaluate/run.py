@@ -1,47 +1,61 @@
 """The evaluation stage of a run: the tuned model against its base on the run's test split, judged, gated,
-stored and reported.
+stored and reported. Three restartable steps, each a function that may run in its own process (or machine, sharing
+the database and the artifact store) and hands its result on in the run's artifacts, under `evaluation/`:
 
-    test split → answers of base and base+adapter (one loaded model)   generate.py
-               → reference metrics and perplexity                       reference.py
-               → stability of sampled answers, the forgetting probe     stability.py, forgetting.py
-               → the LLM judge, or the metric judge without an endpoint judge.py, metric_judge.py
-               → the gate, the weakest samples, judge trust             gate.py, weakest.py, agreement.py
-               → an Evaluation row, one Judgement row per sample, the report in the run's artifacts
+    generate_for_run (queue gpu)
+        test split → answers of base and base+adapter (one loaded model)   generate.py
+                   → reference metrics and perplexity                       reference.py
+                   → stability of sampled answers, the forgetting probe     stability.py, forgetting.py
+                   → generated.json
+    judge_for_run (queue cpu, loads no model)
+        generated.json → the LLM judge, or the metric judge without an endpoint   judge.py, metric_judge.py
+                       → judged.json (with the sha256 of the generated.json it judged)
+    report_for_run (queue cpu)
+        generated.json + judged.json → the gate, the weakest samples, judge trust  gate.py, weakest.py, agreement.py
+                                     → an Evaluation row, one Judgement row per sample, the report; reviewing
+
+`evaluate_run` runs the three in turn in one process (`tuneloop eval`). Each stage checks what it needs before it
+starts, fails the run with the reason when its work raises, and leaves the run as it is when its worker stops it
+(StageStopped: the stage runs again). Both files are written whole or not at all (a temporary file, then a rename).
 
 The gate's decision does not fail the stage: a run that misses its bar is evaluated all the same and goes on
 to `reviewing`, where people see why (design.md: a gate failure stops at reviewing)."""
 
-from collections.abc import Sequence
+import hashlib
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from pydantic import ValidationError
+from pydantic import ConfigDict, TypeAdapter, ValidationError
 from sqlmodel import Session, col, select
 
 from engine.artifacts import get_artifact_store
-from engine.data.versions import load_entries
+from engine.data.sample import Sample
+from engine.data.versions import load_entries, write_atomic_text
 from engine.evaluate.agreement import JudgeAgreement, ReviewedJudgement, judge_agreement
-from engine.evaluate.forgetting import ForgettingReport, forgetting_probe
+from engine.evaluate.forgetting import ForgettingReport
 from engine.evaluate.gate import GateConfig, GateDecision, GateInputs, decide
-from engine.evaluate.generate import (
-    Generation,
-    GenerationSettings,
-    default_device,
-    generate_pairs,
-    held_out_samples,
-    load_models,
-)
+from engine.evaluate.generate import Generation, GenerationSettings, held_out_samples
 from engine.evaluate.judge import JudgeError, JudgeResult, judge_configured, judge_samples_blocking
 from engine.evaluate.judge_prompts import DEFAULT_RUBRIC
 from engine.evaluate.metric_judge import metric_judge
-from engine.evaluate.reference import ReferenceMetrics, reference_metrics
+from engine.evaluate.reference import ReferenceMetrics
 from engine.evaluate.report import ReportFiles, ReportInputs, write_report
-from engine.evaluate.stability import StabilityReport, base_and_tuned_stability
+from engine.evaluate.stability import StabilityReport
 from engine.evaluate.weakest import WeakestReport, judge_scores, weakest_samples
 from engine.events import Event, EventSink, ignore_events
 from engine.reviews import iteration_comparison
-from engine.runs import IllegalTransition, RunCancelled, fail_run, stop_if_cancelled, transition, worker_actor
+from engine.runs import (
+    IllegalTransition,
+    RunCancelled,
+    StageStopped,
+    fail_run,
+    stop_if_cancelled,
+    transition,
+    worker_actor,
+)
 from engine.settings import Settings, get_settings
 from storage.artifacts import StoredArtifact, record_artifact, run_key, sha256_file
 from storage.models import (
@@ -58,6 +72,8 @@ from storage.models import Sample as SampleRow
 
 STAGE = "evaluate"
 JudgeChoice = Literal["auto", "llm", "metric"]
+JudgeKind = Literal["llm", "metric"]
+GENERATED, JUDGED = "generated.json", "judged.json"
 
 
 class EvaluationError(Exception):
@@ -85,6 +101,34 @@ class EvaluationOutcome:
     weakest: WeakestReport
     report: ReportFiles
     report_keys: dict[str, str]  # "markdown", "html", "chart:<name>" -> artifact key
+
+
+_FILE_CONFIG = ConfigDict(ser_json_inf_nan="constants")  # a perplexity is NaN when nothing was measured
+
+
+@dataclass(frozen=True)
+class Generated:
+    """generated.json: what the generate stage hands on to the judge and report stages."""
+
+    __pydantic_config__ = _FILE_CONFIG
+    generation: Generation
+    metrics: ReferenceMetrics
+    stability: tuple[StabilityReport, StabilityReport] | None  # base, tuned; None when skipped
+    forgetting: ForgettingReport | None
+
+
+@dataclass(frozen=True)
+class Judged:
+    """judged.json: the judge stage's verdicts and the generated.json (its sha256) they are about."""
+
+    __pydantic_config__ = _FILE_CONFIG
+    kind: JudgeKind
+    judge: JudgeResult
+    generated_sha256: str
+
+
+_GENERATED = TypeAdapter(Generated)
+_JUDGED = TypeAdapter(Judged)
 
 
 def gate_config(project: Project) -> GateConfig:
@@ -120,7 +164,7 @@ def judge_trust(session: Session, project: Project, judge_model: str, threshold:
     return judge_agreement(reviews, threshold)
 
 
-def _test_sample_ids(session: Session, version_id: int) -> list[int | None]:
+def _test_sample_ids(session: Session, version_id: int | None) -> list[int | None]:
     """Row ids of the version's test samples in use, in the order `held_out_samples` gives them."""
     return list(
         session.exec(
@@ -207,59 +251,123 @@ def _record_report(session: Session, project: Project, run: Run, files: ReportFi
     return keys
 
 
-def evaluate_run(
-    session: Session,
-    run_id: int,
-    options: EvaluationOptions | None = None,
-    *,
-    events: EventSink = ignore_events,
-    settings: Settings | None = None,
-) -> EvaluationOutcome:
-    """Evaluate run `run_id`'s adapter on its dataset version's test split; store and report the result.
-
-    Raises EvaluationError when the run cannot be evaluated; the run is then marked failed with the reason."""
-    options = options or EvaluationOptions()
-    settings = settings or get_settings()
+def _run_and_project(session: Session, run_id: int) -> tuple[Run, Project]:
     run = session.get(Run, run_id)
     if run is None:
         raise EvaluationError(f"no run {run_id}")
     project = session.get(Project, run.project_id)
     assert project is not None
+    return run, project
+
+
+def _adapter_and_samples(session: Session, run: Run, options: EvaluationOptions) -> tuple[Adapter, list[Sample]]:
+    """The run's adapter and the test samples to answer; EvaluationError when either is missing."""
     adapter = session.exec(select(Adapter).where(Adapter.run_id == run.id)).first()
     if adapter is None:
-        raise EvaluationError(f"run {run_id} has no adapter yet: train it first (`tuneloop train`)")
+        raise EvaluationError(f"run {run.id} has no adapter yet: train it first (`tuneloop train`)")
     if not Path(adapter.path).is_dir():
-        raise EvaluationError(f"run {run_id}'s adapter folder {adapter.path} is missing")
+        raise EvaluationError(f"run {run.id}'s adapter folder {adapter.path} is missing")
     version = session.get(DatasetVersion, run.dataset_version_id) if run.dataset_version_id else None
     if version is None:
-        raise EvaluationError(f"run {run_id} records no dataset version to evaluate on")
-    samples = held_out_samples(load_entries(session, version))
-    if options.max_samples is not None:
-        samples = samples[: options.max_samples]
+        raise EvaluationError(f"run {run.id} records no dataset version to evaluate on")
+    samples = held_out_samples(load_entries(session, version))[: options.max_samples]
     if not samples:
         raise EvaluationError(
             f"dataset version {version.number} has no test split: split it (`tuneloop data split`) and train again"
         )
-    use_llm = options.judge == "llm" or (options.judge == "auto" and judge_configured(settings))
-    if options.judge == "llm" and not judge_configured(settings):
+    return adapter, samples
+
+
+def _judge_kind(options: EvaluationOptions, settings: Settings) -> JudgeKind:
+    configured = judge_configured(settings)
+    if options.judge == "llm" and not configured:
         raise EvaluationError(
             "no LLM judge endpoint is configured: set TUNELOOP_JUDGE_BASE_URL (or OPENAI_BASE_URL), "
             "or evaluate with --judge metric"
         )
-    config = gate_config(project)
-    rubric = project_rubric(project)
+    return "llm" if options.judge == "llm" or (options.judge == "auto" and configured) else "metric"
 
-    def stage(step: str, **payload: object) -> None:
-        stop_if_cancelled(session, run.id)  # type: ignore[arg-type]
-        events(Event("stage", project.name, {"stage": STAGE, "state": "evaluating", "step": step, **payload}, run.id))
 
+def _begin(session: Session, run: Run, project: Project, events: EventSink) -> Callable[..., None]:
+    """Move the run to evaluating (committed) unless it is there; return what announces the stage's steps, each
+    after a cancellation check (all three stages announce steps of the same "evaluate" stage)."""
     if run.state != "evaluating":  # trained runs arrive evaluating; a re-evaluation, a retry or older "done" move
         try:
             transition(session, run, "evaluating", actor=worker_actor())
         except IllegalTransition as error:
             raise EvaluationError(str(error)) from None
     session.commit()
+
+    def stage(step: str, **payload: object) -> None:
+        stop_if_cancelled(session, run.id)  # type: ignore[arg-type]
+        events(Event("stage", project.name, {"stage": STAGE, "state": "evaluating", "step": step, **payload}, run.id))
+
+    return stage
+
+
+@contextmanager
+def _failing_the_run(session: Session, run: Run) -> Iterator[None]:
+    """A stage's work: an error fails the run with its reason; a worker stopping the stage does not (it runs again)."""
     try:
+        yield
+    except StageStopped:
+        session.rollback()
+        raise
+    except (EvaluationError, JudgeError, RunCancelled, IllegalTransition) as error:
+        _fail(session, run, str(error))
+        raise EvaluationError(str(error)) from None
+    except BaseException as error:
+        _fail(session, run, f"{type(error).__name__}: {error}")
+        raise
+
+
+def _fail(session: Session, run: Run, message: str) -> None:
+    fail_run(session, run.id, message, actor=worker_actor())  # type: ignore[arg-type]
+    session.commit()
+
+
+def _evaluation_folder(project: Project, run: Run) -> Path:
+    """Where the stages hand their results on: generated.json, then judged.json."""
+    return get_artifact_store().path(run_key(project.name, run.id, "evaluation"))  # type: ignore[arg-type]
+
+
+def _read_stage_file(path: Path, stage: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise EvaluationError(f"{path} is missing: the {stage} stage must run first") from None
+
+
+def _read_generated(folder: Path) -> tuple[Generated, str]:
+    """generated.json and the sha256 of its bytes."""
+    raw = _read_stage_file(folder / GENERATED, "generate")
+    return _GENERATED.validate_json(raw), hashlib.sha256(raw).hexdigest()
+
+
+def generate_for_run(
+    session: Session,
+    run_id: int,
+    options: EvaluationOptions | None = None,
+    *,
+    events: EventSink = ignore_events,
+    settings: Settings | None = None,
+) -> None:
+    """The gpu stage: answers, reference metrics, stability and the forgetting probe, into generated.json.
+
+    Checks first everything that would stop a later stage (the judge asked for, the gate, the rubric)."""
+    from engine.evaluate.forgetting import forgetting_probe  # the code that loads and runs models: here only
+    from engine.evaluate.generate import default_device, generate_pairs, load_models
+    from engine.evaluate.reference import reference_metrics
+    from engine.evaluate.stability import base_and_tuned_stability
+
+    options = options or EvaluationOptions()
+    run, project = _run_and_project(session, run_id)
+    adapter, samples = _adapter_and_samples(session, run, options)
+    _judge_kind(options, settings or get_settings())
+    gate_config(project)
+    project_rubric(project)
+    stage = _begin(session, run, project, events)
+    with _failing_the_run(session, run):
         stage("generate", samples=len(samples))
         loaded = load_models(adapter.base_model, adapter.path, device=options.device or default_device())
         generation = generate_pairs(
@@ -274,111 +382,210 @@ def evaluate_run(
             stability = base_and_tuned_stability(
                 loaded, prompts, k=options.stability_k, sample_size=options.stability_prompts
             )
-        forgetting: ForgettingReport | None = None
+        forgetting = None
         if options.forgetting:
             stage("forgetting")
             forgetting = forgetting_probe(loaded)
-        del loaded  # the model's memory is not needed while the judge waits on the network
-        stage("judge", kind="llm" if use_llm else "metric")
-        if use_llm:
+        generated = Generated(generation, metrics, stability, forgetting)
+        write_atomic_text(
+            _evaluation_folder(project, run) / GENERATED, _GENERATED.dump_json(generated, indent=1).decode()
+        )
+
+
+def judge_for_run(
+    session: Session,
+    run_id: int,
+    options: EvaluationOptions | None = None,
+    *,
+    events: EventSink = ignore_events,
+    settings: Settings | None = None,
+) -> None:
+    """The cpu stage that judges generated.json's answers (the LLM judge, or the metric judge without an endpoint)
+    into judged.json. Loads no model."""
+    options = options or EvaluationOptions()
+    settings = settings or get_settings()
+    run, project = _run_and_project(session, run_id)
+    kind = _judge_kind(options, settings)
+    rubric = project_rubric(project)
+    stage = _begin(session, run, project, events)
+    with _failing_the_run(session, run):
+        folder = _evaluation_folder(project, run)
+        generated, digest = _read_generated(folder)
+        stage("judge", kind=kind)
+        samples = generated.generation.samples
+        if kind == "llm":
             judge = judge_samples_blocking(
-                generation.samples,
+                samples,
                 rubric=rubric,
                 pairwise=options.pairwise,
                 settings=settings,
                 events=events,
                 project=project.name,
             )
-            inputs = GateInputs.from_judge(judge, forgetting.drop if forgetting else None)
         else:
-            judge = metric_judge(generation.samples, metrics)
-            inputs = GateInputs(
-                overall_mean=judge.overall_mean,
-                forgetting_drop=forgetting.drop if forgetting else None,
-                judge_kind="metric",
-            )
-        decision = decide(inputs, config)
-        threshold = config.min_overall if config.min_overall is not None else 4.0
-        scores, reasons = judge_scores(judge)
-        weakest = weakest_samples(generation.samples, scores, reasons, k=options.weakest_k, threshold=threshold)
-        agreement = judge_trust(session, project, judge.model, threshold)
+            judge = metric_judge(samples, generated.metrics)
+        write_atomic_text(folder / JUDGED, _JUDGED.dump_json(Judged(kind, judge, digest), indent=1).decode())
 
-        evaluation = Evaluation(
-            run_id=run.id,  # type: ignore[arg-type]
-            judge_kind="llm" if use_llm else "metric",
-            judge_model=judge.model,
-            prompt_version=judge.prompt_version,
-            scores={
-                "judge": judge.summary(),
-                "reference": {"base": metrics.base, "tuned": metrics.tuned},
-                "generation": _generation_summary(generation),
-                "stability": _stability_summary(stability),
-                "forgetting": forgetting.to_dict() if forgetting else None,
-                "gate": decision.to_dict(),
-                "weakest": {"summary": weakest.summary, "indices": [w.index for w in weakest.weakest]},
-                "agreement": agreement.to_dict(),
-            },
-            gate_passed=decision.passed,
-            gate_reasons=decision.reasons,
-            invalid_rate=judge.invalid_rate if use_llm else None,
-            cost_usd=judge.cost_usd,
-        )
-        session.add(evaluation)
-        session.flush()
-        assert evaluation.id is not None
-        session.add_all(
-            _judgement_rows(evaluation.id, generation, judge, metrics, _test_sample_ids(session, version.id))
-        )
 
-        stage("report")
-        out_dir = get_artifact_store().path(run_key(project.name, run.id, "evaluations", str(evaluation.id)))
-        loss = session.exec(select(Metric).where(Metric.run_id == run.id).order_by(col(Metric.step))).all()
-        report_inputs = ReportInputs(
-            project=project.name,
-            run_id=run.id,  # type: ignore[arg-type]
-            iteration=run.iteration,
-            judge_kind=evaluation.judge_kind,  # type: ignore[arg-type]
-            judge=judge,
-            generation=generation,
-            metrics=metrics,
-            gate=decision,
-            weakest=weakest,
-            stability=stability,
-            forgetting=forgetting,
-            agreement=agreement,
-            loss_metrics=loss,
-            created_at=evaluation.created_at,
-            # this evaluation (its judgements added above) beside the parent run's latest one
-            comparison=iteration_comparison(session, run.id, evaluation=evaluation),  # type: ignore[arg-type]
-        )
-        files = write_report(report_inputs, out_dir)
-        keys = _record_report(session, project, run, files)
-        evaluation.report_path = keys.get("markdown")
-        session.add(evaluation)
-        detail = {"evaluation": evaluation.id, "gate_passed": decision.passed}
-        transition(session, run, "reviewing", actor=worker_actor(), detail=detail)
-        session.commit()
-    except (JudgeError, RunCancelled, IllegalTransition) as error:
-        _fail(session, run, str(error))
-        raise EvaluationError(str(error)) from None
-    except BaseException as error:
-        _fail(session, run, f"{type(error).__name__}: {error}")
-        raise
+def _read_judged(folder: Path) -> tuple[Generated, Judged]:
+    """Both files; EvaluationError when one is missing or judged.json judged another generated.json."""
+    generated, digest = _read_generated(folder)
+    judged = _JUDGED.validate_json(_read_stage_file(folder / JUDGED, "judge"))
+    if judged.generated_sha256 != digest:
+        raise EvaluationError("judged.json was judged from an older generation; run the judge stage again")
+    return generated, judged
+
+
+@dataclass
+class _Assessment:
+    """What the report stage makes of the two files."""
+
+    generated: Generated
+    judged: Judged
+    decision: GateDecision
+    weakest: WeakestReport
+    agreement: JudgeAgreement
+
+
+def _assess(
+    session: Session,
+    project: Project,
+    config: GateConfig,
+    generated: Generated,
+    judged: Judged,
+    options: EvaluationOptions,
+) -> _Assessment:
+    """The gate's decision, the weakest samples and how far this judge can be trusted."""
+    drop = generated.forgetting.drop if generated.forgetting else None
+    judge = judged.judge
+    if judged.kind == "llm":
+        inputs = GateInputs.from_judge(judge, drop)
+    else:
+        inputs = GateInputs(overall_mean=judge.overall_mean, forgetting_drop=drop, judge_kind="metric")
+    threshold = config.min_overall if config.min_overall is not None else 4.0
+    scores, reasons = judge_scores(judge)
+    samples = generated.generation.samples
+    weakest = weakest_samples(samples, scores, reasons, k=options.weakest_k, threshold=threshold)
+    agreement = judge_trust(session, project, judge.model, threshold)
+    return _Assessment(generated, judged, decide(inputs, config), weakest, agreement)
+
+
+def _store_evaluation(session: Session, run: Run, a: _Assessment) -> Evaluation:
+    """The Evaluation row and one Judgement row per sample, flushed (not committed)."""
+    judge, generation, metrics = a.judged.judge, a.generated.generation, a.generated.metrics
+    evaluation = Evaluation(
+        run_id=run.id,  # type: ignore[arg-type]
+        judge_kind=a.judged.kind,
+        judge_model=judge.model,
+        prompt_version=judge.prompt_version,
+        scores={
+            "judge": judge.summary(),
+            "reference": {"base": metrics.base, "tuned": metrics.tuned},
+            "generation": _generation_summary(generation),
+            "stability": _stability_summary(a.generated.stability),
+            "forgetting": a.generated.forgetting.to_dict() if a.generated.forgetting else None,
+            "gate": a.decision.to_dict(),
+            "weakest": {"summary": a.weakest.summary, "indices": [w.index for w in a.weakest.weakest]},
+            "agreement": a.agreement.to_dict(),
+        },
+        gate_passed=a.decision.passed,
+        gate_reasons=a.decision.reasons,
+        invalid_rate=judge.invalid_rate if a.judged.kind == "llm" else None,
+        cost_usd=judge.cost_usd,
+    )
+    session.add(evaluation)
+    session.flush()
+    assert evaluation.id is not None
+    ids = _test_sample_ids(session, run.dataset_version_id)
+    session.add_all(_judgement_rows(evaluation.id, generation, judge, metrics, ids))
+    return evaluation
+
+
+def _report(
+    session: Session, project: Project, run: Run, evaluation: Evaluation, a: _Assessment
+) -> tuple[ReportFiles, dict[str, str]]:
+    """The report's files in the run's artifacts, recorded as artifacts; the evaluation points at the Markdown."""
+    out_dir = get_artifact_store().path(run_key(project.name, run.id, "evaluations", str(evaluation.id)))  # type: ignore[arg-type]
+    loss = session.exec(select(Metric).where(Metric.run_id == run.id).order_by(col(Metric.step))).all()
+    report_inputs = ReportInputs(
+        project=project.name,
+        run_id=run.id,  # type: ignore[arg-type]
+        iteration=run.iteration,
+        judge_kind=a.judged.kind,
+        judge=a.judged.judge,
+        generation=a.generated.generation,
+        metrics=a.generated.metrics,
+        gate=a.decision,
+        weakest=a.weakest,
+        stability=a.generated.stability,
+        forgetting=a.generated.forgetting,
+        agreement=a.agreement,
+        loss_metrics=loss,
+        created_at=evaluation.created_at,
+        # this evaluation (its judgements added before) beside the parent run's latest one
+        comparison=iteration_comparison(session, run.id, evaluation=evaluation),  # type: ignore[arg-type]
+    )
+    files = write_report(report_inputs, out_dir)
+    keys = _record_report(session, project, run, files)
+    evaluation.report_path = keys.get("markdown")
+    session.add(evaluation)
+    return files, keys
+
+
+def _announce(events: EventSink, project: Project, run: Run, a: _Assessment, files: ReportFiles) -> None:
     payload = {
         "stage": STAGE,
-        "gate_passed": decision.passed,
-        "headline": decision.headline,
-        "reasons": decision.reasons,
+        "gate_passed": a.decision.passed,
+        "headline": a.decision.headline,
+        "reasons": a.decision.reasons,
         "markdown": str(files.markdown),
         "html": str(files.html),
-        "weak": weakest.summary,
+        "weak": a.weakest.summary,
     }
     events(Event("report", project.name, payload, run.id))
-    if not decision.passed:
-        events(Event("warning", project.name, {"message": decision.headline}, run.id))
-    return EvaluationOutcome(evaluation, decision, judge, weakest, files, keys)
+    if not a.decision.passed:
+        events(Event("warning", project.name, {"message": a.decision.headline}, run.id))
 
 
-def _fail(session: Session, run: Run, message: str) -> None:
-    fail_run(session, run.id, message, actor=worker_actor())  # type: ignore[arg-type]
-    session.commit()
+def report_for_run(
+    session: Session,
+    run_id: int,
+    options: EvaluationOptions | None = None,
+    *,
+    events: EventSink = ignore_events,
+    settings: Settings | None = None,
+) -> EvaluationOutcome:
+    """The cpu stage that gates, stores and reports generated.json as judged in judged.json; the run goes on to
+    reviewing. `settings` is taken for symmetry with the other stages: the report needs none of its own."""
+    options = options or EvaluationOptions()
+    run, project = _run_and_project(session, run_id)
+    config = gate_config(project)
+    stage = _begin(session, run, project, events)
+    with _failing_the_run(session, run):
+        generated, judged = _read_judged(_evaluation_folder(project, run))
+        stage("report")
+        assessment = _assess(session, project, config, generated, judged, options)
+        evaluation = _store_evaluation(session, run, assessment)
+        files, keys = _report(session, project, run, evaluation, assessment)
+        detail = {"evaluation": evaluation.id, "gate_passed": assessment.decision.passed}
+        transition(session, run, "reviewing", actor=worker_actor(), detail=detail)
+        session.commit()
+    _announce(events, project, run, assessment, files)
+    return EvaluationOutcome(evaluation, assessment.decision, judged.judge, assessment.weakest, files, keys)
+
+
+def evaluate_run(
+    session: Session,
+    run_id: int,
+    options: EvaluationOptions | None = None,
+    *,
+    events: EventSink = ignore_events,
+    settings: Settings | None = None,
+) -> EvaluationOutcome:
+    """Evaluate run `run_id`'s adapter on its dataset version's test split; store and report the result: the three
+    stages one after another in this process.
+
+    Raises EvaluationError when the run cannot be evaluated; the run is then marked failed with the reason."""
+    generate_for_run(session, run_id, options, events=events, settings=settings)
+    judge_for_run(session, run_id, options, events=events, settings=settings)
+    return report_for_run(session, run_id, options, events=events, settings=settings)

@@ -61,6 +61,7 @@ def launch_training(
     config_file: Path | None = None,
     timeout: float | None = None,
     run_id: int | None = None,
+    requested_by: str | None = None,
 ) -> TrainOutcome:
     """`train`, in `num_processes` processes launched by accelerate; returns rank 0's outcome from storage.
 
@@ -83,7 +84,7 @@ def launch_training(
         run = previous
     else:
         version = resolve_version(session, project, dataset_name, dataset_version)
-        run = start_run(session, project_row, version.id, recipe)
+        run = start_run(session, project_row, version.id, recipe, requested_by=requested_by)
         session.commit()
     assert run.id is not None
     process = subprocess.Popen(

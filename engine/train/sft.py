@@ -29,8 +29,9 @@ from transformers import (
     PrinterCallback,
     TrainerCallback,
 )
+from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import is_flash_attn_2_available
 from trl import SFTConfig, SFTTrainer
 
@@ -39,7 +40,7 @@ from engine.data.sample import Sample
 from engine.data.versions import DEFAULT_DATASET, load_entries, resolve_version
 from engine.events import Event, EventSink, ignore_events
 from engine.projects import get_project
-from engine.runs import IllegalTransition, fail_run, transition, worker_actor
+from engine.runs import IllegalTransition, StageStopped, fail_run, transition, worker_actor
 from engine.train.cancel import CancelCallback
 from engine.train.charts import write_loss_curve
 from engine.train.distributed import DistributedError, check_distributed, deepspeed_config
@@ -88,11 +89,13 @@ def train(
     dataset_name: str = DEFAULT_DATASET,
     run_id: int | None = None,
     callbacks: Sequence[TrainerCallback] = (),
+    requested_by: str | None = None,
 ) -> TrainOutcome | None:
     """Train `recipe` on a dataset version (the latest when None) and return the checked adapter.
 
     With `run_id`, continue that run from its last checkpoint (a retried job after a crash), on the run's
-    own dataset version and recipe. `callbacks` are added to the trainer (e.g. to cancel a run).
+    own dataset version and recipe. `callbacks` are added to the trainer (e.g. to cancel a run). A new run records
+    `requested_by`.
 
     Under `accelerate launch` every process calls this with the same `run_id`; only rank 0 writes to storage,
     saves and checks the adapter, and the others return None."""
@@ -120,7 +123,7 @@ def train(
     main = is_main_process()
     if previous is None and not main:
         raise TrainingError("the processes of a multi-process launch continue a run that rank 0 created")
-    run = previous or start_run(session, project_row, version.id, recipe)
+    run = previous or start_run(session, project_row, version.id, recipe, requested_by=requested_by)
     out_dir = Path(out_dir) if out_dir else get_artifact_store().path(run_key(project, run.id))
     if main:
         try:
@@ -136,6 +139,8 @@ def train(
         events(Event("stage", project, {"stage": "train", "state": "training", "out_dir": str(out_dir)}, run=run.id))
     try:
         outcome = _train_run(session, project_row, run, version, recipe, out_dir, events, callbacks)
+    except StageStopped:
+        raise  # its worker stopped it: the run stays training, and the job runs again from the last checkpoint
     except BaseException as error:
         if main:  # a run cancelled meanwhile stays cancelled
             fail_run(session, run.id, f"{type(error).__name__}: {error}", actor=worker_actor())  # type: ignore[arg-type]
@@ -155,6 +160,24 @@ def train(
         )
     )
     return outcome
+
+
+def last_complete_checkpoint(folder: Path) -> str | None:
+    """The newest checkpoint that was written whole. A worker killed while saving leaves a newer folder without
+    `trainer_state.json`, which the Trainer writes after the weights, optimizer and RNG state: resuming from that
+    one would fail, so the one before it is taken (transformers' get_last_checkpoint takes the newest folder)."""
+    steps = []
+    for path in folder.glob(f"{PREFIX_CHECKPOINT_DIR}-*") if folder.is_dir() else []:
+        step = path.name.rpartition("-")[2]
+        if step.isdigit() and path.is_dir():
+            steps.append((int(step), path))
+    for _, path in sorted(steps, reverse=True):
+        try:
+            json.loads((path / TRAINER_STATE_NAME).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue  # written in part: its worker died while saving
+        return str(path)
+    return None
 
 
 def is_main_process() -> bool:
@@ -189,7 +212,7 @@ def _train_run(
     trainer.add_callback(canceller)
     for callback in callbacks:
         trainer.add_callback(callback)
-    last = get_last_checkpoint(str(out_dir / "checkpoints")) if (out_dir / "checkpoints").is_dir() else None
+    last = last_complete_checkpoint(out_dir / "checkpoints")
     trainer.train(resume_from_checkpoint=last)
     if canceller.cancelled:
         raise TrainingError(f"run {run.id} was cancelled: training stopped at step {trainer.state.global_step}")
@@ -465,7 +488,15 @@ def _record_files(session: Session, project: Project, run: Run, files: list[Path
             record_artifact(session, stored, project_id=project.id, run_id=run.id, kind=kind)
 
 
-def start_run(session: Session, project: Project, version_id: int | None, recipe: Recipe) -> Run:
+def start_run(
+    session: Session,
+    project: Project,
+    version_id: int | None,
+    recipe: Recipe,
+    *,
+    requested_by: str | None = None,
+    platform: str | None = None,
+) -> Run:
     previous = session.exec(select(Run).where(Run.project_id == project.id).order_by(col(Run.iteration).desc())).first()
     run = Run(
         project_id=project.id,  # type: ignore[arg-type]
@@ -473,6 +504,8 @@ def start_run(session: Session, project: Project, version_id: int | None, recipe
         parent_run_id=previous.id if previous else None,
         dataset_version_id=version_id,
         recipe=recipe.model_dump(mode="json"),
+        requested_by=requested_by,
+        platform=platform,
     )
     session.add(run)
     session.flush()

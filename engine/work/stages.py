@@ -1,15 +1,20 @@
 """The arq job functions: one per stage, each running the engine's own function for it.
 
-A job claims its Job row (one conditional UPDATE, so two workers never both run it), keeps a heartbeat in that row
-while the stage runs in a thread, records how it ended, and queues the stage the run's new state calls for
-(trained → evaluate). A stage that raises is recorded, not retried: the run is failed (or cancelled) in the database
-and a retry is a person's decision. Only a worker's shutdown re-raises, so that arq runs the job again."""
+A job claims its Job row (one conditional UPDATE, so two workers never both run it), runs its stage in a thread only
+if the run still calls for that stage, keeps a heartbeat in the row meanwhile, records how it ended, and queues the
+stage that comes next (prepare → train → generate → judge → report). Every event a stage announces is kept in the
+database and appended to the stream (engine.event_stream.Announcer).
+
+A stage that raises is recorded, not retried: the run is failed (or cancelled) in the database and a retry is a
+person's decision. A stage that is stopped does not fail its run: on a worker's shutdown the job re-raises so that
+arq runs it again (a training saves a checkpoint first); a job the reconciler gave to another worker, because this
+one went silent, stops at its next event and leaves the run to that worker."""
 
 import asyncio
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import fields
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any
 
@@ -19,28 +24,53 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from engine.database import get_engine
-from engine.event_stream import fan_out, stream_sink
+from engine.event_stream import Announcer, fan_out
 from engine.events import Event, EventSink
-from engine.runs import RunError, get_run, stop_if_cancelled
+from engine.runs import RunError, StageStopped, fail_run, get_run, stop_if_cancelled, worker_actor
 from engine.settings import get_settings
-from engine.work.jobs import STAGE_OF_STATE, enqueue_stage
+from engine.work.jobs import enqueue_stage, next_stage
 from storage.models import AuditEvent, Job, Project, utcnow
 
 logger = logging.getLogger(__name__)
 
-Stage = Callable[[Session, int, EventSink, threading.Event], None]
+Stage = Callable[[Session, int, EventSink, "Stopping"], None]
+
+
+async def synthesize(ctx: dict[str, Any], run_id: int) -> str:
+    return await run_job(ctx, run_id, _synthesize)
+
+
+async def prepare(ctx: dict[str, Any], run_id: int) -> str:
+    return await run_job(ctx, run_id, _prepare)
 
 
 async def train(ctx: dict[str, Any], run_id: int) -> str:
     return await run_job(ctx, run_id, _train)
 
 
-async def evaluate(ctx: dict[str, Any], run_id: int) -> str:
-    return await run_job(ctx, run_id, _evaluate)
+async def generate(ctx: dict[str, Any], run_id: int) -> str:
+    return await run_job(ctx, run_id, _generate)
+
+
+async def judge(ctx: dict[str, Any], run_id: int) -> str:
+    return await run_job(ctx, run_id, _judge)
+
+
+async def report(ctx: dict[str, Any], run_id: int) -> str:
+    return await run_job(ctx, run_id, _report)
 
 
 async def deploy(ctx: dict[str, Any], run_id: int) -> str:
     return await run_job(ctx, run_id, _deploy)
+
+
+@dataclass
+class Stopping:
+    """Why a stage must stop. `shutdown`: the worker is stopping (a training saves a checkpoint first). `lost`: the
+    reconciler gave the job to another worker (this one was silent too long); stop at once and write nothing."""
+
+    shutdown: threading.Event = field(default_factory=threading.Event)
+    lost: threading.Event = field(default_factory=threading.Event)
 
 
 async def run_job(ctx: dict[str, Any], run_id: int, stage: Stage) -> str:
@@ -51,30 +81,50 @@ async def run_job(ctx: dict[str, Any], run_id: int, stage: Stage) -> str:
     if job is None:
         return "skipped"  # ended, lost or taken by another worker: the database says it is not ours to run
     progress = {"value": 0.0}
-    beating = asyncio.create_task(heartbeat(engine, job, progress, settings.heartbeat_every_s))
-    stop = threading.Event()
+    stopping = Stopping()
+    beating = asyncio.create_task(heartbeat(engine, job, progress, settings.heartbeat_every_s, stopping.lost))
     client = redis.Redis.from_url(settings.redis_url)
-    events = fan_out(stream_sink(client), _progress_into(progress))
+    announcer = Announcer(engine, client)
+    events = fan_out(_stop_when(stopping, job.stage), announcer, _progress_into(progress))
     try:
-        await asyncio.to_thread(_in_session, engine, stage, run_id, events, stop)
+        ran = await asyncio.to_thread(_in_session, engine, stage, job, events, stopping)
     except asyncio.CancelledError:
-        # The worker is shutting down past job_completion_wait: the training stops at its next step, keeping a
-        # checkpoint, and arq runs this job again (it counts as a try).
-        stop.set()
+        # The worker is shutting down past job_completion_wait: the stage stops (a training at its next step,
+        # keeping a checkpoint), and arq runs this job again (it counts as a try).
+        stopping.shutdown.set()
         _finish(engine, job, "interrupted", "the worker shut down; the job runs again")
         raise
+    except StageStopped as error:  # the job was given to another worker: its row says so already
+        logger.warning("job %s stopped: %s", arq_job_id, error)
+        return "stopped"
     except Exception as error:  # every failure is recorded on the Job and the run
-        with Session(engine) as session:
-            cancelled = get_run(session, run_id).state == "cancelled"
-        status = "cancelled" if cancelled else "failed"
-        _finish(engine, job, status, None if cancelled else f"{type(error).__name__}: {error}")
+        logger.exception("job %s failed", arq_job_id)
+        status = _record_failure(engine, job, error)
+        _finish(engine, job, status, None if status == "cancelled" else f"{type(error).__name__}: {error}")
         return status
     finally:
         beating.cancel()
+        await asyncio.to_thread(announcer.close)
         client.close()
+    if not ran:
+        return "skipped"
     _finish(engine, job, "done", None)
-    await _queue_next(engine, ctx["redis"], run_id, job.stage)
+    await _queue_next(engine, ctx["redis"], run_id)
     return "done"
+
+
+def _record_failure(engine: Engine, job: Job, error: Exception) -> str:
+    """How the job ended: cancelled when its run was, else failed, and the run failed with it if the stage did not
+    say so itself (a check that refused before the stage began): a failed run is a person's to retry, not the
+    reconciler's."""
+    with Session(engine) as session:
+        state = get_run(session, job.run_id).state
+        if state == "cancelled":
+            return "cancelled"
+        if state != "failed":
+            fail_run(session, job.run_id, f"the {job.stage} stage failed: {error}", actor=worker_actor())
+            session.commit()
+    return "failed"
 
 
 def claim(engine: Engine, arq_job_id: str, worker: str) -> Job | None:
@@ -94,9 +144,12 @@ def claim(engine: Engine, arq_job_id: str, worker: str) -> Job | None:
         return session.exec(select(Job).where(Job.arq_job_id == arq_job_id)).one()
 
 
-async def heartbeat(engine: Engine, job: Job, progress: dict[str, float], every_s: float) -> None:
+async def heartbeat(
+    engine: Engine, job: Job, progress: dict[str, float], every_s: float, lost: threading.Event
+) -> None:
     """Write `heartbeat_at` (and progress) every `every_s` while the job runs; the reconciler re-queues a job whose
-    heartbeat stops."""
+    heartbeat stops. When the row says the job is no longer running here (marked lost while this worker was
+    silent), set `lost`: the stage stops, since another worker runs it now."""
     while True:
         await asyncio.sleep(every_s)
         try:
@@ -105,7 +158,9 @@ async def heartbeat(engine: Engine, job: Job, progress: dict[str, float], every_
             logger.exception("could not record the heartbeat of job %s", job.arq_job_id)
             continue
         if not beat:
-            logger.warning("job %s is no longer running here in the database's view", job.arq_job_id)
+            logger.warning("job %s is no longer running here in the database's view; stopping it", job.arq_job_id)
+            lost.set()
+            return
 
 
 def _beat(engine: Engine, job: Job, progress: float) -> bool:
@@ -132,18 +187,26 @@ def _finish(engine: Engine, job: Job, status: str, error: str | None) -> None:
         session.commit()
 
 
-async def _queue_next(engine: Engine, redis_pool: Any, run_id: int, stage: str) -> None:
-    """Queue the stage the run's state now calls for (a trained run is evaluating); none when people decide next."""
+async def _queue_next(engine: Engine, redis_pool: Any, run_id: int) -> None:
+    """Queue the stage the run now calls for (a trained run is evaluating: generate); none when people decide next."""
     with Session(engine, expire_on_commit=False) as session:
-        following = STAGE_OF_STATE.get(get_run(session, run_id).state)
-        if following and following != stage:
+        following = next_stage(session, get_run(session, run_id))
+        if following:
             await enqueue_stage(session, redis_pool, run_id, following)
 
 
-def _in_session(engine: Engine, stage: Stage, run_id: int, events: EventSink, stop: threading.Event) -> None:
+def _in_session(engine: Engine, stage: Stage, job: Job, events: EventSink, stopping: Stopping) -> bool:
+    """Run the stage unless the run no longer calls for it (an earlier attempt finished it after all, or the run
+    moved on); False, and the Job marked skipped, then."""
     with Session(engine, expire_on_commit=False) as session:
-        stop_if_cancelled(session, run_id)
-        stage(session, run_id, events, stop)
+        stop_if_cancelled(session, job.run_id)
+        wanted = next_stage(session, get_run(session, job.run_id))
+        if wanted != job.stage:
+            state = get_run(session, job.run_id).state
+            _finish(engine, job, "skipped", f"the run is {state}; it calls for {wanted or 'no stage'} now")
+            return False
+        stage(session, job.run_id, events, stopping)
+        return True
 
 
 def _project_of(session: Session, run_id: int) -> Project:
@@ -152,21 +215,46 @@ def _project_of(session: Session, run_id: int) -> Project:
     return project
 
 
-def _train(session: Session, run_id: int, events: EventSink, stop: threading.Event) -> None:
+def _synthesize(session: Session, run_id: int, events: EventSink, stopping: Stopping) -> None:
+    from engine.prepare import synthesize_for_run
+
+    synthesize_for_run(session, run_id, events=events, stop=stopping.lost)
+
+
+def _prepare(session: Session, run_id: int, events: EventSink, stopping: Stopping) -> None:
+    from engine.prepare import prepare_for_run
+
+    prepare_for_run(session, run_id, events=events, stop=stopping.lost)
+
+
+def _train(session: Session, run_id: int, events: EventSink, stopping: Stopping) -> None:
     from engine.train.sft import train as train_run
     from engine.work.stopping import StopOnShutdown
 
     project = _project_of(session, run_id)
-    train_run(session, project.name, None, None, run_id=run_id, events=events, callbacks=[StopOnShutdown(stop)])
+    stop = StopOnShutdown(stopping.shutdown, stopping.lost)
+    train_run(session, project.name, None, None, run_id=run_id, events=events, callbacks=[stop])
 
 
-def _evaluate(session: Session, run_id: int, events: EventSink, stop: threading.Event) -> None:
-    from engine.evaluate.run import evaluate_run
+def _generate(session: Session, run_id: int, events: EventSink, stopping: Stopping) -> None:
+    from engine.evaluate.run import generate_for_run
 
-    evaluate_run(session, run_id, evaluation_options(_project_of(session, run_id)), events=events)
+    generate_for_run(session, run_id, evaluation_options(_project_of(session, run_id)), events=events)
 
 
-def _deploy(session: Session, run_id: int, events: EventSink, stop: threading.Event) -> None:
+def _judge(session: Session, run_id: int, events: EventSink, stopping: Stopping) -> None:
+    from engine.evaluate.run import judge_for_run
+
+    judge_for_run(session, run_id, evaluation_options(_project_of(session, run_id)), events=events)
+
+
+def _report(session: Session, run_id: int, events: EventSink, stopping: Stopping) -> None:
+    from engine.evaluate.run import report_for_run
+
+    report_for_run(session, run_id, evaluation_options(_project_of(session, run_id)), events=events)
+
+
+def _deploy(session: Session, run_id: int, events: EventSink, stopping: Stopping) -> None:
     from engine.runs import deploy_approved
 
     try:
@@ -199,6 +287,19 @@ def _approver(session: Session, run_id: int) -> str:
     if event is None:
         raise RunError(f"run {run_id} was never approved; it cannot be deployed")
     return event.actor
+
+
+def _stop_when(stopping: Stopping, stage: str) -> EventSink:
+    """A sink that stops the stage at its next event once it must stop. A training stops through its trainer
+    callback instead when the worker shuts down, after saving a checkpoint."""
+
+    def check(_event: Event) -> None:
+        if stopping.lost.is_set():
+            raise StageStopped(f"the {stage} job was given to another worker; this one stopped")
+        if stopping.shutdown.is_set() and stage != "train":
+            raise StageStopped(f"the worker shut down during {stage}; the job runs again")
+
+    return check
 
 
 def _progress_into(progress: dict[str, float]) -> EventSink:

@@ -7,20 +7,26 @@ from typing import Any
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
+from engine.runs import StageStopped
 
-class WorkerStopping(RuntimeError):
-    """The worker stopped the stage; the job runs again and training resumes from its last checkpoint."""
+
+class WorkerStopping(StageStopped):
+    """The worker stopped the training; the job runs again and training resumes from its last checkpoint."""
 
 
 class StopOnShutdown(TrainerCallback):
-    """Once `stop` is set: save a checkpoint at the end of the current step, then raise WorkerStopping."""
+    """Once `stop` is set: save a checkpoint at the end of the current step, then raise WorkerStopping. Once `lost`
+    is set (another worker resumes this training now): raise at once, saving nothing into its checkpoints."""
 
-    def __init__(self, stop: threading.Event) -> None:
+    def __init__(self, stop: threading.Event, lost: threading.Event | None = None) -> None:
         self.stop = stop
+        self.lost = lost or threading.Event()
 
     def on_step_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **_: Any
     ) -> TrainerControl:
+        if self.lost.is_set():
+            raise WorkerStopping(f"the job was given to another worker; this one stopped at step {state.global_step}")
         if self.stop.is_set():
             control.should_save = True
         return control

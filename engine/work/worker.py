@@ -1,8 +1,10 @@
-"""An arq worker for one queue: `gpu` (train, evaluate: one job at a time) or `cpu` (deploy).
+"""An arq worker for one queue: `gpu` (train, generate: one job at a time) or `cpu` (synthesize, prepare, judge,
+report, deploy).
 
 It loads no model at start (a stage imports what it needs when it runs), and runs the reconciler every
-`reconcile_every_s` beside its jobs. On SIGTERM it takes no new job and lets the running one finish for
-`job_completion_wait_s`; after that a training saves a checkpoint and stops, and arq runs the job again."""
+`reconcile_every_s` beside its jobs, and the event relay every second. On SIGTERM it takes no new job and lets the
+running one finish for `job_completion_wait_s`; after that a training saves a checkpoint and stops, and arq runs the
+job again."""
 
 import asyncio
 import logging
@@ -10,20 +12,23 @@ import os
 import socket
 from typing import Any
 
+import redis
 from arq import Worker
 from arq.connections import RedisSettings, create_pool
 from arq.worker import func
 from sqlmodel import Session
 
 from engine.database import get_engine
+from engine.event_stream import relay_events
 from engine.settings import Settings, get_settings
 from engine.work import stages
-from engine.work.jobs import queue_name
+from engine.work.jobs import QUEUE_OF_STAGE, queue_name
 from engine.work.reconcile import reconcile
 
 logger = logging.getLogger(__name__)
 
 QUEUES = ("gpu", "cpu")
+RELAY_EVERY_S = 1.0  # how soon a run's move reaches the event stream
 
 
 def worker_name() -> str:
@@ -36,14 +41,20 @@ def build_worker(queue: str, *, burst: bool = False, settings: Settings | None =
     if queue not in QUEUES:
         raise ValueError(f"'{queue}' is not a queue (queues: {', '.join(QUEUES)})")
     tries = settings.job_max_tries
-    functions = (
-        [
-            func(stages.train, name="train", timeout=settings.train_timeout_s, max_tries=tries),
-            func(stages.evaluate, name="evaluate", timeout=settings.evaluate_timeout_s, max_tries=tries),
-        ]
-        if queue == "gpu"
-        else [func(stages.deploy, name="deploy", timeout=settings.deploy_timeout_s, max_tries=tries)]
-    )
+    timeouts = {
+        "synthesize": settings.prepare_timeout_s,
+        "prepare": settings.prepare_timeout_s,
+        "train": settings.train_timeout_s,
+        "generate": settings.evaluate_timeout_s,
+        "judge": settings.evaluate_timeout_s,
+        "report": settings.evaluate_timeout_s,
+        "deploy": settings.deploy_timeout_s,
+    }
+    functions = [
+        func(getattr(stages, stage), name=stage, timeout=timeouts[stage], max_tries=tries)
+        for stage, on in QUEUE_OF_STAGE.items()
+        if on == queue
+    ]
     return Worker(
         functions,  # type: ignore[arg-type]
         queue_name=queue_name(queue, settings),
@@ -83,9 +94,29 @@ async def _reconcile_forever(pool: Any, settings: Settings) -> None:
         await asyncio.sleep(settings.reconcile_every_s)
 
 
+async def _relay_forever(settings: Settings) -> None:
+    """Put on the event stream what the database holds and the stream does not yet: every run's moves (approved by
+    a person in a chat, deployed, failed) and what a stage announced while Redis was away."""
+    client = redis.Redis.from_url(settings.redis_url)
+    try:
+        while True:
+            try:
+                await asyncio.to_thread(relay_events, get_engine(settings), client)
+            except Exception:  # Redis or the database away for a moment: the next pass tries again
+                logger.exception("relaying events failed")
+            await asyncio.sleep(RELAY_EVERY_S)
+    finally:
+        client.close()
+
+
 async def _start_reconciling(ctx: dict[str, Any]) -> None:
-    ctx["reconciler"] = asyncio.create_task(_reconcile_forever(ctx["redis"], get_settings()))
+    settings = get_settings()
+    ctx["background"] = [
+        asyncio.create_task(_reconcile_forever(ctx["redis"], settings)),
+        asyncio.create_task(_relay_forever(settings)),
+    ]
 
 
 async def _stop_reconciling(ctx: dict[str, Any]) -> None:
-    ctx["reconciler"].cancel()
+    for task in ctx["background"]:
+        task.cancel()
