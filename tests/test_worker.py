@@ -126,9 +126,9 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         yield url
 
 
-BOTH_DATABASES = pytest.mark.parametrize(
-    "database_url", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True
-)
+POSTGRESQL = pytest.param("postgresql", marks=pytest.mark.postgres)
+BOTH_DATABASES = pytest.mark.parametrize("database_url", ["sqlite", POSTGRESQL], indirect=True)
+ON_POSTGRESQL = pytest.mark.parametrize("database_url", [POSTGRESQL], indirect=True)
 
 
 @pytest.fixture
@@ -284,7 +284,7 @@ def test_redis_wiped_with_work_waiting_and_again_mid_training_loses_no_run(setup
     ]
 
 
-@BOTH_DATABASES
+@ON_POSTGRESQL
 def test_two_gpu_workers_share_four_runs_and_never_run_a_job_twice(setup: Setup) -> None:
     short = setup.recipe.with_name("short.yaml")  # nothing here is killed mid-training: a few steps will do
     short.write_text(setup.recipe.read_text().replace("num_train_epochs: 30", "num_train_epochs: 4"))
@@ -316,15 +316,15 @@ def test_a_run_cancelled_mid_training_stops_and_keeps_its_checkpoints(setup: Set
         assert session.exec(select(Adapter).where(Adapter.run_id == run_id)).first() is None
 
 
-@pytest.mark.parametrize("database_url", [pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True)
+@ON_POSTGRESQL
 def test_a_frozen_worker_whose_training_was_given_to_another_stops_it_when_it_wakes(setup: Setup) -> None:
     run_id = setup.submit()
     frozen = setup.start_worker()
     setup.wait_for("a checkpoint", lambda: bool(setup.checkpoints(run_id)))
     frozen.send_signal(signal.SIGSTOP)  # alive but silent: its heartbeat stops
     setup.start_workers()  # the cpu worker's reconciler marks train:1 lost; the new gpu worker resumes the run
-    taken_over = (f"{run_id}:train:2", "train", 2, "running")
-    setup.wait_for("another worker to take the training over", lambda: taken_over in setup.jobs(run_id))
+    taken_over = {(f"{run_id}:train:2", "train", 2, status) for status in ("running", "done")}
+    setup.wait_for("another worker to take the training over", lambda: bool(taken_over & set(setup.jobs(run_id))))
     frozen.send_signal(signal.SIGCONT)
     setup.wait_for("the run to reach reviewing", lambda: setup.settled(run_id, "reviewing", "failed"))
     assert setup.state(run_id) == "reviewing", setup.worker_logs()

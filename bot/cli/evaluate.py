@@ -60,7 +60,7 @@ def eval_command(
         forgetting=forgetting,
         weakest_k=weakest,
     )
-    with open_session() as session, announcing(print_evaluation_event) as events:
+    with announcing(print_evaluation_event) as events, open_session() as session:
         try:
             outcome = evaluate_run(session, run, options, events=events)
         except EvaluationError as error:

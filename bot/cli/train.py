@@ -81,7 +81,7 @@ def train_command(
         loaded = load_recipe(recipe, **({"model_name_or_path": base_model} if base_model else {}))
     except RecipeError as error:
         fail(str(error))
-    with open_session() as session, announcing(print_event) as events:
+    with announcing(print_event) as events, open_session() as session:
         try:
             if processes > 1:
                 if out is not None:

@@ -33,6 +33,8 @@ from storage.models import AuditEvent, Job, Project, utcnow
 
 logger = logging.getLogger(__name__)
 
+STOP_WAIT_S = 600.0  # how long a stopping worker waits for its stage to stop (a training: its step and checkpoint)
+
 Stage = Callable[[Session, int, EventSink, "Stopping"], None]
 
 
@@ -86,13 +88,19 @@ async def run_job(ctx: dict[str, Any], run_id: int, stage: Stage) -> str:
     client = redis.Redis.from_url(settings.redis_url)
     announcer = Announcer(engine, client)
     events = fan_out(_stop_when(stopping, job.stage), announcer, _progress_into(progress))
+    running = asyncio.ensure_future(asyncio.to_thread(_in_session, engine, stage, job, events, stopping))
     try:
-        ran = await asyncio.to_thread(_in_session, engine, stage, job, events, stopping)
+        ran = await asyncio.shield(running)
     except asyncio.CancelledError:
         # The worker is shutting down past job_completion_wait: the stage stops (a training at its next step,
-        # keeping a checkpoint), and arq runs this job again (it counts as a try).
+        # keeping a checkpoint), and arq runs this job again (it counts as a try). The process waits for the stage
+        # to stop, its heartbeat going on: were it to exit first, the thread would die half-way through writing.
         stopping.shutdown.set()
-        _finish(engine, job, "interrupted", "the worker shut down; the job runs again")
+        await asyncio.wait([running], timeout=STOP_WAIT_S)
+        if _completed(running):  # it finished meanwhile: arq's next try finds it done and skips it
+            _finish(engine, job, "done", None)
+        else:
+            _finish(engine, job, "interrupted", "the worker shut down; the job runs again")
         raise
     except StageStopped as error:  # the job was given to another worker: its row says so already
         logger.warning("job %s stopped: %s", arq_job_id, error)
@@ -111,6 +119,11 @@ async def run_job(ctx: dict[str, Any], run_id: int, stage: Stage) -> str:
     _finish(engine, job, "done", None)
     await _queue_next(engine, ctx["redis"], run_id)
     return "done"
+
+
+def _completed(running: "asyncio.Future[bool]") -> bool:
+    """Whether the stage's thread ended by doing its work (a stopped stage raised StageStopped)."""
+    return running.done() and running.exception() is None and running.result()
 
 
 def _record_failure(engine: Engine, job: Job, error: Exception) -> str:
