@@ -1,6 +1,7 @@
 """What every command shares: the consoles, option types, and turning a user's mistakes into plain
 messages with the right exit code, never tracebacks."""
 
+import asyncio
 import difflib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,7 +22,10 @@ from engine.projects import NotFoundError
 from storage.db import session_scope
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
     import redis
+    from arq.connections import ArqRedis
 
 console = Console(soft_wrap=True)  # messages stay whole lines; tables still fit the width
 errors = Console(stderr=True, soft_wrap=True)
@@ -33,6 +37,7 @@ VersionOption = Annotated[int | None, typer.Option("--version", "-v", help="Data
 EXIT_NOT_FOUND = 1
 EXIT_INVALID_DATA = 2
 SettingsModel = TypeVar("SettingsModel", bound=BaseModel)
+Result = TypeVar("Result")
 
 
 @contextmanager
@@ -85,6 +90,22 @@ def redis_client() -> Iterator["redis.Redis | None"]:
     finally:
         if client is not None:
             client.close()
+
+
+def on_queues(call: "Callable[[ArqRedis], Awaitable[Result]]") -> "Result":
+    """Run `call` with a connection to the configured queues (arq on the Redis of the settings), then close it."""
+    from arq.connections import RedisSettings, create_pool
+
+    from engine.settings import get_settings
+
+    async def run() -> Result:
+        pool = await create_pool(RedisSettings.from_dsn(get_settings().redis_url))
+        try:
+            return await call(pool)
+        finally:
+            await pool.aclose()
+
+    return asyncio.run(run())
 
 
 def relay_moves() -> None:

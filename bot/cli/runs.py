@@ -1,20 +1,16 @@
 """`tuneloop runs`, `run show`, `approve` and `cancel`: the runs, one run's whole history, the approver's decision
 (approve, then deploy) and stopping a run."""
 
-import asyncio
 from typing import Annotated
 
 import typer
-from arq.connections import RedisSettings, create_pool
 from rich.table import Table
-from sqlmodel import Session
 
-from bot.cli.common import console, fail, open_session, relay_moves
+from bot.cli.common import console, fail, on_queues, open_session, relay_moves
 from bot.cli.deploy import ServerOption, report
 from engine.data.versions import current_actor
 from engine.runs import RunError, RunHistory, approve_run, cancel_run, deploy_approved, list_runs, run_history
 from engine.serve.deploy import DeployError
-from engine.settings import get_settings
 from engine.work.jobs import approve_and_enqueue, is_queued_run, retry_and_enqueue
 from storage.models import RunEvent
 
@@ -70,10 +66,14 @@ def approve_command(
     if queued:  # its other stages ran on workers, and a worker's reconciler would deploy it anyway
         with open_session() as session:
             try:
-                job = asyncio.run(approve_on_queue(session, run, approver, override))
+                job = on_queues(
+                    lambda pool: approve_and_enqueue(
+                        session, pool, run, approver, platform="cli", override_reason=override
+                    )
+                )
             except RunError as error:
                 fail(str(error))
-        console.print(f"run {run} approved by {approver}; deployment queued as job {job}", emoji=False)
+        console.print(f"run {run} approved by {approver}; deployment queued as job {job.arq_job_id}", emoji=False)
         return
     with open_session() as session:
         try:
@@ -93,15 +93,6 @@ def approve_command(
     report(outcome)
 
 
-async def approve_on_queue(session: Session, run: int, approver: str, override: str | None) -> str:
-    pool = await create_pool(RedisSettings.from_dsn(get_settings().redis_url))
-    try:
-        job = await approve_and_enqueue(session, pool, run, approver, platform="cli", override_reason=override)
-    finally:
-        await pool.aclose()
-    return job.arq_job_id
-
-
 def retry_command(run: RunArgument, by: ByOption = None) -> None:
     """Retry a failed run once its cause is fixed: its workers go on from the stage that failed (a training resumes
     from its last checkpoint). A failed deployment is retried with `tuneloop approve`."""
@@ -114,19 +105,10 @@ def retry_command(run: RunArgument, by: ByOption = None) -> None:
         )
     with open_session() as session:
         try:
-            job = asyncio.run(retry_on_queue(session, run, by or current_actor()))
+            job = on_queues(lambda pool: retry_and_enqueue(session, pool, run, by or current_actor(), platform="cli"))
         except RunError as error:
             fail(str(error))
-    console.print(f"run {run} retried; {job} queued" if job else f"run {run} retried", emoji=False)
-
-
-async def retry_on_queue(session: Session, run: int, by: str) -> str | None:
-    pool = await create_pool(RedisSettings.from_dsn(get_settings().redis_url))
-    try:
-        job = await retry_and_enqueue(session, pool, run, by, platform="cli")
-    finally:
-        await pool.aclose()
-    return job.arq_job_id if job else None
+    console.print(f"run {run} retried; {job.arq_job_id} queued" if job else f"run {run} retried", emoji=False)
 
 
 def cancel_command(run: RunArgument, by: ByOption = None) -> None:

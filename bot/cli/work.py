@@ -6,14 +6,12 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from arq.connections import RedisSettings, create_pool
 from pydantic import ValidationError
 
-from bot.cli.common import ProjectOption, console, fail, open_session
+from bot.cli.common import ProjectOption, console, fail, on_queues, open_session
 from bot.cli.train import parse_dataset
 from engine.data.versions import current_actor
 from engine.runs import RunError
-from engine.settings import get_settings
 from engine.train.recipe import DEFAULT_RECIPE, RecipeError, load_recipe
 
 
@@ -76,11 +74,10 @@ def submit_command(
         fail(f"cannot prepare that run: {error.errors()[0]['msg']}")
     preparing = plan.synthesize or plan.filter or plan.split
 
-    async def submit() -> int:
-        pool = await create_pool(RedisSettings.from_dsn(get_settings().redis_url))
-        try:
-            with open_session() as session:
-                run = await submit_run(
+    try:
+        with open_session() as session:
+            run = on_queues(
+                lambda pool: submit_run(
                     session,
                     pool,
                     project,
@@ -90,16 +87,10 @@ def submit_command(
                     dataset_name=dataset_name,
                     plan=plan if preparing else None,
                 )
-                assert run.id is not None
-                return run.id
-        finally:
-            await pool.aclose()
-
-    try:
-        run_id = asyncio.run(submit())
+            )
     except RunError as error:
         fail(str(error))
-    console.print(f"run {run_id} queued for " + ("preparation" if preparing else "training"))
+    console.print(f"run {run.id} queued for " + ("preparation" if preparing else "training"))
 
 
 def reconcile_command() -> None:
