@@ -1,5 +1,7 @@
 """Projects: a named assistant with its base model, tokenizer and the people around it."""
 
+from collections.abc import Sequence
+
 from sqlmodel import Session, col, select
 
 from storage.models import Project
@@ -7,6 +9,13 @@ from storage.models import Project
 
 class NotFoundError(LookupError):
     """A project, dataset or version that the user named does not exist."""
+
+
+def is_listed(listed: Sequence[object] | None, identity: str, groups: Sequence[str] = ()) -> bool:
+    """Whether a project's list of people (reviewers, approvers, requesters) admits `identity`, directly or through
+    one of its `groups`; an empty or missing list admits anyone."""
+    names = {str(name) for name in listed or []}
+    return not names or identity in names or any(group in names for group in groups)
 
 
 def get_or_create_project(session: Session, name: str) -> Project:

@@ -28,13 +28,14 @@ returns the run that already continues run k. Nothing here commits: the caller's
 or none of it.
 """
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from sqlmodel import Session, col, select
 
 from engine.data.sample import Message, Sample
 from engine.data.versions import Entry, load_entries, save_version
+from engine.projects import is_listed
 from storage.models import AuditEvent, Dataset, DatasetVersion, Evaluation, Judgement, Project, Review, Run
 from storage.models import Sample as SampleRow
 
@@ -126,6 +127,7 @@ def record_review(
     corrected_answer: str | None = None,
     comment: str | None = None,
     platform: str | None = None,
+    groups: Sequence[str] = (),
 ) -> Review:
     """Record `reviewer`'s verdict on a judgement or a sample; it supersedes earlier reviews of the same sample."""
     reviewer = (reviewer or "").strip()
@@ -160,7 +162,7 @@ def record_review(
     if row is not None and row.filter_rule is not None:
         raise ReviewError(f"{target} was already removed ({row.filter_rule}: {row.filter_reason}); nothing to review")
     allowed = [str(name) for name in project.reviewers or []]
-    if allowed and reviewer not in allowed:
+    if not is_listed(allowed, reviewer, groups):
         raise ReviewError(f"{reviewer} may not review project {project.name}; its reviewers are {', '.join(allowed)}")
 
     review = Review(

@@ -23,6 +23,7 @@ Functions take the caller's session and never commit: a move and its audit event
 
 import socket
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -32,7 +33,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import Session, col, select
 
 from engine.event_log import run_events
-from engine.projects import NotFoundError
+from engine.projects import NotFoundError, is_listed
 from engine.serve.adapters import DeployError
 from engine.serve.deploy import DeployOutcome, deploy_run
 from storage.models import (
@@ -210,7 +211,7 @@ def retry_run(session: Session, run_id: int, by: str, *, platform: str | None = 
     run = get_run(session, run_id)
     if run.state != "failed":
         raise IllegalTransition(f"run {run.id} is {run.state}; only a failed run can be retried")
-    origin = _failed_from(session, run)
+    origin = failed_from(session, run)
     if origin == "deploying":
         raise RunError(f"run {run.id} failed while deploying: approve it again to retry (`tuneloop approve {run.id}`)")
     return transition(
@@ -236,20 +237,22 @@ def approve_run(
     *,
     platform: str | None = None,
     override_reason: str | None = None,
+    groups: Sequence[str] = (),
 ) -> Run:
     """Approve a run for deployment: it moves to deploying. Raises ApprovalRefused with the reason when the run is not
     waiting for a decision, has no evaluation, failed its gate without `override_reason`, or `approver` may not
-    approve it (not among the project's approvers; its requester, where the project asks for a second person)."""
+    approve it (not among the project's approvers, directly or through one of its `groups`; its requester, where
+    the project asks for a second person)."""
     run = get_run(session, run_id)
     project = session.get(Project, run.project_id)
     assert project is not None  # a foreign key
-    retry = run.state == "failed" and _failed_from(session, run) == "deploying"
+    retry = run.state == "failed" and failed_from(session, run) == "deploying"
     if run.state not in APPROVABLE and not retry:
         raise ApprovalRefused(
             f"run {run.id} is {run.state}; only a run in reviewing or awaiting_approval (or whose deployment failed) "
             "can be approved"
         )
-    _check_approver(project, run, approver)
+    _check_approver(project, run, approver, groups)
     evaluation = latest_evaluation(session, run.id)  # type: ignore[arg-type]
     if evaluation is None:
         raise ApprovalRefused(
@@ -424,9 +427,9 @@ def _refusal(run_id: int | None, origin: str, to: str) -> str:
     return f"run {run_id} is {origin}; it cannot go to {to} from there"
 
 
-def _check_approver(project: Project, run: Run, approver: str) -> None:
+def _check_approver(project: Project, run: Run, approver: str, groups: Sequence[str] = ()) -> None:
     approvers = [str(name) for name in project.approvers or []]
-    if approvers and approver not in approvers:
+    if not is_listed(approvers, approver, groups):
         raise ApprovalRefused(
             f"{approver} may not approve runs of {project.name}: its approvers are {', '.join(approvers)}"
         )
@@ -440,7 +443,7 @@ def _gate_reasons(evaluation: Evaluation) -> str:
     return "; ".join(str(reason) for reason in evaluation.gate_reasons or []) or "no gate decision recorded"
 
 
-def _failed_from(session: Session, run: Run) -> str | None:
+def failed_from(session: Session, run: Run) -> str | None:
     """The state the run was in when it last failed."""
     event = session.exec(
         select(AuditEvent)

@@ -339,3 +339,28 @@ class SynthBatch(SQLModel, table=True):
     attempts: int = 0
     error: str | None = Field(default=None, sa_column=Column(Text))
     created_at: datetime = _created()
+
+
+class ChatAction(SQLModel, table=True):
+    """An action a chat button performs, kept server-side under a short key: the button carries only the key, which
+    fits Telegram's 64 bytes of callback data and cannot be forged into another action."""
+
+    __tablename__ = "chat_actions"
+
+    id: int | None = Field(default=None, primary_key=True)
+    key: str = Field(max_length=24, unique=True)
+    action: dict = Field(sa_column=Column(JSON, nullable=False))
+    created_at: datetime = _created()
+
+
+class ChatUser(SQLModel, table=True):
+    """What a person chose for themselves on a platform: the language they are answered in."""
+
+    __tablename__ = "chat_users"
+    __table_args__ = (UniqueConstraint("platform", "user_id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    platform: str = Field(max_length=20)
+    user_id: str = Field(max_length=100)
+    language: str | None = Field(default=None, max_length=10)
+    created_at: datetime = _created()

@@ -32,11 +32,13 @@ def test_demo_runs_the_data_loop_and_is_repeatable(tmp_path: Path) -> None:
     # The loop after the data, through the real queue: two iterations trained and evaluated by a worker (the
     # metric judge: no endpoint here), scripted reviews in between, approval, deployment, and a question.
     output = first.output
-    for line in ("run 1 is reviewing", "run 2 (iteration 2) queued", "run 2 is reviewing", "run 2 is deployed"):
+    for line in ("run 1 is reviewing", "Iteration 2 started as run 2", "run 2 is reviewing", "run 2 is deployed"):
         assert line in output, output
-    assert "2 fixed, 1 dropped" in output and "since iteration 1: overall" in output
-    reports = [Path(line[8:].strip()) for line in output.splitlines() if line.startswith("report: ")]
-    assert len(reports) == 2 and all(r.is_file() and r.with_suffix(".html").is_file() for r in reports)
+    # The reviews and the retrain went through the core's actions, as a chat face's buttons would.
+    assert "3 reviewed: 0 kept, 2 fixed, 1 dropped" in output and "since iteration 1: overall" in output
+    assert "Retrain would: improve 2 references, remove 1 sample" in output
+    reports = [Path(line.split("report: ", 1)[1]) for line in output.splitlines() if line.startswith("  report: ")]
+    assert len(reports) == 2 and all(r.is_file() and r.with_suffix(".md").is_file() for r in reports)
     assert "customer_service now serves customer_service-v1 (run 2)" in output
     assert "asked customer_service through the gateway" in output
     answer = next(line for line in output.splitlines() if line.startswith("the deployed adapter answered: "))

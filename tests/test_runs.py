@@ -364,9 +364,9 @@ def test_cli_runs_show_approve_and_cancel(cli_db: Engine, deploys: FakeDeploy) -
 
     listed = runner.invoke(app, ["runs", "--project", "shop"])
     assert listed.exit_code == 0, listed.output
-    assert "awaiting_approval" in listed.output and "rita" in listed.output
+    assert "waiting for approval" in listed.output and "rita" in listed.output
     only = runner.invoke(app, ["runs", "--state", "training"])
-    assert only.exit_code == 0 and "training" in only.output and "reviewing" not in only.output
+    assert only.exit_code == 0 and "training" in only.output and "waiting for review" not in only.output
     bad = runner.invoke(app, ["runs", "--state", "finished"])
     assert bad.exit_code == 2 and "'finished' is not a run state" in bad.output
 
@@ -380,7 +380,7 @@ def test_cli_runs_show_approve_and_cancel(cli_db: Engine, deploys: FakeDeploy) -
     assert again.exit_code == 2 and f"run {waiting} is deployed" in again.output
 
     cancelled = runner.invoke(app, ["cancel", str(training), "--by", "bob"])
-    assert cancelled.exit_code == 0 and f"run {training} cancelled" in cancelled.output
+    assert cancelled.exit_code == 0 and f"Run {training} cancelled by bob" in cancelled.output
     ended = runner.invoke(app, ["cancel", str(training)])
     assert ended.exit_code == 2 and "cancelled already" in ended.output
 

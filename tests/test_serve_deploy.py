@@ -31,7 +31,7 @@ from engine.serve.deploy import (
 )
 from engine.settings import get_settings
 from engine.train.tiny import build_tiny_model
-from storage.models import Adapter, AuditEvent, Deployment, Run
+from storage.models import Adapter, AuditEvent, Deployment, Evaluation, Project, Run
 from tests.serving import ServeProcess, free_port, make_adapter, start_server
 
 PROMPT = [{"role": "user", "content": "where is my order?"}]
@@ -424,39 +424,64 @@ def test_cli_deploy_deployments_rollback_and_sync(
     get_settings.cache_clear()
     with Session(db_engine, expire_on_commit=False) as session:
         runs = [add_run(session, "cli", adapters[f"seed{seed}"], base) for seed in (1, 2)]
+        evaluating = add_run(session, "cli", adapters["seed1"], base)
+        evaluating.state = "evaluating"
+        session.get(Project, evaluating.project_id).approvers = ["erin"]
+        session.add_all(
+            [evaluating, *(Evaluation(run_id=run.id, judge_kind="metric", gate_passed=True) for run in runs)]
+        )
+        session.commit()
     runner = CliRunner()
 
     def tuneloop(*args: str) -> tuple[int, str]:
         result = runner.invoke(cli, list(args))
         return result.exit_code, result.output
 
-    code, out = tuneloop("deploy", "--run", str(runs[0].id))
-    assert code == 2 and "error: no vLLM servers to deploy to" in out and "Traceback" not in out
+    # The attack: deploying a run still being evaluated, as someone who is not an approver. Deploy is an approval.
+    code, out = tuneloop("deploy", "--run", str(evaluating.id), "--approved-by", "anyone")
+    assert code == 2 and "anyone may not approve or roll back deployments in cli" in out, out
+    code, out = tuneloop("deploy", str(evaluating.id), "--by", "erin")
+    assert code == 2 and f"run {evaluating.id} is evaluating; only a run in reviewing or awaiting_approval" in out
+    with Session(db_engine) as session:
+        assert session.exec(select(Deployment)).all() == []
+        assert session.get(Run, evaluating.id).state == "evaluating"
+        refused = session.exec(select(AuditEvent).where(AuditEvent.action == "refused.approve")).one()
+        assert refused.actor == "anyone" and refused.platform == "cli"
+
+    code, out = tuneloop("deploy", str(runs[0].id), "--by", "erin")
+    assert code == 2 and "no vLLM servers to deploy to" in out and "Traceback" not in out
+    code, out = tuneloop("retry", str(runs[0].id), "--by", "erin")
+    assert code == 2 and "approve it again to retry" in out
 
     monkeypatch.setenv("TUNELOOP_VLLM_URLS", f'["{servers[0]}", "{servers[1]}"]')
     get_settings.cache_clear()
     for run in runs:
-        code, out = tuneloop("deploy", "--run", str(run.id), "--approved-by", "erin")
+        code, out = tuneloop("deploy", str(run.id), "--by", "erin")
         assert code == 0, out
     assert "cli now serves cli-v2" in out and "answered the test prompt" in out
-    code, out = tuneloop("deploy", "--run", str(runs[1].id), "--approved-by", "erin")
-    assert code == 0 and "nothing changed" in out
+    code, out = tuneloop("deploy", "--run", str(runs[1].id), "--approved-by", "erin")  # the old spelling
+    assert code == 2 and "notice: --run is now positional" in out and f"run {runs[1].id} is deployed" in out
 
     code, out = tuneloop("deployments", "--project", "cli")
     assert code == 0 and "cli-v2" in out and "active" in out and "superseded" in out and "erin" in out
 
-    code, out = tuneloop("rollback", "--project", "cli", "--by", "erin")
+    code, out = tuneloop("rollback", "cli", "--by", "erin")
     assert code == 0 and "cli serves cli-v1 again" in out
-    code, out = tuneloop("rollback", "--project", "cli")
+    code, out = tuneloop("rollback", "--project", "cli", "--by", "erin")
     assert code == 2 and "nothing to roll back to" in out
 
     code, out = tuneloop("serve", "sync")
     assert code == 0 and "nothing changed" in out
 
-    code, out = tuneloop("deploy", "--run", "999")
+    code, out = tuneloop("deploy", "999")
     assert code == 1 and "no run 999" in out
-    code, out = tuneloop("deploy", "--run", str(runs[1].id), "--server", f"http://127.0.0.1:{free_port()}")
+    # The operator's way around approval, audited: the same adapter again, to a server that is down.
+    down = f"http://127.0.0.1:{free_port()}"
+    code, out = tuneloop("deploy", str(runs[1].id), "--unapproved", "re-publish after an outage", "--server", down)
     assert code == 2 and "failed (cli-v1 is still serving)" in out and "Traceback" not in out
+    with Session(db_engine) as session:
+        audited = session.exec(select(AuditEvent).where(AuditEvent.action == "run.deploy_unapproved")).one()
+        assert audited.detail["reason"] == "re-publish after an outage"
     code, out = tuneloop("deployments")
     assert code == 0 and "failed" in out
 

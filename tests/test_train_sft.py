@@ -15,7 +15,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, 
 from typer.testing import CliRunner
 
 from bot.cli import app
-from bot.cli.train import parse_dataset
+from bot.core.grammar import parse_dataset
 from engine.data.versions import Entry
 from engine.database import get_engine
 from engine.events import Event

@@ -1,7 +1,6 @@
 """What every command shares: the consoles, option types, and turning a user's mistakes into plain
 messages with the right exit code, never tracebacks."""
 
-import asyncio
 import difflib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,10 +21,7 @@ from engine.projects import NotFoundError
 from storage.db import session_scope
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
-
     import redis
-    from arq.connections import ArqRedis
 
 console = Console(soft_wrap=True)  # messages stay whole lines; tables still fit the width
 errors = Console(stderr=True, soft_wrap=True)
@@ -37,7 +33,7 @@ VersionOption = Annotated[int | None, typer.Option("--version", "-v", help="Data
 EXIT_NOT_FOUND = 1
 EXIT_INVALID_DATA = 2
 SettingsModel = TypeVar("SettingsModel", bound=BaseModel)
-Result = TypeVar("Result")
+Value = TypeVar("Value")
 
 
 @contextmanager
@@ -90,31 +86,6 @@ def redis_client() -> Iterator["redis.Redis | None"]:
     finally:
         if client is not None:
             client.close()
-
-
-def on_queues(call: "Callable[[ArqRedis], Awaitable[Result]]") -> "Result":
-    """Run `call` with a connection to the configured queues (arq on the Redis of the settings), then close it."""
-    from arq.connections import RedisSettings, create_pool
-
-    from engine.settings import get_settings
-
-    async def run() -> Result:
-        pool = await create_pool(RedisSettings.from_dsn(get_settings().redis_url))
-        try:
-            return await call(pool)
-        finally:
-            await pool.aclose()
-
-    return asyncio.run(run())
-
-
-def relay_moves() -> None:
-    """Put the run moves this command made on the event stream now, rather than at a worker's next relay."""
-    from engine.event_stream import relay_events
-
-    with redis_client() as client:
-        if client is not None:
-            relay_events(get_engine(), client)
 
 
 def print_data_error(error: DataError, shown: int = 20) -> None:
@@ -180,3 +151,13 @@ def quiet_training_libraries() -> None:
     transformers_logging.set_verbosity_error()
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", message="Paged optimizers are not supported on CPU")
+
+
+def positional_or_old(value: Value | None, old: Value | None, name: str, option: str) -> Value:
+    """A positional argument that used to be an option: the old spelling still works, with a notice."""
+    if old is not None:
+        errors.print(f"notice: {option} is now positional: {name}", highlight=False)
+    chosen = value if value is not None else old
+    if chosen is None:
+        raise typer.BadParameter(f"missing {name}", param_hint=name)
+    return chosen

@@ -1,25 +1,22 @@
 """`tuneloop demo`: the whole loop on the bundled example, through the real queue."""
 
-import asyncio
 import json
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from sqlmodel import col, select
+from sqlmodel import select
 
+from bot.cli.act import print_event
 from bot.cli.common import console, fail, open_session
 from bot.cli.data import data_export, data_filter, data_import, data_report, data_split
-from bot.cli.follow import print_followed_event
 from bot.cli.model import model_tiny
-from engine.artifacts import get_artifact_store
 from engine.data.export import EXPORT_FORMATS
-from engine.data.versions import current_actor
 from storage.models import Judgement, Project
 
 if TYPE_CHECKING:
-    from engine.train.recipe import Recipe
+    pass
 
 DEMO_RECIPE = Path(__file__).resolve().parents[2] / "examples" / "recipes" / "tiny_demo.yaml"
 
@@ -90,7 +87,7 @@ def loop_on_workers(project: str, recipe: Path, model: Path, questions: Path, ou
     workers = [start_worker_process(queue, out / f"worker-{queue}.log") for queue in ("gpu", "cpu")]
     console.print(f"tuneloop serve at {server.url}; a gpu and a cpu worker (logs in {out})")
     try:
-        asyncio.run(_iterations(project, loaded, redis_url))
+        _iterations(project, recipe, model)
         ask(project, server.url, questions)
     finally:
         for worker in workers:
@@ -106,76 +103,50 @@ def loop_on_workers(project: str, recipe: Path, model: Path, questions: Path, ou
         get_settings.cache_clear()
 
 
-async def _iterations(project: str, recipe: "Recipe", redis_url: str) -> None:
-    from arq.connections import RedisSettings, create_pool
-
-    from engine.reviews import record_review, start_next_iteration
+def _iterations(project: str, recipe: Path, model: Path) -> None:
+    """Iteration 1, the reviews, iteration 2 and the approval, through the same actions a chat face calls."""
+    from bot.cli.act import act
+    from bot.core.actions import Approve, Retrain, Review, ShowReport, ShowReview, ShowReviewSummary, StartRun
     from engine.runs import latest_evaluation
     from engine.serve.deploy import list_deployments
-    from engine.work.jobs import approve_and_enqueue, enqueue_stage, submit_run
-
-    pool = await create_pool(RedisSettings.from_dsn(redis_url))
-    try:
-        with open_session() as session:
-            row = session.exec(select(Project).where(Project.name == project)).one()
-            row.settings = {**(row.settings or {}), "evaluation": DEMO_EVALUATION}
-            mark = stream_mark()
-            first = (await submit_run(session, pool, project, None, recipe, current_actor())).id
-        console.print(f"run {first} queued for training")
-        follow(first, "reviewing", mark)
-        show_evaluation(first)
-
-        console.rule("review")
-        with open_session() as session:
-            evaluation = latest_evaluation(session, first)
-            weakest = session.exec(
-                select(Judgement).where(Judgement.evaluation_id == evaluation.id).order_by(col(Judgement.overall))
-            ).all()[:3]
-            for judgement in weakest[:2]:
-                better = f"{judgement.reference}{CLOSING}"
-                record_review(
-                    session, judgement_id=judgement.id, reviewer=REVIEWER, verdict="fix", corrected_answer=better
-                )
-            record_review(
-                session, judgement_id=weakest[2].id, reviewer=REVIEWER, verdict="drop", comment="问题本身有误"
-            )
-            following = start_next_iteration(session, first, by=REVIEWER)
-            second = following.run.id
-            for line in following.summary.lines if following.summary else []:
-                console.print(line, highlight=False)
-            mark = stream_mark()
-            await enqueue_stage(session, pool, second, "train")
-        console.print(f"run {second} (iteration 2) queued for training")
-        follow(second, "reviewing", mark)
-        show_evaluation(second)
-
-        console.rule("approval and deployment")
-        with open_session() as session:
-            passed = latest_evaluation(session, second).gate_passed
-            reason = None if passed else "demo: a tiny model cannot reach the bar; deploying to show the loop"
-            mark = stream_mark()
-            await approve_and_enqueue(session, pool, second, APPROVER, override_reason=reason)
-        console.print(f"run {second} approved by {APPROVER}" + (f" over its gate ({reason})" if reason else ""))
-        follow(second, "deployed", mark)
-        with open_session() as session:
-            active = next(d for d, _ in list_deployments(session, project) if d.status == "active")
-            console.print(f"{project} now serves {active.version_name} (run {second})", highlight=False)
-    finally:
-        await pool.aclose()
-
-
-def show_evaluation(run: int) -> None:
-    from engine.reviews import iteration_comparison
-    from engine.runs import latest_evaluation
 
     with open_session() as session:
-        evaluation = latest_evaluation(session, run)
-        reasons = "; ".join(evaluation.gate_reasons or [])
-        console.print(f"gate {'passed' if evaluation.gate_passed else 'failed: ' + reasons}", highlight=False)
-        comparison = iteration_comparison(session, run)
-        for line in comparison.lines if comparison else []:
-            console.print(f"  since iteration {comparison.parent_iteration}: {line}", highlight=False)
-        console.print(f"report: {get_artifact_store().path(evaluation.report_path)}")
+        row = session.exec(select(Project).where(Project.name == project)).one()
+        row.settings = {**(row.settings or {}), "evaluation": DEMO_EVALUATION}
+    mark = stream_mark()
+    started = act(StartRun(project=project, recipe=str(recipe), options={"model_name_or_path": str(model)}))
+    first = started[0].run_id
+    assert first is not None
+    follow(first, "reviewing", mark)
+    act(ShowReport(run=first))
+
+    console.rule("review")
+    # What the reviewer sees: the weakest samples, one card each; they fix two references and drop one question.
+    cards = act(ShowReview(run=first, limit=3), REVIEWER)
+    # Each card carries Keep, Fix and Drop of its sample: every third button names the next sample.
+    weakest = [b.action.judgement for card in cards for b in card.buttons if isinstance(b.action, Review)][::3]
+    with open_session() as session:
+        references = {j: session.get(Judgement, j).reference for j in weakest}
+    for judgement in weakest[:2]:
+        act(Review(run=first, judgement=judgement, verdict="fix", answer=f"{references[judgement]}{CLOSING}"), REVIEWER)
+    act(Review(run=first, judgement=weakest[2], verdict="drop", comment="问题本身有误"), REVIEWER)
+    act(ShowReviewSummary(run=first), REVIEWER)
+    mark = stream_mark()
+    second = act(Retrain(run=first), REVIEWER)[0].run_id
+    assert second is not None
+    follow(second, "reviewing", mark)
+    act(ShowReport(run=second))
+
+    console.rule("approval and deployment")
+    with open_session() as session:
+        passed = latest_evaluation(session, second).gate_passed
+    reason = None if passed else "demo: a tiny model cannot reach the bar; deploying to show the loop"
+    mark = stream_mark()
+    act(Approve(run=second, override=reason), APPROVER)
+    follow(second, "deployed", mark)
+    with open_session() as session:
+        active = next(d for d, _ in list_deployments(session, project) if d.status == "active")
+        console.print(f"{project} now serves {active.version_name} (run {second})", highlight=False)
 
 
 def stream_mark() -> str:
@@ -205,7 +176,7 @@ def follow(run: int, state: str, mark: str) -> None:
     ended = ("failed", "cancelled", state)
     with redis.Redis.from_url(get_settings().redis_url) as client:
         for event in follow_run(client, run, after=mark, until=lambda: current() in ended, timeout_s=1800):
-            print_followed_event(event)
+            print_event(event)
     if current() != state:
         with open_session() as session:
             error = get_run(session, run).error

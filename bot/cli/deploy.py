@@ -1,14 +1,15 @@
 """`tuneloop deploy`, `rollback`, `deployments` and `serve sync`: a run's adapter onto the vLLM servers under its
 project's stable name, and back."""
 
-import getpass
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from bot.cli.common import ProjectOption, console, errors, fail, open_session
-from engine.serve.deploy import DeployError, DeployOutcome, deploy_run, list_deployments, rollback, sync
+from bot.cli.act import act
+from bot.cli.common import console, errors, fail, open_session, positional_or_old
+from bot.core.actions import Approve, DeployUnapproved, Rollback
+from engine.serve.deploy import DeployError, list_deployments, sync
 
 ServerOption = Annotated[
     list[str] | None,
@@ -21,34 +22,46 @@ ServerOption = Annotated[
 
 
 def deploy_command(
-    run: Annotated[int, typer.Option("--run", help="The run whose adapter to deploy.")],
-    approved_by: Annotated[
-        str | None, typer.Option("--approved-by", help="Who approved the deployment; you, if unset.")
+    run: Annotated[int | None, typer.Argument(help="The run whose adapter to deploy.")] = None,
+    run_option: Annotated[int | None, typer.Option("--run", hidden=True, help="Old spelling of RUN.")] = None,
+    by: Annotated[str | None, typer.Option("--by", help="Who approves the deployment; you, if unset.")] = None,
+    approved_by: Annotated[str | None, typer.Option("--approved-by", hidden=True, help="Old spelling of --by.")] = None,
+    override: Annotated[
+        str | None, typer.Option("--override", help="An approver's reason to deploy a run that failed its gate.")
+    ] = None,
+    unapproved: Annotated[
+        str | None,
+        typer.Option(
+            "--unapproved",
+            help="Operators only: deploy without approval, for this reason (audited). Skips the gate, the run's "
+            "state and the project's approvers.",
+        ),
     ] = None,
     server: ServerOption = None,
 ) -> None:
-    """Load a run's adapter on every server, check it answers, then point the project's stable name at it."""
-    with open_session() as session:
-        try:
-            outcome = deploy_run(session, run, approved_by or getpass.getuser(), servers=server, platform="cli")
-        except DeployError as error:
-            fail(str(error))
-    # Reported after the session is committed: a failed attempt is kept as a "failed" deployment.
-    report(outcome)
+    """Approve a run and deploy its adapter: the same approval as `tuneloop approve` (the gate passed, or an
+    approver's override with a reason); then every server loads it, answers a test prompt, and the project's stable
+    name points at it."""
+    run = positional_or_old(run, run_option, "RUN", "--run")
+    who = by or approved_by
+    if approved_by is not None:
+        errors.print("notice: --approved-by is now --by", highlight=False)
+    if unapproved is not None:
+        act(DeployUnapproved(run=run, reason=unapproved, servers=server), who)
+    else:
+        act(Approve(run=run, override=override, servers=server), who)
 
 
 def rollback_command(
-    project: ProjectOption,
+    project: Annotated[str | None, typer.Argument(help="The project to roll back.")] = None,
+    project_option: Annotated[
+        str | None, typer.Option("--project", "-p", hidden=True, help="Old spelling of PROJECT.")
+    ] = None,
     by: Annotated[str | None, typer.Option("--by", help="Who is rolling back; you, if unset.")] = None,
     server: ServerOption = None,
 ) -> None:
     """Point the project's stable name back at the deployment before the active one."""
-    with open_session() as session:
-        try:
-            outcome = rollback(session, project, by or getpass.getuser(), servers=server, platform="cli")
-        except DeployError as error:
-            fail(str(error))
-    report(outcome)
+    act(Rollback(project=positional_or_old(project, project_option, "PROJECT", "--project"), servers=server), by)
 
 
 def deployments_command(
@@ -98,13 +111,3 @@ def sync_command(
         console.print("the servers already match the deployments; nothing changed")
     if outcome.problems:
         fail("\n".join(outcome.problems))
-
-
-def report(outcome: DeployOutcome) -> None:
-    if not outcome.ok:
-        fail(outcome.message)
-    console.print(outcome.message)
-    for url, answer in outcome.answers.items():
-        console.print(f"  {url} answered the test prompt: {answer!r}", markup=False, highlight=False)
-    for warning in outcome.warnings:
-        errors.print(f"[yellow]warning:[/yellow] {warning}")

@@ -1,35 +1,21 @@
-"""`tuneloop eval --run RUN`: the tuned model against its base, judged, gated and reported."""
+"""`tuneloop eval RUN`: the tuned model against its base, judged, gated and reported."""
 
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from bot.cli.common import announcing, console, fail, open_session, quiet_training_libraries
-from bot.cli.train import print_event
-from engine.events import Event
+from bot.cli.act import print_event
+from bot.cli.common import announcing, console, fail, open_session, positional_or_old, quiet_training_libraries
 
 STATUS_STYLE = {"passed": "green", "failed": "red", "not_measured": "yellow", "disabled": "dim"}
 
 
-def print_evaluation_event(event: Event) -> None:
-    if event.type == "stage" and event.payload.get("stage") == "evaluate":
-        step, payload = event.payload["step"], event.payload
-        detail = {
-            "generate": f"answering {payload.get('samples')} test samples with the base and the tuned model",
-            "reference": "reference metrics and perplexity",
-            "stability": f"stability: {payload.get('k')} sampled answers to {payload.get('prompts')} prompts",
-            "forgetting": "the general-ability probe (forgetting)",
-            "judge": "judging with the " + ("LLM judge" if payload.get("kind") == "llm" else "metric judge"),
-            "report": "writing the report",
-        }.get(step, step)
-        console.print(f"run {event.run}: {detail}")
-    else:
-        print_event(event)
-
-
 def eval_command(
-    run: Annotated[int, typer.Option("--run", help="The run whose adapter to evaluate.")],
+    run_argument: Annotated[
+        int | None, typer.Argument(metavar="RUN", help="The run whose adapter to evaluate.")
+    ] = None,
+    run_option: Annotated[int | None, typer.Option("--run", hidden=True, help="Old spelling of RUN.")] = None,
     judge: Annotated[
         str, typer.Option(help="auto (the LLM judge when an endpoint is configured), llm or metric.")
     ] = "auto",
@@ -44,6 +30,7 @@ def eval_command(
 ) -> None:
     """Answer the run's test split with the base and the tuned model, judge both, apply the project's gate,
     and write the report (Markdown and HTML with charts) into the run's artifacts."""
+    run = positional_or_old(run_argument, run_option, "RUN", "--run")
     if judge not in ("auto", "llm", "metric"):
         fail(f"--judge must be auto, llm or metric, not {judge!r}")
     quiet_training_libraries()
@@ -60,7 +47,7 @@ def eval_command(
         forgetting=forgetting,
         weakest_k=weakest,
     )
-    with announcing(print_evaluation_event) as events, open_session() as session:
+    with announcing(print_event) as events, open_session() as session:
         try:
             outcome = evaluate_run(session, run, options, events=events)
         except EvaluationError as error:

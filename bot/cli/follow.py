@@ -6,31 +6,14 @@ import redis
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 
+from bot.cli.act import print_event
 from bot.cli.common import console, errors, fail
-from bot.cli.evaluate import print_evaluation_event
 from engine.event_stream import DEFAULT_STREAM, follow_run, is_final
 from engine.events import Event
 from engine.settings import get_settings
 
 EXIT_RUN_FAILED = 1
 EXIT_TIMED_OUT = 124  # as timeout(1)
-
-
-def print_followed_event(event: Event) -> None:
-    """A line per event; a terminal shows progress as bars instead."""
-    payload, stage = event.payload, event.payload.get("stage", "")
-    if event.type == "stage" and stage == "run":  # a move of the run (engine.runs.transition)
-        why = f": {payload['reason']}" if payload.get("reason") else ""
-        console.print(f"run {event.run}: {payload.get('from')} → {payload.get('state')} by {payload.get('by')}{why}")
-    elif event.type == "failure":
-        errors.print(f"[red]run {event.run} failed[/red] ({stage}): {payload.get('error', '')}", highlight=False)
-    elif event.type == "report":
-        detail = payload.get("headline") or payload.get("adapter") or payload.get("markdown") or ""
-        console.print(f"run {event.run}: {stage} report {detail}".rstrip(), highlight=False)
-    elif event.type == "stage" and payload.get("state") not in ("training", "evaluating"):
-        console.print(f"run {event.run}: {stage} {payload.get('state') or payload.get('step', '')}".rstrip())
-    else:
-        print_evaluation_event(event)
 
 
 def follow_command(
@@ -60,7 +43,7 @@ def follow_command(
                 if last.type == "progress" and not progress.disable:
                     show_progress(progress, bars, last)
                 else:
-                    print_followed_event(last)
+                    print_event(last)
     except redis.RedisError as error:
         fail(f"cannot read the event stream: {error}")  # not the URL: it may hold a password
     except KeyboardInterrupt:

@@ -1,15 +1,27 @@
-"""`tuneloop project`: a named assistant, its base model and tokenizer."""
+"""`tuneloop project`: a named assistant, its base model, tokenizer and the people around it."""
 
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
+from bot.cli.act import act
 from bot.cli.common import console, fail, open_session
-from engine.projects import configure_project, list_projects
+from bot.core.actions import ConfigureProject
+from bot.core.grammar import parse_names
+from engine.projects import list_projects
 
-app = typer.Typer(help="Projects: a named assistant, its base model and tokenizer.", no_args_is_help=True)
+app = typer.Typer(help="Projects: a named assistant, its base model, tokenizer and people.", no_args_is_help=True)
+
+PeopleOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Comma-separated: slack:U123, telegram:42, a group (slack:S0ABC, telegram:-100…) or a terminal "
+        "user's name; '-' lets anyone."
+    ),
+]
 
 
 @app.command("set")
@@ -17,15 +29,42 @@ def project_set(
     name: Annotated[str, typer.Argument(help="Project name, e.g. customer_service.")],
     base_model: Annotated[str | None, typer.Option(help="Base model path or name.")] = None,
     tokenizer: Annotated[str | None, typer.Option(help="Tokenizer folder or tokenizer.json for token lengths.")] = None,
+    template: Annotated[str | None, typer.Option(help="Chat template for its runs (a recipe's `template`).")] = None,
+    reviewers: PeopleOption = None,
+    approvers: PeopleOption = None,
+    requesters: Annotated[str | None, typer.Option(help="Who may start runs; as --reviewers.")] = None,
+    channels: Annotated[str | None, typer.Option(help="Its chat channels: slack:C123, telegram:-100….")] = None,
+    language: Annotated[str | None, typer.Option(help="en or zh: the language its messages are in.")] = None,
+    four_eyes: Annotated[
+        bool | None, typer.Option("--four-eyes/--no-four-eyes", help="Whoever requested a run may not approve it.")
+    ] = None,
+    by: Annotated[str | None, typer.Option("--by", help="Who is changing it; you, if unset.")] = None,
 ) -> None:
-    """Create a project, or change its settings."""
+    """Create a project, or change its settings and who may start, review and approve its runs."""
     if tokenizer is not None and not Path(tokenizer).exists():
         fail(f"tokenizer {tokenizer} does not exist")
-    with open_session() as session:
-        project = configure_project(session, name, base_model=base_model, tokenizer_path=tokenizer)
-        console.print(
-            f"project {project.name}: base model {project.base_model or '-'}, tokenizer {project.tokenizer_path or '-'}"
-        )
+    if language is not None and language not in ("en", "zh"):
+        fail(f"--language is en or zh, not '{language}'")
+
+    def people(value: str | None) -> list[str] | None:
+        return parse_names(value) if value is not None else None
+
+    act(
+        ConfigureProject(
+            project=name,
+            create=True,
+            base_model=base_model,
+            tokenizer=tokenizer,
+            template=template,
+            reviewers=people(reviewers),
+            approvers=people(approvers),
+            requesters=people(requesters),
+            channels=people(channels),
+            language=language,
+            four_eyes=four_eyes,
+        ),
+        by,
+    )
 
 
 @app.command("list")
@@ -34,7 +73,11 @@ def project_list() -> None:
     with open_session() as session:
         table = Table("project", "base model", "tokenizer", "created")
         for project in list_projects(session):
-            table.add_row(
-                project.name, project.base_model or "", project.tokenizer_path or "", f"{project.created_at:%Y-%m-%d}"
+            cells = (
+                project.name,
+                project.base_model or "",
+                project.tokenizer_path or "",
+                f"{project.created_at:%Y-%m-%d}",
             )
+            table.add_row(*(Text(cell) for cell in cells))  # names are user text, never markup
     console.print(table)

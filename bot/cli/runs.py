@@ -1,24 +1,33 @@
-"""`tuneloop runs`, `run show`, `approve` and `cancel`: the runs, one run's whole history, the approver's decision
-(approve, then deploy) and stopping a run."""
+"""`tuneloop runs`, `run show`, `approve`, `cancel`, `retry`, `review`, `retrain`, `request-approval` and `chat`:
+each is one action of the core (bot/core), printed in the terminal."""
 
+import shlex
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
-from bot.cli.common import console, fail, on_queues, open_session, relay_moves
-from bot.cli.deploy import ServerOption, report
-from engine.data.versions import current_actor
-from engine.runs import RunError, RunHistory, approve_run, cancel_run, deploy_approved, list_runs, run_history
-from engine.serve.deploy import DeployError
-from engine.work.jobs import approve_and_enqueue, is_queued_run, retry_and_enqueue
-from storage.models import RunEvent
+from bot.cli.act import act, fail_plain, terminal_actor
+from bot.cli.common import fail
+from bot.cli.deploy import ServerOption
+from bot.core.actions import (
+    Approve,
+    Cancel,
+    ListRuns,
+    RequestApproval,
+    Retrain,
+    Retry,
+    Review,
+    ShowHistory,
+    ShowReview,
+    ShowReviewSummary,
+)
+from bot.core.errors import UserError
+from bot.core.perform import Core
 
 app = typer.Typer(help="One run: its history.", no_args_is_help=True)
 
 RunArgument = Annotated[int, typer.Argument(help="The run's id (see `tuneloop runs`).")]
 ByOption = Annotated[str | None, typer.Option("--by", help="Who is doing it; you, if unset.")]
-TIME = "%Y-%m-%d %H:%M"
 
 
 def runs_command(
@@ -26,29 +35,12 @@ def runs_command(
     state: Annotated[str | None, typer.Option("--state", "-s", help="Only runs in this state.")] = None,
 ) -> None:
     """List runs, newest first."""
-    with open_session() as session:
-        try:
-            rows = list_runs(session, project=project, state=state)
-        except RunError as error:
-            fail(str(error))
-    if not rows:
-        console.print("no runs" + (f" in state {state}" if state else "") + (f" for {project}" if project else ""))
-        return
-    table = Table()
-    for heading in ("id", "project", "iteration", "state", "requested by", "updated"):
-        table.add_column(heading, no_wrap=heading != "requested by")
-    for run, name in rows:
-        updated = run.updated_at or run.created_at
-        table.add_row(str(run.id), name, str(run.iteration), run.state, run.requested_by or "", f"{updated:{TIME}}")
-    console.print(table)
+    act(ListRuns(project=project, state=state))
 
 
 def show_command(run: RunArgument) -> None:
     """A run's whole history: its moves from state to state, jobs, training, evaluations, reviews, deployments."""
-    with open_session() as session:
-        history = run_history(session, run)
-    for line in history_lines(history):
-        console.print(line, markup=False, highlight=False, emoji=False)  # job ids such as 3:train:1
+    act(ShowHistory(run=run))
 
 
 def approve_command(
@@ -60,118 +52,65 @@ def approve_command(
     server: ServerOption = None,
 ) -> None:
     """Approve a run and deploy its adapter (on the cpu queue's workers, for a run submitted to them)."""
-    approver = by or current_actor()
-    with open_session() as session:
-        queued = is_queued_run(session, run)
-    if queued:  # its other stages ran on workers, and a worker's reconciler would deploy it anyway
-        with open_session() as session:
-            try:
-                job = on_queues(
-                    lambda pool: approve_and_enqueue(
-                        session, pool, run, approver, platform="cli", override_reason=override
-                    )
-                )
-            except RunError as error:
-                fail(str(error))
-        console.print(f"run {run} approved by {approver}; deployment queued as job {job.arq_job_id}", emoji=False)
-        return
-    with open_session() as session:
-        try:
-            approve_run(session, run, approver, platform="cli", override_reason=override)
-        except RunError as error:
-            fail(str(error))
-    console.print(f"run {run} approved by {approver}; deploying")
-    problem = None
-    with open_session() as session:  # the run's failure is kept even when the deployment could not start
-        try:
-            outcome = deploy_approved(session, run, approver, servers=server, platform="cli")
-        except (DeployError, RunError) as error:
-            problem = str(error)
-    relay_moves()
-    if problem is not None:
-        fail(problem)
-    report(outcome)
+    act(Approve(run=run, override=override, servers=server), by)
+
+
+def request_approval_command(run: RunArgument, by: ByOption = None) -> None:
+    """Reviewing is done: send the run to its approvers (refused while its gate failed)."""
+    act(RequestApproval(run=run), by)
 
 
 def retry_command(run: RunArgument, by: ByOption = None) -> None:
     """Retry a failed run once its cause is fixed: its workers go on from the stage that failed (a training resumes
     from its last checkpoint). A failed deployment is retried with `tuneloop approve`."""
-    with open_session() as session:
-        queued = is_queued_run(session, run)
-    if not queued:
-        fail(
-            f"run {run} was not run by workers: retry it with `tuneloop train --resume {run}` "
-            f"or `tuneloop eval --run {run}`"
-        )
-    with open_session() as session:
-        try:
-            job = on_queues(lambda pool: retry_and_enqueue(session, pool, run, by or current_actor(), platform="cli"))
-        except RunError as error:
-            fail(str(error))
-    console.print(f"run {run} retried; {job.arq_job_id} queued" if job else f"run {run} retried", emoji=False)
+    act(Retry(run=run), by)
 
 
 def cancel_command(run: RunArgument, by: ByOption = None) -> None:
     """Cancel a run; a training run stops at its next step."""
-    with open_session() as session:
-        try:
-            cancelled = cancel_run(session, run, by or current_actor(), platform="cli")
-        except RunError as error:
-            fail(str(error))
-    relay_moves()
-    console.print(f"run {cancelled.id} cancelled")
+    act(Cancel(run=run), by)
 
 
-def history_lines(history: RunHistory) -> list[str]:
-    run = history.run
-    lines = [f"run {run.id}: {history.project} iteration {run.iteration}, {run.state}"]
-    if run.parent_run_id:
-        lines.append(f"  continues run {run.parent_run_id}")
-    if run.requested_by:
-        lines.append(f"  requested by {run.requested_by}" + (f" on {run.platform}" if run.platform else ""))
-    if run.error:
-        lines.append(f"  error: {run.error}")
-    if run.gate_override_reason:
-        lines.append(f"  gate overridden: {run.gate_override_reason}")
-    lines.append(f"  created {run.created_at:{TIME}}")
-    for event in history.transitions:
-        detail = event.detail or {}
-        move = f"{detail['from']} → {detail['to']}" if "from" in detail and "to" in detail else event.action
-        where = f" on {event.platform}" if event.platform else ""
-        why = f": {detail['reason']}" if detail.get("reason") else ""
-        lines.append(f"  {event.created_at:{TIME}}  {move} by {event.actor}{where}{why}")
-    if history.jobs:
-        lines.append("jobs:")
-        lines += [f"  {job.arq_job_id} {job.stage} {job.status} (attempt {job.attempt})" for job in history.jobs]
-    if history.metric_count:
-        loss = f", last loss {history.last_loss:.4f}" if history.last_loss is not None else ""
-        lines.append(f"training: {history.metric_count} metric points{loss}")
-    for evaluation in history.evaluations:
-        gate = {True: "passed", False: "failed", None: "undecided"}[evaluation.gate_passed]
-        reasons = f" ({'; '.join(map(str, evaluation.gate_reasons))})" if evaluation.gate_reasons else ""
-        lines.append(f"evaluation {evaluation.id} ({evaluation.judge_kind} judge): gate {gate}{reasons}")
-    if history.reviews:
-        verdicts: dict[str, int] = {}
-        for review in history.reviews:
-            verdicts[review.verdict] = verdicts.get(review.verdict, 0) + 1
-        counted = ", ".join(f"{verdict} {n}" for verdict, n in sorted(verdicts.items()))
-        reviewers = ", ".join(sorted({review.reviewer for review in history.reviews}))
-        lines.append(f"reviews: {len(history.reviews)} by {reviewers} ({counted})")
-    for deployment in history.deployments:
-        approved = f" approved by {deployment.approved_by}" if deployment.approved_by else ""
-        lines.append(f"deployment {deployment.id}: {deployment.version_name} {deployment.status}{approved}")
-    announced = [event for event in history.events if (event.payload or {}).get("stage") != "run"]  # moves: above
-    if announced:
-        lines.append("events:")
-        lines += [f"  {event.created_at:{TIME}}  {event.type} {event_summary(event)}" for event in announced]
-    return lines
+def review_command(
+    run: RunArgument,
+    keep: Annotated[int | None, typer.Option("--keep", help="Keep this sample (its # on the list).")] = None,
+    fix: Annotated[int | None, typer.Option("--fix", help="Fix this sample; --answer gives the answer.")] = None,
+    drop: Annotated[int | None, typer.Option("--drop", help="Drop this sample.")] = None,
+    answer: Annotated[str | None, typer.Option("--answer", help="The corrected answer of --fix.")] = None,
+    comment: Annotated[str | None, typer.Option("--comment", help="Why, for the record.")] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=50, help="How many samples to list.")] = 5,
+    summary: Annotated[bool, typer.Option("--summary", help="What the reviews so far would change.")] = False,
+    by: ByOption = None,
+) -> None:
+    """List the run's weakest judged samples, or keep, fix or drop one of them."""
+    chosen = [(verdict, sample) for verdict, sample in (("keep", keep), ("fix", fix), ("drop", drop)) if sample]
+    if len(chosen) > 1:
+        fail("give one of --keep, --fix and --drop at a time")
+    if answer is not None and [verdict for verdict, _ in chosen] != ["fix"]:
+        fail("--answer goes with --fix")
+    if chosen:
+        verdict, sample = chosen[0]
+        act(Review(run=run, judgement=sample, verdict=verdict, answer=answer, comment=comment), by)  # type: ignore[arg-type]
+    elif summary:
+        act(ShowReviewSummary(run=run), by)
+    else:
+        act(ShowReview(run=run, limit=limit), by)
 
 
-def event_summary(event: RunEvent) -> str:
-    """One line of a kept event: the stage and step, the report's headline, the warning or the error."""
-    payload = event.payload or {}
-    if event.type == "stage":
-        step = f" {payload['step']}" if payload.get("step") else ""
-        return f"{payload.get('stage', '')}{step}" + (f" ({payload['state']})" if payload.get("state") else "")
-    text = payload.get("headline") or payload.get("message") or payload.get("error") or payload.get("summary")
-    return f"{payload.get('stage', '')}: {text}" if text else str(payload.get("stage", ""))
+def retrain_command(run: RunArgument, by: ByOption = None) -> None:
+    """Start the next iteration: the reviews become a new dataset version, and its run is queued for training."""
+    act(Retrain(run=run), by)
+
+
+def chat_command(
+    text: Annotated[list[str], typer.Argument(help='Chat text, as in Slack or Telegram, e.g. "review 3 keep 17".')],
+    by: ByOption = None,
+) -> None:
+    """Say anything the chat faces understand (`tuneloop chat help` lists it): the same grammar, in the terminal."""
+    core, actor = Core.from_settings(), terminal_actor(by)
+    said = text[0] if len(text) == 1 else shlex.join(text)  # one quoted argument is the chat text as typed
+    try:
+        action = core.parse(said, actor)
+    except UserError as error:
+        fail_plain(str(error))
+    act(action, by)

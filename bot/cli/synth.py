@@ -4,7 +4,6 @@ Only the command function lives here; `bot/cli/data.py` registers it (importing 
 would be circular)."""
 
 import asyncio
-import re
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -13,6 +12,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from bot.cli.common import EXIT_NOT_FOUND, DatasetOption, ProjectOption, console, errors, fail
+from bot.core.errors import UserError
+from bot.core.grammar import parse_weights
 from engine.data.synth import Budget, SynthError, SynthOutcome, SynthRequest, default_job_name, synthesize
 from engine.data.versions import DEFAULT_DATASET, write_atomic_text
 from engine.database import DatabaseNotReadyError, get_engine
@@ -103,33 +104,19 @@ def synth(
 def _mixes(*options: tuple[str, str | None]) -> dict[str, dict[str, float]]:
     """SynthRequest fields from the persona / mood / difficulty options that were given."""
     flags = {"difficulties": "difficulty"}
-    return {name: parse_weights(text, flags.get(name, name)) for name, text in options if text}
+    return {name: weights_option(text, flags.get(name, name)) for name, text in options if text}
 
 
 def parse_scenarios_option(text: str) -> dict[str, float]:
-    return parse_weights(text, "scenarios")
+    return weights_option(text, "scenarios")
 
 
-def parse_weights(text: str, option: str = "scenarios") -> dict[str, float]:
-    """ "退货:3,换货:2,物流:5" (also with ，：; or without weights, meaning equal shares)."""
-    weights: dict[str, float] = {}
-    for part in re.split(r"[,，;；\n]", text):
-        if not part.strip():
-            continue
-        match = re.fullmatch(r"\s*(.+?)\s*(?:[:：=]\s*(\S*))?\s*", part)
-        assert match is not None
-        name, weight = match.group(1), match.group(2) or ""
-        name = name.strip()
-        try:
-            value = float(weight) if weight.strip() else 1.0
-        except ValueError:
-            fail(f"--{option}: '{part.strip()}' needs a number after the colon, e.g. 退货:3")
-        if not name or value <= 0:
-            fail(f"--{option}: '{part.strip()}' needs a name and a positive weight")
-        weights[name] = weights.get(name, 0.0) + value
-    if not weights:
-        fail(f"--{option} names nothing")
-    return weights
+def weights_option(text: str, option: str) -> dict[str, float]:
+    """ "退货:3,换货:2,物流:5" given to `--option`, or its mistake, naming the option."""
+    try:
+        return parse_weights(text)
+    except UserError as error:
+        fail(f"--{option}: {error}")
 
 
 def _run_with_progress(engine: Any, project: str, request: SynthRequest) -> SynthOutcome:

@@ -5,46 +5,29 @@ from typing import Annotated
 
 import typer
 
-from bot.cli.common import ProjectOption, announcing, console, errors, fail, open_session, quiet_training_libraries
+from bot.cli.act import print_event, terminal_actor
+from bot.cli.common import (
+    ProjectOption,
+    announcing,
+    console,
+    fail,
+    open_session,
+    positional_or_old,
+    quiet_training_libraries,
+)
+from bot.core.errors import UserError
+from bot.core.grammar import parse_dataset
 from engine.artifacts import get_artifact_store
-from engine.data.versions import DEFAULT_DATASET, current_actor
-from engine.events import Event
 from engine.train.recipe import DEFAULT_RECIPE, RecipeError, load_recipe
 from storage.models import Run
 
 
-def parse_dataset(value: str) -> tuple[str, int | None]:
+def dataset_option(value: str) -> tuple[str, int | None]:
     """`--dataset`: a version number (`3`), `latest`, or another dataset of the project (`faq`, `faq:3`)."""
-    name, _, number = value.rpartition(":") if ":" in value else ("", "", value)
-    if number == "latest":
-        return name or DEFAULT_DATASET, None
-    if number.isdigit():
-        return name or DEFAULT_DATASET, int(number)
-    if not name:
-        return value, None
-    raise typer.BadParameter(f"'{value}': expected VERSION, latest, NAME or NAME:VERSION")
-
-
-def print_event(event: Event) -> None:
-    payload = event.payload
-    if event.type == "progress":
-        parts = [f"step {payload['done']}/{payload['total']}"]
-        for key, label, spec in (
-            ("loss", "loss", ".4f"),
-            ("eval_loss", "eval loss", ".4f"),
-            ("learning_rate", "lr", ".2e"),
-            ("grad_norm", "grad norm", ".3f"),
-            ("tokens_per_second", "tok/s", ".0f"),
-            ("epoch", "epoch", ".2f"),
-            ("eta_seconds", "ETA s", ".0f"),
-        ):
-            if payload.get(key) is not None:
-                parts.append(f"{label} {payload[key]:{spec}}")
-        console.print("  " + ", ".join(parts), highlight=False)
-    elif event.type == "warning":
-        errors.print(f"[yellow]warning:[/yellow] {payload['message']}")
-    elif event.type == "stage" and payload.get("stage") == "train" and payload.get("state") == "training":
-        console.print(f"run {event.run}: training into {payload['out_dir']}")
+    try:
+        return parse_dataset(value)
+    except UserError as error:
+        raise typer.BadParameter(str(error), param_hint="--dataset") from None
 
 
 def train_command(
@@ -76,7 +59,7 @@ def train_command(
     from engine.train.prepare import PrepareError
     from engine.train.sft import TrainingError, train
 
-    dataset_name, number = parse_dataset(dataset)
+    dataset_name, number = dataset_option(dataset)
     try:
         loaded = load_recipe(recipe, **({"model_name_or_path": base_model} if base_model else {}))
     except RecipeError as error:
@@ -95,7 +78,7 @@ def train_command(
                     events=events,
                     dataset_name=dataset_name,
                     run_id=resume,
-                    requested_by=by or current_actor(),
+                    requested_by=terminal_actor(by).identity,
                 )
             else:
                 outcome = train(
@@ -107,7 +90,7 @@ def train_command(
                     events=events,
                     dataset_name=dataset_name,
                     run_id=resume,
-                    requested_by=by or current_actor(),
+                    requested_by=terminal_actor(by).identity,
                 )
                 assert outcome is not None  # a single process is rank 0
         except (PrepareError, TrainingError) as error:
@@ -120,12 +103,14 @@ def train_command(
 
 
 def export_command(
-    run: Annotated[int, typer.Option("--run", help="The run whose result to export.")],
+    run_argument: Annotated[int | None, typer.Argument(metavar="RUN", help="The run whose result to export.")] = None,
+    run_option: Annotated[int | None, typer.Option("--run", hidden=True, help="Old spelling of RUN.")] = None,
     merge: Annotated[bool, typer.Option(help="Fold the adapter into the base model (merge_and_unload).")] = False,
     out: Annotated[Path | None, typer.Option(help="Folder to write; the run's own folder if unset.")] = None,
 ) -> None:
     """Export a run's adapter, or with --merge a merged model with its tokenizer and an EOS that matches the
     template (checked by generating from what was written)."""
+    run = positional_or_old(run_argument, run_option, "RUN", "--run")
     quiet_training_libraries()
     from engine.train.merge import ExportError, export_run  # the training stack, only when exporting
 

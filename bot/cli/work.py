@@ -6,13 +6,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from pydantic import ValidationError
 
-from bot.cli.common import ProjectOption, console, fail, on_queues, open_session
-from bot.cli.train import parse_dataset
-from engine.data.versions import current_actor
-from engine.runs import RunError
-from engine.train.recipe import DEFAULT_RECIPE, RecipeError, load_recipe
+from bot.cli.act import act
+from bot.cli.common import ProjectOption, console, fail
+from bot.core.actions import StartRun
+from engine.train.recipe import DEFAULT_RECIPE
 
 
 def worker_command(
@@ -53,44 +51,20 @@ def submit_command(
 ) -> None:
     """Start a run on the workers: it prepares its data on the cpu queue when asked (synthesis, filter, split),
     trains on the gpu queue, is evaluated (generate on gpu, judge and report on cpu), then waits for review."""
-    from engine.data.filters import FilterConfig
-    from engine.data.split import SplitConfig
-    from engine.prepare import PreparePlan, SynthPlan
-    from engine.work.jobs import submit_run
-
-    dataset_name, number = parse_dataset(dataset)
     if (synthesize is None) != (task is None):
         fail("--synthesize N and --task TEXT go together")
-    try:
-        loaded = load_recipe(recipe, **({"model_name_or_path": base_model} if base_model else {}))
-        plan = PreparePlan(
-            synthesize=SynthPlan(task=task, n=synthesize) if task and synthesize else None,
-            filter=FilterConfig() if filter_data else None,
-            split=SplitConfig(test_size=int(test_size) if test_size >= 1 else test_size) if split else None,
-        )
-    except RecipeError as error:
-        fail(str(error))
-    except ValidationError as error:
-        fail(f"cannot prepare that run: {error.errors()[0]['msg']}")
-    preparing = plan.synthesize or plan.filter or plan.split
-
-    try:
-        with open_session() as session:
-            run = on_queues(
-                lambda pool: submit_run(
-                    session,
-                    pool,
-                    project,
-                    number,
-                    loaded,
-                    by or current_actor(),
-                    dataset_name=dataset_name,
-                    plan=plan if preparing else None,
-                )
-            )
-    except RunError as error:
-        fail(str(error))
-    console.print(f"run {run.id} queued for " + ("preparation" if preparing else "training"))
+    action = StartRun(
+        project=project,
+        data=dataset,
+        recipe=str(recipe),
+        options={"model_name_or_path": base_model} if base_model else {},
+        synthesize=synthesize,
+        task=task,
+        filter=filter_data,
+        split=split,
+        test_size=test_size,
+    )
+    act(action, by)
 
 
 def reconcile_command() -> None:

@@ -11,6 +11,7 @@ run instead of being tried forever (a stage that kills its worker, out of memory
 The stages of a run, in order: synthesize and prepare (only when the run's plan asks: engine.prepare) while it is
 queued or preparing, train, then generate, judge and report while it is evaluating; deploy once it is approved."""
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -21,7 +22,7 @@ from sqlmodel import Session, col, select
 
 from engine.data.versions import DEFAULT_DATASET, resolve_version
 from engine.prepare import PreparePlan, plan_of, stages_of
-from engine.projects import get_project
+from engine.projects import get_project, is_listed
 from engine.runs import RunError, approve_run, fail_run, get_run, last_retried_at, retry_run, worker_actor
 from engine.settings import Settings, get_settings
 from engine.train.recipe import Recipe
@@ -177,6 +178,7 @@ async def submit_run(
     dataset_name: str = DEFAULT_DATASET,
     platform: str | None = None,
     plan: PreparePlan | None = None,
+    groups: Sequence[str] = (),
 ) -> Run:
     """A new queued run of `recipe` on a dataset version (the latest when None), its first stage on its queue: the
     preparation its `plan` asks for (synthesis, filter, split: the cpu queue), else training (the gpu queue).
@@ -185,7 +187,7 @@ async def submit_run(
 
     project_row = get_project(session, project)
     requesters = (project_row.settings or {}).get("requesters") or []
-    if requesters and requested_by not in requesters:
+    if not is_listed(requesters, requested_by, groups):
         raise RunError(f"{requested_by} may not start runs of {project}; its requesters are {', '.join(requesters)}")
     if not (recipe.model_name_or_path or project_row.base_model):
         raise RunError(
@@ -219,8 +221,9 @@ async def approve_and_enqueue(
     *,
     platform: str | None = None,
     override_reason: str | None = None,
+    groups: Sequence[str] = (),
 ) -> Job:
     """Approve the run (engine.runs.approve_run) and put its deployment on the cpu queue."""
-    approve_run(session, run_id, approver, platform=platform, override_reason=override_reason)
+    approve_run(session, run_id, approver, platform=platform, override_reason=override_reason, groups=groups)
     session.commit()
     return await enqueue_stage(session, redis, run_id, "deploy")

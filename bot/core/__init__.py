@@ -1,0 +1,7 @@
+"""The application core every face calls: what a person can do, once.
+
+A face (the terminal, Slack, Telegram) turns what a person typed or pressed into an `Action` (`grammar` parses chat
+text; a button carries a stored action under a short key), calls `perform` with the `Actor` who asked, and renders
+the `Message`s it gets back. Business rules, permissions, the catalogue of sentences in English and Chinese and the
+rendering of events, histories, reports and review cards live here; the engine under it stays the authority on runs.
+"""

@@ -1,0 +1,195 @@
+"""The things a person can do, one typed action each. A face builds them from what was typed (`bot.core.grammar`),
+pressed (a button's stored action) or passed as options (the terminal), and `bot.core.perform` carries them out.
+Actions are plain data: they are stored under a button's key as JSON and read back, never unpickled."""
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+
+class _Action(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Help(_Action):
+    kind: Literal["help"] = "help"
+    topic: str | None = None
+
+
+class NewProject(_Action):
+    kind: Literal["new_project"] = "new_project"
+    project: str
+    base_model: str | None = None
+    template: str | None = None
+    language: str | None = None
+
+
+class ConfigureProject(_Action):
+    """Change a project's settings (`create`: making it first when it does not exist); None leaves a setting as it
+    is, an empty list clears a list (anyone may then)."""
+
+    kind: Literal["configure_project"] = "configure_project"
+    project: str
+    create: bool = False
+    base_model: str | None = None
+    template: str | None = None
+    tokenizer: str | None = None  # a tokenizer folder or tokenizer.json on this machine, for token lengths
+    reviewers: list[str] | None = None
+    approvers: list[str] | None = None
+    requesters: list[str] | None = None
+    channels: list[str] | None = None
+    language: str | None = None
+    four_eyes: bool | None = None  # the requester of a run may not approve it
+
+
+class ShowProject(_Action):
+    kind: Literal["show_project"] = "show_project"
+    project: str
+
+
+class StartRun(_Action):
+    """A run on the workers: on a dataset version (`data`: N, latest, NAME or NAME:N), on a file just uploaded
+    (`upload`, imported first as a new version), or on synthesized data (`synthesize` samples about `task`)."""
+
+    kind: Literal["start_run"] = "start_run"
+    project: str
+    data: str = "latest"
+    upload: str | None = None
+    upload_name: str | None = None  # the file's name as the person sent it, for messages
+    options: dict[str, Any] = Field(default_factory=dict)  # recipe keys (LLaMA-Factory's names)
+    recipe: str | None = None  # a recipe YAML on this machine (the terminal); the default recipe if unset
+    synthesize: int | None = None
+    task: str | None = None
+    filter: bool = False
+    split: bool = False
+    test_size: float = 0.1
+
+
+class Status(_Action):
+    kind: Literal["status"] = "status"
+    run: int | None = None  # None: the runs still going
+
+
+class ListRuns(_Action):
+    kind: Literal["list_runs"] = "list_runs"
+    project: str | None = None
+    state: str | None = None
+
+
+class ShowHistory(_Action):
+    kind: Literal["show_history"] = "show_history"
+    run: int
+
+
+class ShowReport(_Action):
+    """The run's latest evaluation: the gate, the numbers, the charts and the HTML report."""
+
+    kind: Literal["show_report"] = "show_report"
+    run: int
+
+
+class Cancel(_Action):
+    kind: Literal["cancel"] = "cancel"
+    run: int
+
+
+class Retry(_Action):
+    kind: Literal["retry"] = "retry"
+    run: int
+
+
+class ShowReview(_Action):
+    """The run's weakest judged samples, one card each, to keep, fix or drop."""
+
+    kind: Literal["show_review"] = "show_review"
+    run: int
+    limit: int = Field(default=5, ge=1, le=50)
+
+
+class Review(_Action):
+    kind: Literal["review"] = "review"
+    run: int
+    judgement: int
+    verdict: Literal["keep", "fix", "drop"]
+    answer: str | None = None  # the corrected answer of a fix
+    comment: str | None = None
+
+
+class ShowReviewSummary(_Action):
+    kind: Literal["review_summary"] = "review_summary"
+    run: int
+
+
+class Retrain(_Action):
+    """The next iteration: the reviews become a new dataset version, and a run on it is queued."""
+
+    kind: Literal["retrain"] = "retrain"
+    run: int
+
+
+class RequestApproval(_Action):
+    kind: Literal["request_approval"] = "request_approval"
+    run: int
+
+
+class Approve(_Action):
+    """Approve a run and deploy it; `override` is an approver's reason to deploy a run that failed its gate."""
+
+    kind: Literal["approve"] = "approve"
+    run: int
+    override: str | None = None
+    servers: list[str] | None = None  # the terminal may name vLLM servers; the settings' otherwise
+
+
+class DeployUnapproved(_Action):
+    """The operator's way around approval, on the terminal only, with a reason that is audited."""
+
+    kind: Literal["deploy_unapproved"] = "deploy_unapproved"
+    run: int
+    reason: str
+    servers: list[str] | None = None
+
+
+class Rollback(_Action):
+    kind: Literal["rollback"] = "rollback"
+    project: str
+    servers: list[str] | None = None
+
+
+class SetLanguage(_Action):
+    kind: Literal["set_language"] = "set_language"
+    language: str
+
+
+Action = Annotated[
+    Help
+    | NewProject
+    | ConfigureProject
+    | ShowProject
+    | StartRun
+    | Status
+    | ListRuns
+    | ShowHistory
+    | ShowReport
+    | Cancel
+    | Retry
+    | ShowReview
+    | Review
+    | ShowReviewSummary
+    | Retrain
+    | RequestApproval
+    | Approve
+    | DeployUnapproved
+    | Rollback
+    | SetLanguage,
+    Field(discriminator="kind"),
+]
+ACTION = TypeAdapter(Action)
+
+
+def dump_action(action: Action) -> dict[str, Any]:
+    return action.model_dump(mode="json", exclude_defaults=True) | {"kind": action.kind}
+
+
+def load_action(data: dict[str, Any]) -> Action:
+    return ACTION.validate_python(data)

@@ -1,0 +1,274 @@
+"""Every sentence the core says, in English and Chinese. The language is chosen per person (`lang en|zh`), else
+per project, else English. Sentences from the engine (why a run may not move, what is wrong with a file) are
+English and are shown as they are."""
+
+import string
+
+LANGUAGES = ("en", "zh")
+DEFAULT_LANGUAGE = "en"
+
+# key -> (English, Chinese); both take the same {placeholders}
+CATALOGUE: dict[str, tuple[str, str]] = {
+    # help
+    "help.title": ("tuneloop: the fine-tuning loop in one conversation", "tuneloop：一场对话完成微调闭环"),
+    "help.footer": (
+        "Options are recipe keys (LLaMA-Factory's names) or epochs, rank, alpha, lr, batch, cutoff, steps.",
+        "选项为训练配方的键（与 LLaMA-Factory 同名），或简写 epochs、rank、alpha、lr、batch、cutoff、steps。",
+    ),
+    "help.unknown_topic": ("There is no command '{topic}'.", "没有命令 '{topic}'。"),
+    # grammar
+    "grammar.empty": ("Say what to do: try 'help'.", "请输入要做的事，例如 'help'。"),
+    "grammar.unknown": ("'{word}' is neither a command nor a project.", "'{word}' 既不是命令也不是项目。"),
+    "grammar.did_you_mean": ("Did you mean '{suggestion}'?", "你是不是想输入 '{suggestion}'？"),
+    "grammar.usage": ("Usage: {usage}", "用法：{usage}"),
+    "grammar.quotes": ("A quote is not closed: {detail}.", "引号没有闭合：{detail}。"),
+    "grammar.number": ("'{value}' is not a {what} number.", "'{value}' 不是有效的{what}编号。"),
+    "grammar.option": ("Unknown option '{key}'.", "未知选项 '{key}'。"),
+    "grammar.option_value": ("Option '{key}' needs a value: {key}=VALUE.", "选项 '{key}' 需要取值：{key}=值。"),
+    "grammar.extra": ("'{word}' is not expected here.", "这里不需要 '{word}'。"),
+    "grammar.bad_value": ("'{value}' is not a valid {key}: {detail}.", "'{value}' 不是有效的 {key}：{detail}。"),
+    "grammar.dataset": (
+        "'{value}' is not a dataset: use a version number, latest, NAME or NAME:N.",
+        "'{value}' 不是有效的数据集：请用版本号、latest、名称或 名称:版本号。",
+    ),
+    "grammar.weights": (
+        "'{part}' needs a name and a positive weight, e.g. 退货:3.",
+        "'{part}' 需要名称和正数权重，例如 退货:3。",
+    ),
+    "grammar.weight_number": (
+        "'{part}' needs a number after the colon, e.g. 退货:3.",
+        "'{part}' 的冒号后需要数字，例如 退货:3。",
+    ),
+    "grammar.language": ("Languages: en or zh, not '{value}'.", "语言只能是 en 或 zh，不是 '{value}'。"),
+    # words
+    "word.run": ("run", "运行"),
+    "word.sample": ("sample", "样本"),
+    "word.anyone": ("anyone", "任何人"),
+    "word.none": ("none", "无"),
+    "word.yes": ("yes", "是"),
+    "word.no": ("no", "否"),
+    # projects
+    "project.created": ("Project {project} created.", "已创建项目 {project}。"),
+    "project.exists": ("Project {project} already exists.", "项目 {project} 已存在。"),
+    "project.updated": ("Project {project} updated.", "项目 {project} 已更新。"),
+    "project.title": ("Project {project}", "项目 {project}"),
+    "project.base_model": ("base model", "基座模型"),
+    "project.template": ("chat template", "对话模板"),
+    "project.reviewers": ("reviewers", "审核人"),
+    "project.approvers": ("approvers", "审批人"),
+    "project.requesters": ("who may start runs", "可发起运行的人"),
+    "project.channels": ("channels", "频道"),
+    "project.language": ("language", "语言"),
+    "project.four_eyes": ("requester may not approve", "发起人不能审批自己的运行"),
+    "project.no_base_model": (
+        "Project {project} has no base model yet: set one with 'new {project} model=PATH'.",
+        "项目 {project} 还没有基座模型：请用 'new {project} model=路径' 设置。",
+    ),
+    # runs
+    "run.queued": ("Run {run} of {project} queued for {stage}.", "{project} 的运行 {run} 已排队，等待{stage}。"),
+    "run.imported": (
+        "{file}: {added} new samples, {present} already present; {project}/{dataset} v{version}.",
+        "{file}：新增 {added} 个样本，{present} 个已存在；{project}/{dataset} 第 {version} 版。",
+    ),
+    "run.title": ("Run {run}: {project}, iteration {iteration}", "运行 {run}：{project}，第 {iteration} 轮"),
+    "run.state": ("state", "状态"),
+    "run.requested_by": ("requested by", "发起人"),
+    "run.dataset": ("dataset version", "数据集版本"),
+    "run.error": ("error", "错误"),
+    "run.progress": ("progress", "进度"),
+    "run.loss": ("last loss", "最新 loss"),
+    "run.gate": ("gate", "门槛"),
+    "run.continues": ("continues run", "延续运行"),
+    "run.override": ("gate overridden", "已强制越过门槛"),
+    "runs.title": ("Runs", "运行列表"),
+    "runs.going": ("Runs still going", "进行中的运行"),
+    "runs.none": ("No runs.", "没有运行。"),
+    "runs.row": ("run {run} · {project} #{iteration} · {state}", "运行 {run} · {project} 第 {iteration} 轮 · {state}"),
+    "run.cancelled": ("Run {run} cancelled by {who}.", "运行 {run} 已被 {who} 取消。"),
+    "run.retried": (
+        "Run {run} retried by {who}: it goes on from {stage}.",
+        "运行 {run} 已由 {who} 重试：从{stage}继续。",
+    ),
+    "run.retried_inline": (
+        "Run {run} was not run by workers: retry it on the terminal with 'tuneloop train --resume {run}'.",
+        "运行 {run} 不是由 worker 执行的：请在终端用 'tuneloop train --resume {run}' 重试。",
+    ),
+    "stage.preparation": ("preparation", "数据准备"),
+    "stage.training": ("training", "训练"),
+    "state.queued": ("queued", "排队中"),
+    "state.preparing": ("preparing data", "准备数据"),
+    "state.training": ("training", "训练中"),
+    "state.evaluating": ("evaluating", "评估中"),
+    "state.reviewing": ("waiting for review", "待审核"),
+    "state.awaiting_approval": ("waiting for approval", "待审批"),
+    "state.deploying": ("deploying", "部署中"),
+    "state.deployed": ("deployed", "已部署"),
+    "state.failed": ("failed", "失败"),
+    "state.cancelled": ("cancelled", "已取消"),
+    "state.done": ("trained", "已训练"),
+    # history
+    "history.move": ("{when} {origin} → {to} by {who}{where}", "{when} {origin} → {to}，操作人 {who}{where}"),
+    "history.where": (" on {platform}", "（{platform}）"),
+    "history.job": ("{job} {stage} {status} (attempt {attempt})", "{job} {stage} {status}（第 {attempt} 次）"),
+    "history.jobs": ("jobs", "任务"),
+    "history.evaluation": ("evaluation {id} ({judge} judge): gate {gate}", "评估 {id}（{judge} 评审）：门槛{gate}"),
+    "history.reviews": ("reviews: {count} by {who} ({verdicts})", "审核：{who} 共 {count} 条（{verdicts}）"),
+    "history.deployment": ("deployment {id}: {version} {status}", "部署 {id}：{version} {status}"),
+    "history.events": ("events", "事件"),
+    "gate.passed": ("passed", "通过"),
+    "gate.failed": ("failed", "未通过"),
+    "gate.undecided": ("undecided", "未判定"),
+    # review
+    "review.title": ("Run {run}: the {n} weakest samples to review", "运行 {run}：得分最低的 {n} 个样本，请审核"),
+    "review.none": ("Run {run} has no judged samples to review.", "运行 {run} 没有可审核的评测样本。"),
+    "review.card": ("Sample #{id} · score {score}", "样本 #{id} · 得分 {score}"),
+    "review.question": ("question", "问题"),
+    "review.reference": ("reference", "参考答案"),
+    "review.answer": ("tuned model", "微调模型"),
+    "review.base": ("base model", "基座模型"),
+    "review.tags": ("sub-scenario", "子场景"),
+    "review.reason": ("judge", "评审意见"),
+    "review.latest": ("latest review", "最新审核"),
+    "review.fix_prompt": ("Reply with the corrected answer for sample #{id}.", "请回复样本 #{id} 的正确答案。"),
+    "review.recorded": ("{who} marked sample #{id}: {verdict}.", "{who} 已将样本 #{id} 标记为：{verdict}。"),
+    "review.fix_needs_answer": (
+        "A fix needs the corrected answer: review {run} fix {id} <answer>.",
+        "修正需要给出正确答案：review {run} fix {id} <答案>。",
+    ),
+    "review.not_of_run": ("Sample #{id} was not judged in run {run}.", "样本 #{id} 不属于运行 {run} 的评测。"),
+    "verdict.keep": ("keep", "保留"),
+    "verdict.fix": ("fix", "修正"),
+    "verdict.drop": ("drop", "删除"),
+    "summary.title": ("Run {run}: review summary", "运行 {run}：审核汇总"),
+    "summary.nothing": ("No samples of run {run} are reviewed yet.", "运行 {run} 还没有审核过的样本。"),
+    "summary.counts": (
+        "{reviewed} reviewed: {keep} kept, {fix} fixed, {drop} dropped.",
+        "已审核 {reviewed} 个：保留 {keep}，修正 {fix}，删除 {drop}。",
+    ),
+    "summary.no_change": (
+        "No review changes the data: nothing to retrain on yet.",
+        "审核没有改动数据：暂时无需重新训练。",
+    ),
+    "summary.change": ("Retrain would: {change}.", "重新训练将会：{change}。"),
+    "change.fixed_answers": ("replace {n} training answers", "替换 {n} 条训练答案"),
+    "change.fixed_answers.one": ("replace 1 training answer", "替换 1 条训练答案"),
+    "change.better_references": ("improve {n} references", "改进 {n} 条参考答案"),
+    "change.better_references.one": ("improve 1 reference", "改进 1 条参考答案"),
+    "change.dropped": ("remove {n} samples", "删除 {n} 个样本"),
+    "change.dropped.one": ("remove 1 sample", "删除 1 个样本"),
+    "change.new_training_samples": ("add {n} fixed test samples to train", "把 {n} 个修正的测试样本加入训练集"),
+    "change.new_training_samples.one": ("add 1 fixed test sample to train", "把 1 个修正的测试样本加入训练集"),
+    "retrain.started": (
+        "Iteration {iteration} started as run {run} on dataset version {version}: {change}.",
+        "第 {iteration} 轮已开始（运行 {run}，数据集第 {version} 版）：{change}。",
+    ),
+    "retrain.already": ("Run {run} already continues run {parent}.", "运行 {run} 已经延续了运行 {parent}。"),
+    # approval
+    "approval.requested": (
+        "Run {run} is waiting for an approver ({approvers}).",
+        "运行 {run} 等待审批（审批人：{approvers}）。",
+    ),
+    "approval.queued": (
+        "Run {run} approved by {who}; its deployment is queued.",
+        "运行 {run} 已由 {who} 批准，部署已排队。",
+    ),
+    "approval.deploying": ("Run {run} approved by {who}; deploying.", "运行 {run} 已由 {who} 批准，正在部署。"),
+    "approval.override": ("Approved over its failed gate: {reason}", "越过未通过的门槛批准：{reason}"),
+    "approval.override_prompt": (
+        "Reply with the reason to deploy run {run} although it failed its gate.",
+        "请回复：运行 {run} 未通过门槛，仍要部署的理由。",
+    ),
+    "approval.confirm": ("Deploy run {run} of {project} to production?", "确认将 {project} 的运行 {run} 部署上线？"),
+    "deploy.done": ("{project} now serves {version} (run {run}).", "{project} 现在提供 {version}（运行 {run}）。"),
+    "deploy.failed": ("Deploying run {run} failed: {error}", "运行 {run} 部署失败：{error}"),
+    "deploy.unapproved": (
+        "Run {run} deployed by {who} without approval: {reason}.",
+        "运行 {run} 已由 {who} 未经审批部署：{reason}。",
+    ),
+    "deploy.answered": ("{server} answered the test prompt: {answer}", "{server} 对测试问题的回答：{answer}"),
+    "deploy.warning": ("warning: {warning}", "警告：{warning}"),
+    "rollback.done": ("{project} rolled back: {message}", "{project} 已回滚：{message}"),
+    # refusals
+    "refused.role": (
+        "{who} may not {doing} in {project}: its {role} are {names}.",
+        "{who} 不能在 {project} 中{doing}：{role}为 {names}。",
+    ),
+    "refused.operator": (
+        "Deploying without approval is an operator's action, on the terminal: "
+        "tuneloop deploy {run} --unapproved REASON.",
+        "未经审批的部署只能由运维在终端执行：tuneloop deploy {run} --unapproved 理由。",
+    ),
+    "refused.reason": ("Deploying without approval needs a reason.", "未经审批的部署需要填写理由。"),
+    "doing.requester": ("start runs", "发起运行"),
+    "doing.reviewer": ("review samples", "审核样本"),
+    "doing.approver": ("approve or roll back deployments", "审批或回滚部署"),
+    "doing.configure": ("change who does what", "修改成员设置"),
+    "doing.cancel": ("cancel or retry run {run}", "取消或重试运行 {run}"),
+    # language
+    "language.set": ("I will answer you in English.", "之后将用中文回复你。"),
+    # buttons
+    "button.keep": ("Keep", "保留"),
+    "button.fix": ("Fix", "修正"),
+    "button.drop": ("Drop", "删除"),
+    "button.review": ("Review samples", "审核样本"),
+    "button.retrain": ("Retrain", "重新训练"),
+    "button.request_approval": ("Request approval", "提交审批"),
+    "button.approve": ("Approve & deploy", "批准并部署"),
+    "button.override": ("Approve over the gate…", "越过门槛批准…"),
+    "button.rollback": ("Roll back", "回滚"),
+    "button.cancel": ("Cancel run", "取消运行"),
+    "button.retry": ("Retry", "重试"),
+    "button.summary": ("Review summary", "审核汇总"),
+    # events
+    "event.move": ("run {run}: {origin} → {to} by {who}", "运行 {run}：{origin} → {to}，操作人 {who}"),
+    "event.failed": ("run {run} failed ({stage}): {error}", "运行 {run} 失败（{stage}）：{error}"),
+    "event.warning": ("run {run}: warning: {message}", "运行 {run}：警告：{message}"),
+    "event.stage": ("run {run}: {stage} {detail}", "运行 {run}：{stage} {detail}"),
+    "event.report": ("run {run}: {stage} report {detail}", "运行 {run}：{stage} 报告 {detail}"),
+    "event.training": ("run {run}: training into {folder}", "运行 {run}：开始训练，输出到 {folder}"),
+    "event.evaluate": ("run {run}: {detail}", "运行 {run}：{detail}"),
+    "evaluate.generate": (
+        "answering {samples} test samples with the base and the tuned model",
+        "基座模型和微调模型正在回答 {samples} 个测试样本",
+    ),
+    "evaluate.reference": ("reference metrics and perplexity", "计算参考指标和困惑度"),
+    "evaluate.stability": (
+        "stability: {k} sampled answers to {prompts} prompts",
+        "稳定性：{prompts} 个问题各采样 {k} 次",
+    ),
+    "evaluate.forgetting": ("the general-ability probe (forgetting)", "通用能力探针（遗忘）"),
+    "evaluate.judge_llm": ("judging with the LLM judge", "LLM 评审打分中"),
+    "evaluate.judge_metric": ("judging with the metric judge", "指标评审打分中"),
+    "evaluate.report": ("writing the report", "生成报告"),
+    "report.title": ("Run {run} evaluated: gate {gate}", "运行 {run} 评估完成：门槛{gate}"),
+    "report.score": ("tuned overall {tuned} (base {base})", "微调后总分 {tuned}（基座 {base}）"),
+    "report.judge": ("judge", "评审"),
+    "report.win_rate": ("win rate", "胜率"),
+    "report.since": ("since iteration {iteration}: {line}", "相比第 {iteration} 轮：{line}"),
+    "report.file": ("report", "报告"),
+    # errors
+    "error.queue": (
+        "The work queue (Redis) does not answer: start it, or set TUNELOOP_REDIS_URL.",
+        "任务队列（Redis）无响应：请启动 Redis，或设置 TUNELOOP_REDIS_URL。",
+    ),
+    "error.internal": (
+        "Something went wrong on our side ({kind}); the operators' logs have the details.",
+        "系统内部出错（{kind}），详情见运维日志。",
+    ),
+}
+
+
+def say(language: str | None, entry: str, /, **values: object) -> str:
+    """The sentence `entry` in `language` (English when unknown), filled in with `values`."""
+    english, chinese = CATALOGUE[entry]
+    template = chinese if language == "zh" else english
+    return template.format(**values)
+
+
+def placeholders(template: str) -> set[str]:
+    return {name for _, name, _, _ in string.Formatter().parse(template) if name}
+
+
+def say_count(language: str | None, entry: str, n: int) -> str:
+    """`entry` for `n` things: its `.one` form for exactly one where the catalogue has it."""
+    return say(language, f"{entry}.one" if n == 1 and f"{entry}.one" in CATALOGUE else entry, n=n)

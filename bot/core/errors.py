@@ -1,0 +1,11 @@
+"""One error type for a person's mistakes and refusals: its message is the sentence to show them."""
+
+
+class UserError(Exception):
+    """Something a person asked that cannot be done as asked. `str(error)` is the sentence to show, already in their
+    language; `refused` marks a permission refusal, which the core audits."""
+
+    def __init__(self, message: str, *, refused: bool = False, not_found: bool = False) -> None:
+        super().__init__(message)
+        self.refused = refused
+        self.not_found = not_found  # it names a project, run or version that does not exist

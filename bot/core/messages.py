@@ -1,0 +1,45 @@
+"""The neutral message model every face renders: plain text only, no markup, so that a face escapes all of it for
+its own format (Slack's mrkdwn, Telegram's HTML, the terminal's rich) and user text can never turn into markup."""
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from bot.core.actions import Action
+
+Style = Literal["default", "primary", "danger"]
+Kind = Literal["reply", "card", "review", "report", "event", "refusal", "error"]
+
+
+@dataclass
+class Button:
+    """A button that performs `action` for whoever presses it. A chat face stores the action under `key`, a short
+    server-side key that fits Telegram's 64-byte callback data; `command` is the same thing typed as chat text."""
+
+    label: str
+    action: "Action"
+    command: str
+    style: Style = "default"
+    key: str | None = None
+    asks_for_text: str | None = None  # a prompt for text the action needs first (a Fix asks for the answer)
+    confirm: str | None = None  # a question to confirm before acting (deploying)
+
+
+@dataclass
+class Message:
+    title: str
+    lines: list[str] = field(default_factory=list)
+    fields: list[tuple[str, str]] = field(default_factory=list)
+    images: list[Path] = field(default_factory=list)
+    files: list[Path] = field(default_factory=list)
+    buttons: list[Button] = field(default_factory=list)
+    kind: Kind = "reply"
+    run_id: int | None = None  # the run it is about: a chat face posts it in that run's thread
+    project: str | None = None
+
+    @property
+    def text(self) -> str:
+        """The whole message as plain text: the title, the lines, then the fields."""
+        parts = [self.title, *self.lines, *(f"{label}: {value}" for label, value in self.fields)]
+        return "\n".join(part for part in parts if part)
