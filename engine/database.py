@@ -4,7 +4,7 @@ from functools import cache
 
 from sqlalchemy.engine import Engine
 
-from engine.settings import Settings, get_settings
+from engine.settings import Settings, get_settings, shown_url
 from storage.db import make_engine
 from storage.migrate import current, head, upgrade
 
@@ -19,7 +19,9 @@ def _engine_for(url: str) -> Engine:
         # A laptop's database migrates itself; a shared server is migrated once, by `tuneloop db upgrade`.
         upgrade(url)
     elif current(url) != head():
-        raise DatabaseNotReadyError(f"the database at {url} is not at the latest schema; run `tuneloop db upgrade`")
+        raise DatabaseNotReadyError(
+            f"the database at {shown_url(url)} is not at the latest schema; run `tuneloop db upgrade`"
+        )
     return make_engine(url)
 
 

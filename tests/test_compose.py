@@ -105,7 +105,7 @@ def test_tuneloop_services_share_settings() -> None:
         env = SERVICES[name]["environment"]
         assert env["TUNELOOP_DATABASE_URL"].startswith("postgresql+psycopg://"), name
         assert env["TUNELOOP_DATABASE_URL"].endswith("@postgres:5432/tuneloop"), name
-        assert env["TUNELOOP_REDIS_URL"].startswith("redis://redis:6379"), name
+        assert env["TUNELOOP_REDIS_URL"].startswith("redis://:${REDIS_PASSWORD:?set REDIS_PASSWORD}@redis:6379"), name
         assert env["TUNELOOP_HOME"] in _volume_targets(SERVICES[name], "tuneloop-home"), name
 
 
@@ -114,6 +114,9 @@ def test_postgres_and_redis() -> None:
     assert "/var/lib/postgresql/data" in _volume_targets(postgres, "postgres-data")
     assert "pg_isready" in " ".join(postgres["healthcheck"]["test"])
     assert "ping" in redis["healthcheck"]["test"]
+    # Whoever can write to Redis can queue work: it asks for the password the tuneloop services' URL carries.
+    assert '--requirepass "$$REDISCLI_AUTH"' in " ".join(_argv(redis))
+    assert redis["environment"]["REDISCLI_AUTH"] == "${REDIS_PASSWORD:?set REDIS_PASSWORD}"
     assert {"postgres-data", "redis-data", "adapters", "tuneloop-home"} <= set(COMPOSE["volumes"])
 
 

@@ -94,18 +94,21 @@ def redis_client() -> Iterator["redis.Redis | None"]:
 
 def on_queues(call: "Callable[[ArqRedis], Awaitable[Result]]") -> "Result":
     """Run `call` with a connection to the configured queues (arq on the Redis of the settings), then close it."""
-    from arq.connections import RedisSettings, create_pool
-
     from engine.settings import get_settings
+    from engine.work.connection import QueuesUnreachableError, open_queues
 
     async def run() -> Result:
-        pool = await create_pool(RedisSettings.from_dsn(get_settings().redis_url))
+        pool = await open_queues(get_settings().redis_url)
         try:
             return await call(pool)
         finally:
             await pool.aclose()
 
-    return asyncio.run(run())
+    try:
+        return asyncio.run(run())
+    except QueuesUnreachableError as error:
+        errors.print(f"error: {error}", markup=False, highlight=False)
+        raise typer.Exit(EXIT_NOT_FOUND) from None
 
 
 def relay_moves() -> None:

@@ -1,6 +1,5 @@
 """`tuneloop worker`, `submit` and `reconcile`: runs on arq workers (engine/work/)."""
 
-import asyncio
 import logging
 from pathlib import Path
 from typing import Annotated
@@ -97,5 +96,5 @@ def reconcile_command() -> None:
     """Make the queues match the database: re-queue stages whose worker went silent or whose queue entry is lost."""
     from engine.work.worker import reconcile_once
 
-    for line in asyncio.run(reconcile_once()):
+    for line in on_queues(reconcile_once):
         console.print(line, highlight=False, markup=False, emoji=False)  # job ids such as 3:train:1
