@@ -4,6 +4,7 @@ from functools import cache
 
 from sqlalchemy.engine import Engine
 
+from engine.projects import warn_about_project_names
 from engine.settings import Settings, get_settings, shown_url
 from storage.db import make_engine
 from storage.migrate import current, head, upgrade
@@ -22,7 +23,9 @@ def _engine_for(url: str) -> Engine:
         raise DatabaseNotReadyError(
             f"the database at {shown_url(url)} is not at the latest schema; run `tuneloop db upgrade`"
         )
-    return make_engine(url)
+    engine = make_engine(url)
+    warn_about_project_names(engine)
+    return engine
 
 
 def get_engine(settings: Settings | None = None) -> Engine:

@@ -12,13 +12,14 @@ import typer
 import yaml
 from pydantic import BaseModel, ValidationError
 from rich.console import Console
+from rich.markup import escape
 from sqlmodel import Session
 
 from engine.data.errors import DataError
 from engine.data.split import SplitError
 from engine.database import DatabaseNotReadyError, get_engine
 from engine.events import EventSink
-from engine.projects import NotFoundError
+from engine.projects import NotFoundError, ProjectNameError
 from storage.db import session_scope
 
 if TYPE_CHECKING:
@@ -50,10 +51,13 @@ def open_session() -> Iterator[Session]:
         print_data_error(error)
         raise typer.Exit(EXIT_INVALID_DATA) from None
     except SplitError as error:
-        errors.print(f"[red]error:[/red] cannot split: {error}")
+        errors.print(f"[red]error:[/red] cannot split: {escape(str(error))}")
+        raise typer.Exit(EXIT_INVALID_DATA) from None
+    except ProjectNameError as error:
+        errors.print(f"[red]error:[/red] {escape(str(error))}")
         raise typer.Exit(EXIT_INVALID_DATA) from None
     except (NotFoundError, DatabaseNotReadyError) as error:
-        errors.print(f"[red]error:[/red] {error}")
+        errors.print(f"[red]error:[/red] {escape(str(error))}")
         raise typer.Exit(EXIT_NOT_FOUND) from None
 
 
@@ -107,7 +111,7 @@ def on_queues(call: "Callable[[ArqRedis], Awaitable[Result]]") -> "Result":
     try:
         return asyncio.run(run())
     except QueuesUnreachableError as error:
-        errors.print(f"error: {error}", markup=False, highlight=False)
+        errors.print(f"[red]error:[/red] {escape(str(error))}")
         raise typer.Exit(EXIT_NOT_FOUND) from None
 
 
@@ -121,7 +125,7 @@ def relay_moves() -> None:
 
 
 def print_data_error(error: DataError, shown: int = 20) -> None:
-    errors.print(f"[red]error:[/red] {error.headline}")
+    errors.print(f"[red]error:[/red] {escape(error.headline)}")
     if [str(p) for p in error.problems] == [error.headline]:
         return
     for problem in error.problems[:shown]:
@@ -155,12 +159,13 @@ def validated(model: type[SettingsModel], values: dict, source: Path | None) -> 
             if problem["type"] == "extra_forbidden":
                 close = difflib.get_close_matches(field, model.model_fields, n=1)
                 hint = f" (did you mean '{close[0]}'?)" if close else ""
-            errors.print(f"[red]error:[/red] {where}setting '{field}': {problem['msg']}{hint}")
+            said = f"{where}setting '{field}': {problem['msg']}{hint}"
+            errors.print(f"[red]error:[/red] {escape(said)}")
         raise typer.Exit(EXIT_INVALID_DATA) from None
 
 
 def fail(message: str) -> NoReturn:
-    errors.print(f"[red]error:[/red] {message}")
+    errors.print(f"[red]error:[/red] {escape(message)}")  # user text inside: never read as markup
     raise typer.Exit(EXIT_INVALID_DATA)
 
 

@@ -4,6 +4,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from bot.cli.common import console, fail, open_session
@@ -23,9 +24,8 @@ def project_set(
         fail(f"tokenizer {tokenizer} does not exist")
     with open_session() as session:
         project = configure_project(session, name, base_model=base_model, tokenizer_path=tokenizer)
-        console.print(
-            f"project {project.name}: base model {project.base_model or '-'}, tokenizer {project.tokenizer_path or '-'}"
-        )
+        base, tokenizer_path = project.base_model or "-", project.tokenizer_path or "-"
+        console.print(f"project {project.name}: base model {base}, tokenizer {tokenizer_path}", markup=False)
 
 
 @app.command("list")
@@ -35,6 +35,9 @@ def project_list() -> None:
         table = Table("project", "base model", "tokenizer", "created")
         for project in list_projects(session):
             table.add_row(
-                project.name, project.base_model or "", project.tokenizer_path or "", f"{project.created_at:%Y-%m-%d}"
+                escape(project.name),
+                escape(project.base_model or ""),
+                escape(project.tokenizer_path or ""),
+                f"{project.created_at:%Y-%m-%d}",
             )
     console.print(table)

@@ -4,6 +4,7 @@
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from bot.cli.common import console, fail, on_queues, open_session, relay_moves
@@ -32,14 +33,16 @@ def runs_command(
         except RunError as error:
             fail(str(error))
     if not rows:
-        console.print("no runs" + (f" in state {state}" if state else "") + (f" for {project}" if project else ""))
+        shown = "no runs" + (f" in state {state}" if state else "") + (f" for {project}" if project else "")
+        console.print(shown, markup=False)
         return
     table = Table()
     for heading in ("id", "project", "iteration", "state", "requested by", "updated"):
         table.add_column(heading, no_wrap=heading != "requested by")
     for run, name in rows:
         updated = run.updated_at or run.created_at
-        table.add_row(str(run.id), name, str(run.iteration), run.state, run.requested_by or "", f"{updated:{TIME}}")
+        by = escape(run.requested_by or "")
+        table.add_row(str(run.id), escape(name), str(run.iteration), run.state, by, f"{updated:{TIME}}")
     console.print(table)
 
 

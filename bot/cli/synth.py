@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -17,7 +18,7 @@ from engine.data.synth import Budget, SynthError, SynthOutcome, SynthRequest, de
 from engine.data.versions import DEFAULT_DATASET, write_atomic_text
 from engine.database import DatabaseNotReadyError, get_engine
 from engine.events import Event
-from engine.projects import NotFoundError
+from engine.projects import NotFoundError, ProjectNameError
 from engine.settings import get_settings
 
 EXIT_INTERRUPTED = 130
@@ -82,10 +83,10 @@ def synth(
         request.check()
         engine = get_engine()
         outcome = _run_with_progress(engine, project, request)
-    except SynthError as error:
+    except (SynthError, ProjectNameError) as error:
         fail(str(error))
     except (NotFoundError, DatabaseNotReadyError) as error:
-        errors.print(f"[red]error:[/red] {error}")
+        errors.print(f"[red]error:[/red] {escape(str(error))}")
         raise typer.Exit(EXIT_NOT_FOUND) from None
     except KeyboardInterrupt:
         name = job or default_job_name(project, model or get_settings().synth_model, request)
@@ -208,8 +209,10 @@ def render_report(outcome: SynthOutcome, project: str, dataset: str) -> None:
         console.print("[yellow]no valid sample came back: no dataset version was made[/yellow]")
     elif change.created:
         console.print(
-            f"[green]{project}/{dataset} v{change.version.number}[/green]: {change.version.summary} "
-            "(synthetic, not reviewed yet)"
+            f"[green]{escape(project)}/{escape(dataset)} v{change.version.number}[/green]: "
+            f"{escape(change.version.summary)} (synthetic, not reviewed yet)"
         )
     else:
-        console.print(f"no change: {project}/{dataset} v{change.version.number} already holds this job's result")
+        console.print(
+            f"no change: {project}/{dataset} v{change.version.number} already holds this job's result", markup=False
+        )
