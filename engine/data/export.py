@@ -23,6 +23,7 @@ from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
+from engine.data import bounded_json
 from engine.data.errors import DataError, RecordProblem
 from engine.data.formats import SHAREGPT_TAGS
 from engine.data.readers import fatal
@@ -127,7 +128,7 @@ def _read_info(path: Path) -> dict[str, Any]:
     if not path.exists():
         return {}
     try:
-        info = json.loads(path.read_text(encoding="utf-8-sig"))
+        info = bounded_json.loads(path.read_text(encoding="utf-8-sig"))
     except (ValueError, UnicodeDecodeError) as e:
         raise fatal(_problem(path, f"existing dataset_info.json is not valid JSON: {e}")) from None
     if not isinstance(info, dict):
@@ -198,7 +199,7 @@ def _call_value(m: Message) -> str:
     for call in m.tool_calls or []:
         arguments = call.function.get("arguments", "{}")
         with suppress(ValueError, TypeError):
-            parsed = json.loads(arguments)
+            parsed = bounded_json.loads(arguments)
             if isinstance(parsed, dict):  # LLaMA-Factory wants the arguments as an object
                 arguments = parsed
         entry: dict[str, Any] = {"name": call.function.get("name"), "arguments": arguments}
