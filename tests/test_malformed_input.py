@@ -293,7 +293,7 @@ def test_nesting_inside_a_field_names_the_field(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("name", "text"),
     [
-        ("array.json", f'[{json.dumps(GOOD)}, {DEEP}, {json.dumps(GOOD)}]'),
+        ("array.json", f"[{json.dumps(GOOD)}, {DEEP}, {json.dumps(GOOD)}]"),
         ("object.json", '{"data": ' + DEEP + "}"),
         ("tools.csv", f'instruction,output,tools\nhi,hello,"{DEEP}"\n'),
         ("call.jsonl", json.dumps({"messages": [{"role": "function", "content": DEEP}]}) + "\n"),
