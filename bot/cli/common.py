@@ -20,7 +20,7 @@ from engine.data.split import SplitError
 from engine.database import DatabaseNotReadyError, get_engine
 from engine.events import EventSink
 from engine.projects import NotFoundError, ProjectNameError
-from storage.db import session_scope
+from storage.db import ConflictError, session_scope
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -56,7 +56,7 @@ def open_session() -> Iterator[Session]:
     except ProjectNameError as error:
         errors.print(f"[red]error:[/red] {escape(str(error))}")
         raise typer.Exit(EXIT_INVALID_DATA) from None
-    except (NotFoundError, DatabaseNotReadyError) as error:
+    except (NotFoundError, DatabaseNotReadyError, ConflictError) as error:
         errors.print(f"[red]error:[/red] {escape(str(error))}")
         raise typer.Exit(EXIT_NOT_FOUND) from None
 

@@ -39,8 +39,8 @@ from engine.data.versions import (
     load_entries,
     resolve_version,
     version_label,
-    write_atomic_text,
 )
+from engine.files import write_atomic_text
 from engine.settings import get_settings
 
 app = typer.Typer(help="Datasets: import → filter → split → export → report.", no_args_is_help=True)

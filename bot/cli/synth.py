@@ -15,9 +15,10 @@ from rich.table import Table
 
 from bot.cli.common import EXIT_NOT_FOUND, DatasetOption, ProjectOption, console, errors, fail
 from engine.data.synth import Budget, SynthError, SynthOutcome, SynthRequest, default_job_name, synthesize
-from engine.data.versions import DEFAULT_DATASET, write_atomic_text
+from engine.data.versions import DEFAULT_DATASET
 from engine.database import DatabaseNotReadyError, get_engine
 from engine.events import Event
+from engine.files import write_atomic_text
 from engine.projects import NotFoundError, ProjectNameError
 from engine.settings import get_settings
 

@@ -16,8 +16,6 @@ Importing what was exported gives samples with the same `content_key()` and tags
 """
 
 import json
-import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from contextlib import suppress
 from pathlib import Path
@@ -28,6 +26,7 @@ from engine.data.errors import DataError, RecordProblem
 from engine.data.formats import SHAREGPT_TAGS
 from engine.data.readers import fatal
 from engine.data.sample import Message, Sample
+from engine.files import write_atomic
 
 EXPORT_FORMATS = ("sharegpt", "alpaca", "openai", "llamafactory")
 
@@ -61,19 +60,19 @@ def export_samples(samples: Sequence[Sample], fmt: str, out: Path, *, name: str 
 
     if fmt == "openai":
         target = _target(out, name, ".jsonl")
-        _write_atomic(target, (json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+        write_atomic(target, (json.dumps(r, ensure_ascii=False) + "\n" for r in records))
         return [target]
     if fmt != "llamafactory":
         target = _target(out, name, ".json")
-        _write_atomic(target, _json_array(_uniform(records)))
+        write_atomic(target, _json_array(_uniform(records)))
         return [target]
     out.mkdir(parents=True, exist_ok=True)
     data = out / f"{name}.json"
-    _write_atomic(data, _json_array(_uniform(records)))
+    write_atomic(data, _json_array(_uniform(records)))
     info_path = out / "dataset_info.json"
     info = _read_info(info_path)
     info[name] = _info_entry(data.name, records, ranking=bool(samples) and samples[0].rejected is not None)
-    _write_atomic(info_path, [json.dumps(info, ensure_ascii=False, indent=2) + "\n"])
+    write_atomic(info_path, [json.dumps(info, ensure_ascii=False, indent=2) + "\n"])
     return [data, info_path]
 
 
@@ -89,23 +88,6 @@ def _problem(out: Path, text: str, record: int | None = None) -> RecordProblem:
 
 
 # --- writing -------------------------------------------------------------------------------------
-
-
-def _write_atomic(path: Path, parts: Iterable[str]) -> None:
-    # a temporary file in the same folder, renamed over the target: readers never see half a file
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            for part in parts:
-                f.write(part)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def _json_array(records: list[dict[str, Any]]) -> Iterable[str]:
