@@ -4,6 +4,7 @@ Every tuneloop service's command must be a real `tuneloop` command with valid op
 through the same command tree the terminal uses; vLLM must be able to hot-load adapters.
 """
 
+import re
 import shlex
 from pathlib import Path
 from typing import Any
@@ -118,6 +119,15 @@ def test_postgres_and_redis() -> None:
     assert '--requirepass "$$REDISCLI_AUTH"' in " ".join(_argv(redis))
     assert redis["environment"]["REDISCLI_AUTH"] == "${REDIS_PASSWORD:?set REDIS_PASSWORD}"
     assert {"postgres-data", "redis-data", "adapters", "tuneloop-home"} <= set(COMPOSE["volumes"])
+
+
+@pytest.mark.parametrize("name", sorted(SERVICES))
+def test_every_image_has_a_fixed_tag(name: str) -> None:
+    # A moving tag (none, :latest, a bare major) is another image the next time it is pulled.
+    image = SERVICES[name]["image"]
+    written = re.fullmatch(r"[^:]+:(?:\$\{\w+:-(?P<default>[^}]+)\}|(?P<tag>[^:{}]+))", image)  # tag, or ${VAR:-tag}
+    assert written, f"{name}: {image} has no tag"
+    assert re.fullmatch(r"v?\d+\.\d+(\.\d+)*", written["default"] or written["tag"]), f"{name}: {image}"
 
 
 def test_vllm_hot_loads_lora_adapters() -> None:
