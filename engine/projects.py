@@ -33,10 +33,11 @@ class ProjectNameError(ValueError):
 
 def check_project_name(session: Session, name: str) -> None:
     """Raise ProjectNameError unless `name` may name a new project."""
+    shown = repr(name if len(name) <= 80 else f"{name[:64]}…")  # repr: control bytes shown as escapes
     if not PROJECT_NAME.fullmatch(name):
-        raise ProjectNameError(f"{name!r} cannot name a project: {PROJECT_NAME_RULE}")
+        raise ProjectNameError(f"{shown} cannot name a project: {PROJECT_NAME_RULE}")
     if session.exec(select(Project.id).where(Project.base_model == name)).first() is not None:
-        raise ProjectNameError(f"{name!r} cannot name a project: it is a base model's name; {PROJECT_NAME_RULE}")
+        raise ProjectNameError(f"{shown} cannot name a project: it is a base model's name; {PROJECT_NAME_RULE}")
 
 
 def project_name_offenders(session: Session) -> list[str]:
