@@ -1,6 +1,6 @@
 # The tuneloop image: the `tuneloop` command and everything the bots and CPU workers need.
 # Build: docker build -t tuneloop .   (docker compose builds it as the `tuneloop` image)
-FROM python:3.11-slim
+FROM python:3.11.14-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -11,17 +11,18 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 ARG EXTRAS=slack,telegram
 
 WORKDIR /app
-# Dependencies first, from the project metadata alone, so a code change does not reinstall them.
-COPY pyproject.toml README.md ./
+# Dependencies first, from the project metadata and the lock alone, so a code change does not reinstall them; every
+# version is the one constraints.txt pins (the versions CI tested).
+COPY pyproject.toml README.md constraints.txt ./
 RUN mkdir -p bot engine storage \
     && touch bot/__init__.py engine/__init__.py storage/__init__.py \
-    && pip install ".[${EXTRAS}]" \
+    && pip install -c constraints.txt ".[${EXTRAS}]" \
     && pip uninstall -y tuneloop \
     && rm -rf bot engine storage build *.egg-info
 COPY bot ./bot
 COPY engine ./engine
 COPY storage ./storage
-RUN pip install --no-deps ".[${EXTRAS}]" && rm -rf build *.egg-info
+RUN pip install --no-deps -c constraints.txt ".[${EXTRAS}]" && rm -rf build *.egg-info
 
 # An unprivileged user; the folders exist (owned by it) so fresh named volumes inherit that owner.
 RUN useradd --create-home --uid 1000 tuneloop \

@@ -4,14 +4,15 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench lock clean
 
-$(STAMP): pyproject.toml
+# Every version comes from constraints.txt (the lock: `make lock` writes it), so two installs get the same packages.
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# The CPU build where one is on disk (CI), the normal build elsewhere; later deps accept it as is.
-	$(BIN)/pip install -q "torch==2.13.0"
-	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q -c constraints.txt torch
+	$(BIN)/pip install -q -c constraints.txt -e ".[dev]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -34,6 +35,10 @@ bench: $(STAMP)
 	$(BIN)/python bench/train.py
 	$(BIN)/python bench/eval.py
 	$(BIN)/python bench/serve.py
+
+# After changing pyproject.toml's dependencies: resolve them all again, then run the tests on what it pinned.
+lock: $(STAMP)
+	$(BIN)/python .ci/lock.py
 
 clean:
 	rm -rf $(VENV) .tuneloop demo-out

@@ -4,7 +4,8 @@ from functools import cache
 
 from sqlalchemy.engine import Engine
 
-from engine.settings import Settings, get_settings
+from engine.projects import warn_about_project_names
+from engine.settings import Settings, get_settings, shown_url
 from storage.db import make_engine
 from storage.migrate import current, head, upgrade
 
@@ -19,8 +20,12 @@ def _engine_for(url: str) -> Engine:
         # A laptop's database migrates itself; a shared server is migrated once, by `tuneloop db upgrade`.
         upgrade(url)
     elif current(url) != head():
-        raise DatabaseNotReadyError(f"the database at {url} is not at the latest schema; run `tuneloop db upgrade`")
-    return make_engine(url)
+        raise DatabaseNotReadyError(
+            f"the database at {shown_url(url)} is not at the latest schema; run `tuneloop db upgrade`"
+        )
+    engine = make_engine(url)
+    warn_about_project_names(engine)
+    return engine
 
 
 def get_engine(settings: Settings | None = None) -> Engine:

@@ -5,12 +5,13 @@ reply = await chat.complete(messages, lambda mode: schema_format(mode, "grade", 
 chat.usage        # requests, retries, tokens and USD of every call made through `chat`
 
 retries   our own (the client's are off: `max_retries=0`): exponential back-off with jitter on
-          429, 408/409, 5xx, timeouts and dropped connections, Retry-After honoured (capped)
+          429, 408/409, 5xx, timeouts and dropped connections, Retry-After honoured (capped); never on a
+          429 whose code is `insufficient_quota` (waiting does not clear it, and each retry is a request)
 formats   response_format json_schema, lowered for the whole caller to json_object, then to
           plain text, the first time the server rejects it (the JSON is then found in prose)
 budget    requests / tokens / USD: once reached no new request starts; in-flight ones finish
 errors    `RequestFailed` (this request gave up; the job goes on), `BudgetReached`,
-          `EndpointRefused` (401/403/404: no request of the job can succeed)
+          `EndpointRefused` (401/403/404 and an exhausted quota: no request of the job can succeed)
 """
 
 import asyncio
@@ -118,7 +119,26 @@ class RequestFailed(Exception):
 
 
 class EndpointRefused(Exception):
-    """The endpoint refused the key, the permission or the model: no request of the job can succeed."""
+    """The endpoint refused the key, the permission or the model, or the account has no quota left: no request of
+    the job can succeed. `status` and `code` are the server's (OpenAI: 401 `invalid_api_key`, 429
+    `insufficient_quota`)."""
+
+    def __init__(self, message: str, status: int | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
+    def advice(self, endpoint: str, key_variable: str) -> str:
+        """The refusal in a sentence for whoever runs the job, naming the variable to set when the key is at fault."""
+        said = f"the {endpoint} endpoint refused the job: {self}"
+        if self.status == 401:
+            return f"{said}; set {key_variable} (or OPENAI_API_KEY) to a valid API key for it and run the job again"
+        if self.code == QUOTA_EXHAUSTED:
+            return f"{said}; the account behind the key has no quota left: add credit, or set {key_variable} to another"
+        return said
+
+
+QUOTA_EXHAUSTED = "insufficient_quota"  # OpenAI's code on a 429 that only billing clears
 
 
 @dataclass
@@ -167,8 +187,10 @@ class ChatCaller:
                     continue
                 raise RequestFailed(f"rejected: {describe(error)}", requests) from None
             except (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError) as error:
-                raise EndpointRefused(describe(error)) from None
+                raise EndpointRefused(describe(error), error.status_code, error.code) from None
             except (openai.APIStatusError, openai.APITimeoutError, openai.APIConnectionError) as error:
+                if isinstance(error, openai.RateLimitError) and error.code == QUOTA_EXHAUSTED:
+                    raise EndpointRefused(describe(error), error.status_code, error.code) from None
                 status = getattr(error, "status_code", None)
                 if status is not None and status not in (408, 409, 429) and status < 500:
                     raise RequestFailed(f"rejected: {describe(error)}", requests) from None

@@ -3,8 +3,9 @@
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
 
 from engine.data.readers import ReadLimits
 
@@ -13,8 +14,11 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TUNELOOP_", env_file=".env", extra="ignore")
 
     home: Path = Field(default=Path(".tuneloop"), description="Folder for the SQLite database and artifacts.")
-    database_url: str | None = Field(default=None, description="SQLAlchemy URL; SQLite under home if unset.")
-    redis_url: str = "redis://127.0.0.1:6379/0"
+    # URLs may carry passwords: kept out of repr() (and so out of logs and tracebacks).
+    database_url: str | None = Field(
+        default=None, repr=False, description="SQLAlchemy URL; SQLite under home if unset."
+    )
+    redis_url: str = Field(default="redis://127.0.0.1:6379/0", repr=False, description="Its password in the URL.")
     artifact_root: Path | None = Field(default=None, description="Artifact store folder; home/artifacts if unset.")
 
     # Limits enforced while reading an upload, so a huge file is refused before it is read.
@@ -25,11 +29,11 @@ class Settings(BaseSettings):
     # The LLM judge (engine/evaluate/judge.py): falls back to OPENAI_BASE_URL / OPENAI_API_KEY like
     # synthesis; shares the synth_* retry settings and price table below.
     judge_base_url: str | None = None
-    judge_api_key: str | None = None
+    judge_api_key: SecretStr | None = None
     judge_model: str = "gpt-4o"
     judge_concurrency: int = Field(default=8, ge=1)
     synth_base_url: str | None = None
-    synth_api_key: str | None = None
+    synth_api_key: SecretStr | None = None
     # Serving (engine/serve/): the vLLM (or `tuneloop serve`) servers every deployment goes to, and the folder
     # they all read adapters from (a shared volume in docker-compose).
     vllm_urls: list[str] = Field(default_factory=list)
@@ -51,7 +55,7 @@ class Settings(BaseSettings):
     # Synthesis (engine/data/synth.py). The platforms' own OPENAI_BASE_URL / OPENAI_API_KEY are the
     # fallback for TUNELOOP_SYNTH_BASE_URL / TUNELOOP_SYNTH_API_KEY.
     openai_base_url: str | None = Field(default=None, validation_alias="OPENAI_BASE_URL")
-    openai_api_key: str | None = Field(default=None, validation_alias="OPENAI_API_KEY")
+    openai_api_key: SecretStr | None = Field(default=None, validation_alias="OPENAI_API_KEY")
     synth_model: str = "gpt-4o-mini"
     synth_concurrency: int = Field(default=8, ge=1)
     synth_timeout_s: float = Field(default=120.0, gt=0, description="Per request, reply included.")
@@ -92,7 +96,7 @@ class Settings(BaseSettings):
 
     @property
     def resolved_synth_api_key(self) -> str | None:
-        return self.synth_api_key or self.openai_api_key
+        return _secret(self.synth_api_key or self.openai_api_key)
 
     @property
     def resolved_judge_base_url(self) -> str | None:
@@ -100,7 +104,7 @@ class Settings(BaseSettings):
 
     @property
     def resolved_judge_api_key(self) -> str | None:
-        return self.judge_api_key or self.openai_api_key
+        return _secret(self.judge_api_key or self.openai_api_key)
 
     @property
     def resolved_artifact_root(self) -> Path:
@@ -109,6 +113,15 @@ class Settings(BaseSettings):
     @property
     def resolved_adapters_dir(self) -> Path:
         return self.adapters_dir or self.home / "adapters"
+
+
+def _secret(value: SecretStr | None) -> str | None:
+    return value.get_secret_value() if value is not None else None
+
+
+def shown_url(url: str) -> str:
+    """A database or Redis URL as it may be printed or logged: its password replaced by ***."""
+    return make_url(url).render_as_string(hide_password=True)
 
 
 @lru_cache

@@ -62,16 +62,41 @@ class Reply:
         code: str | None = None,
         **kw: Any,
     ) -> "Reply":
-        defaults = {
-            400: ("invalid_request_error", "Invalid request."),
-            401: ("invalid_request_error", "Incorrect API key provided."),
-            429: ("requests", "Rate limit reached for requests. Please try again later."),
-            500: ("server_error", "The server had an error while processing your request."),
-            503: ("server_error", "The engine is currently overloaded, please try again later."),
+        """An error as OpenAI sends it: its type, message and `code` for the status (a 429's code is
+        `rate_limit_exceeded` unless `code` says otherwise, e.g. `insufficient_quota`)."""
+        kind, text, default_code = ERRORS.get(code or status, ERRORS.get(status, ERRORS["other"]))
+        if status >= 500 and kind == "invalid_request_error":
+            kind = "server_error"
+        body = {
+            "error": {"message": message or text, "type": type or kind, "param": param, "code": code or default_code}
         }
-        kind, text = defaults.get(status, ("server_error" if status >= 500 else "invalid_request_error", "Error."))
-        body = {"error": {"message": message or text, "type": type or kind, "param": param, "code": code}}
         return cls(status=status, body=body, **kw)
+
+
+# OpenAI's (type, message, code) by status, and by code where one status has several (429).
+ERRORS: dict[int | str, tuple[str, str, str | None]] = {
+    400: ("invalid_request_error", "Invalid request.", None),
+    401: (
+        "invalid_request_error",
+        "Incorrect API key provided: sk-test****. You can find your API key at https://platform.openai.com/account/api-keys.",
+        "invalid_api_key",
+    ),
+    429: (
+        "requests",
+        "Rate limit reached for gpt-4o in organization org-test on requests per min (RPM): Limit 3, Used 3, "
+        "Requested 1. Please try again in 20s.",
+        "rate_limit_exceeded",
+    ),
+    "insufficient_quota": (
+        "insufficient_quota",
+        "You exceeded your current quota, please check your plan and billing details. For more information on this "
+        "error, read the docs: https://platform.openai.com/docs/guides/error-codes/api-errors.",
+        "insufficient_quota",
+    ),
+    500: ("server_error", "The server had an error while processing your request.", None),
+    503: ("server_error", "The engine is currently overloaded, please try again later.", None),
+    "other": ("invalid_request_error", "Error.", None),
+}
 
 
 def completion(content: str, *, model: str = "test-model", finish_reason: str = "stop") -> dict[str, Any]:

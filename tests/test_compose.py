@@ -4,6 +4,7 @@ Every tuneloop service's command must be a real `tuneloop` command with valid op
 through the same command tree the terminal uses; vLLM must be able to hot-load adapters.
 """
 
+import re
 import shlex
 from pathlib import Path
 from typing import Any
@@ -105,7 +106,7 @@ def test_tuneloop_services_share_settings() -> None:
         env = SERVICES[name]["environment"]
         assert env["TUNELOOP_DATABASE_URL"].startswith("postgresql+psycopg://"), name
         assert env["TUNELOOP_DATABASE_URL"].endswith("@postgres:5432/tuneloop"), name
-        assert env["TUNELOOP_REDIS_URL"].startswith("redis://redis:6379"), name
+        assert env["TUNELOOP_REDIS_URL"].startswith("redis://:${REDIS_PASSWORD:?set REDIS_PASSWORD}@redis:6379"), name
         assert env["TUNELOOP_HOME"] in _volume_targets(SERVICES[name], "tuneloop-home"), name
 
 
@@ -114,7 +115,19 @@ def test_postgres_and_redis() -> None:
     assert "/var/lib/postgresql/data" in _volume_targets(postgres, "postgres-data")
     assert "pg_isready" in " ".join(postgres["healthcheck"]["test"])
     assert "ping" in redis["healthcheck"]["test"]
+    # Whoever can write to Redis can queue work: it asks for the password the tuneloop services' URL carries.
+    assert '--requirepass "$$REDISCLI_AUTH"' in " ".join(_argv(redis))
+    assert redis["environment"]["REDISCLI_AUTH"] == "${REDIS_PASSWORD:?set REDIS_PASSWORD}"
     assert {"postgres-data", "redis-data", "adapters", "tuneloop-home"} <= set(COMPOSE["volumes"])
+
+
+@pytest.mark.parametrize("name", sorted(SERVICES))
+def test_every_image_has_a_fixed_tag(name: str) -> None:
+    # A moving tag (none, :latest, a bare major) is another image the next time it is pulled.
+    image = SERVICES[name]["image"]
+    written = re.fullmatch(r"[^:]+:(?:\$\{\w+:-(?P<default>[^}]+)\}|(?P<tag>[^:{}]+))", image)  # tag, or ${VAR:-tag}
+    assert written, f"{name}: {image} has no tag"
+    assert re.fullmatch(r"v?\d+\.\d+(\.\d+)*", written["default"] or written["tag"]), f"{name}: {image}"
 
 
 def test_vllm_hot_loads_lora_adapters() -> None:

@@ -392,3 +392,11 @@ def test_the_terminal_does_what_a_chat_user_does(
     assert redis.Redis.from_url(core.settings.redis_url).zrange(queue_name("gpu"), 0, -1) == [
         f"{following.id}:train:1".encode()
     ]
+
+
+def test_a_project_name_must_be_a_slug(core: Core) -> None:
+    for name in ("shop-v1", "../x", "Shop", "a" * 65):
+        with pytest.raises(UserError, match="cannot name a project: a project name is 1 to 64 lowercase letters"):
+            core.perform(NewProject(project=name), ALICE)
+    with pytest.raises(UserError, match="is neither a command nor a project"):
+        core.parse("shop-v1 epochs=2", ALICE)  # no project by that name exists, and none can

@@ -292,9 +292,18 @@ def test_json_schema_unsupported_falls_back_to_json_object_then_text() -> None:
     assert {j.response_format for s in result.samples for j in s.judgements()} == {"text"}
 
 
-def test_a_refused_key_stops_the_job() -> None:
-    with OpenAIServer(responder=lambda body: Reply.error(401)) as server, pytest.raises(JudgeError, match="401"):
-        run(server, SAMPLES[:2])
+def test_a_refused_key_stops_the_job_and_names_the_variable_to_set() -> None:
+    with OpenAIServer(responder=lambda body: Reply.error(401)) as server, pytest.raises(JudgeError, match="401") as e:
+        run(server, SAMPLES[:2], concurrency=1)
+    assert "set TUNELOOP_JUDGE_API_KEY (or OPENAI_API_KEY) to a valid API key" in str(e.value)
+    assert len(server.requests) == 1
+
+
+def test_an_exhausted_quota_stops_the_judge_unretried() -> None:
+    quota = lambda body: Reply.error(429, code="insufficient_quota")  # noqa: E731
+    with OpenAIServer(responder=quota) as server, pytest.raises(JudgeError, match="no quota left"):
+        run(server, SAMPLES[:2], concurrency=1)
+    assert len(server.requests) == 1
 
 
 def test_concurrency_is_bounded() -> None:

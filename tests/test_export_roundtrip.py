@@ -8,9 +8,10 @@ from typing import Any
 import pytest
 
 from engine.data.errors import DataError
-from engine.data.export import EXPORT_FORMATS, _write_atomic, export_samples
+from engine.data.export import EXPORT_FORMATS, export_samples
 from engine.data.formats import load_file
 from engine.data.sample import Sample
+from engine.files import write_atomic
 
 
 def msg(role: str, content: str | None, **extra: Any) -> dict[str, Any]:
@@ -186,7 +187,7 @@ def test_write_is_atomic(tmp_path: Path) -> None:
         raise RuntimeError("disk full")
 
     with pytest.raises(RuntimeError):
-        _write_atomic(target, parts())
+        write_atomic(target, parts())
     assert target.read_text(encoding="utf-8") == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["data.json"]  # no temporary file left behind
 

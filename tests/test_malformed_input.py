@@ -266,3 +266,56 @@ def test_file_level_failures(tmp_path: Path) -> None:
     empty = tmp_path / "empty.json"
     empty.write_text("  \n", encoding="utf-8")
     assert only(load_file(empty).problems).kind == "empty_file"
+
+
+DEEP = "[" * 100_000 + "]" * 100_000  # Python's JSON reader gives up past about a thousand levels
+
+
+def test_a_jsonl_line_nested_100000_deep_is_a_record_problem(tmp_path: Path) -> None:
+    good = json.dumps(GOOD, ensure_ascii=False)
+    path = tmp_path / "deep.jsonl"
+    path.write_text(f"{good}\n{DEEP}\n{good}\n", encoding="utf-8")
+    result = load_file(path)
+    assert len(result.samples) == 2
+    p = only(result.problems)
+    assert (p.kind, p.record, p.line) == ("too_deep", 2, 2) and "nested deeper than 64 levels" in p.problem
+    assert str(p).startswith(f"{path}, line 2:")
+
+
+def test_nesting_inside_a_field_names_the_field(tmp_path: Path) -> None:
+    shallow_enough_to_parse = {**GOOD, "tools": json.loads("[" * 500 + "]" * 500)}
+    result = load_file(jsonl(tmp_path / "deep_field.jsonl", [GOOD, shallow_enough_to_parse]))
+    p = only(result.problems)
+    assert (p.kind, p.line, p.field) == ("too_deep", 2, "tools")
+    assert "field 'tools'" in str(p)
+
+
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [
+        ("array.json", f"[{json.dumps(GOOD)}, {DEEP}, {json.dumps(GOOD)}]"),
+        ("object.json", '{"data": ' + DEEP + "}"),
+        ("tools.csv", f'instruction,output,tools\nhi,hello,"{DEEP}"\n'),
+        ("call.jsonl", json.dumps({"messages": [{"role": "function", "content": DEEP}]}) + "\n"),
+    ],
+)
+def test_deep_nesting_anywhere_in_a_file_is_a_problem_not_a_crash(tmp_path: Path, name: str, text: str) -> None:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    result = load_file(path)  # never a RecursionError
+    assert result.problems and all(p.file == str(path) for p in result.problems)
+
+
+@pytest.mark.parametrize("skip_invalid", [False, True])
+def test_tuneloop_refuses_deep_nesting_with_exit_2(tmp_path: Path, skip_invalid: bool) -> None:
+    from typer.testing import CliRunner
+
+    from bot.cli import app
+
+    path = tmp_path / "deep.jsonl"
+    path.write_text(DEEP + "\n", encoding="utf-8")
+    options = ["--skip-invalid", "--rejects", str(tmp_path / "rejects.jsonl")] if skip_invalid else []
+    result = CliRunner().invoke(app, ["data", "import", str(path), "--project", "shop", *options])
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output and not isinstance(result.exception, RecursionError)
+    assert f"{path.name}, line 1: JSON nested deeper than 64 levels" in " ".join(result.output.split())

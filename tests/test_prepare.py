@@ -245,7 +245,8 @@ def test_synthesis_resumes_its_job_and_the_run_prepares_what_it_made(db_engine: 
     run_id = add_run(db_engine, {"synthesize": synth, "split": SPLIT})
     # Two batches come back, then the endpoint refuses the key: the stage fails with what it has stored.
     server.script(default_reply, default_reply, Reply.error(401))
-    with pytest.raises(PrepareError, match=rf"run {run_id}: the synthesize stage failed: .*refused"):
+    refused = rf"run {run_id}: the synthesize stage failed: .*refused.*set TUNELOOP_SYNTH_API_KEY"
+    with pytest.raises(PrepareError, match=refused):
         synthesize(db_engine, run_id)
     assert load_run(db_engine, run_id).state == "failed"
     sent = len(server.batch_requests())

@@ -510,10 +510,24 @@ def test_planning_failures(lite: Engine, server: OpenAIServer) -> None:
         run(lite, server, n=10, job="planned", scenarios={"退货": 1})
 
 
-def test_a_refused_key_stops_the_job(lite: Engine, server: OpenAIServer) -> None:
-    server.script(Reply.error(401, code="invalid_api_key"))
-    with pytest.raises(SynthError, match="refused"):
+def test_a_refused_key_stops_the_job_and_names_the_variable_to_set(lite: Engine, server: OpenAIServer) -> None:
+    server.responder = lambda body: Reply.error(401)  # OpenAI's invalid_api_key, on every request
+    with pytest.raises(SynthError, match="refused") as raised:
         run(lite, server, n=10, scenarios={"a": 1})
+    assert "set TUNELOOP_SYNTH_API_KEY (or OPENAI_API_KEY) to a valid API key" in str(raised.value)
+    assert len(server.requests) == 1  # not retried: no request of the job can succeed
+
+
+def test_an_exhausted_quota_is_not_retried(lite: Engine, server: OpenAIServer) -> None:
+    server.responder = lambda body: Reply.error(429, code="insufficient_quota")
+    with pytest.raises(SynthError, match="no quota left") as raised:
+        run(lite, server, n=10, scenarios={"a": 1})
+    assert "You exceeded your current quota" in str(raised.value)
+    assert len(server.requests) == 1  # waiting never clears it; each retry would be another request
+    server.script(Reply.error(429))  # a rate limit (rate_limit_exceeded) is waited out and retried
+    server.responder = default_reply
+    outcome = run(lite, server, n=10, scenarios={"a": 1}, job="again")
+    assert outcome.report["retries"] == 1 and outcome.report["kept"] == 10
 
 
 # --- pieces --------------------------------------------------------------------------------------

@@ -2,7 +2,8 @@
 User text is never read as rich markup: every string of a message is printed as it is."""
 
 import shlex
-from typing import NoReturn
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, NoReturn, TypeVar
 
 import typer
 from rich.text import Text
@@ -18,6 +19,11 @@ from bot.core.render import event_message, progress_text
 from engine.data.versions import current_actor
 from engine.events import Event
 
+if TYPE_CHECKING:
+    from arq.connections import ArqRedis
+
+Result = TypeVar("Result")
+
 
 def terminal_actor(by: str | None = None) -> Actor:
     """The person at the keyboard: `--by NAME`, else the OS user."""
@@ -30,18 +36,23 @@ def act(action: Action, by: str | None = None) -> list[Message]:
     try:
         messages = Core.from_settings().perform(action, terminal_actor(by))
     except UserError as error:
-        if error.not_found:
-            errors.print(Text("error: ", style="red") + Text(str(error)), highlight=False)
-            raise typer.Exit(EXIT_NOT_FOUND) from None
-        fail_plain(str(error))
+        fail_plain(str(error), EXIT_NOT_FOUND if error.not_found else EXIT_INVALID_DATA)
     print_messages(messages)
     return messages
 
 
-def fail_plain(message: str) -> NoReturn:
-    """Print `message` (user text included: never read as markup) as the error, and exit 2."""
+def on_queues(call: "Callable[[ArqRedis], Awaitable[Result]]") -> Result:
+    """Run `call` with a connection to the configured queues, then close it; an unreachable Redis is an error."""
+    try:
+        return Core.from_settings().on_queues(call)
+    except UserError as error:
+        fail_plain(str(error), EXIT_NOT_FOUND)
+
+
+def fail_plain(message: str, code: int = EXIT_INVALID_DATA) -> NoReturn:
+    """Print `message` (user text included: never read as markup) as the error, and exit with `code`."""
     errors.print(Text("error: ", style="red") + Text(message), highlight=False)
-    raise typer.Exit(EXIT_INVALID_DATA)
+    raise typer.Exit(code)
 
 
 def print_messages(messages: list[Message]) -> None:

@@ -11,14 +11,15 @@ import typer
 import yaml
 from pydantic import BaseModel, ValidationError
 from rich.console import Console
+from rich.markup import escape
 from sqlmodel import Session
 
 from engine.data.errors import DataError
 from engine.data.split import SplitError
 from engine.database import DatabaseNotReadyError, get_engine
 from engine.events import EventSink
-from engine.projects import NotFoundError
-from storage.db import session_scope
+from engine.projects import NotFoundError, ProjectNameError
+from storage.db import ConflictError, session_scope
 
 if TYPE_CHECKING:
     import redis
@@ -46,10 +47,13 @@ def open_session() -> Iterator[Session]:
         print_data_error(error)
         raise typer.Exit(EXIT_INVALID_DATA) from None
     except SplitError as error:
-        errors.print(f"[red]error:[/red] cannot split: {error}")
+        errors.print(f"[red]error:[/red] cannot split: {escape(str(error))}")
         raise typer.Exit(EXIT_INVALID_DATA) from None
-    except (NotFoundError, DatabaseNotReadyError) as error:
-        errors.print(f"[red]error:[/red] {error}")
+    except ProjectNameError as error:
+        errors.print(f"[red]error:[/red] {escape(str(error))}")
+        raise typer.Exit(EXIT_INVALID_DATA) from None
+    except (NotFoundError, DatabaseNotReadyError, ConflictError) as error:
+        errors.print(f"[red]error:[/red] {escape(str(error))}")
         raise typer.Exit(EXIT_NOT_FOUND) from None
 
 
@@ -89,7 +93,7 @@ def redis_client() -> Iterator["redis.Redis | None"]:
 
 
 def print_data_error(error: DataError, shown: int = 20) -> None:
-    errors.print(f"[red]error:[/red] {error.headline}")
+    errors.print(f"[red]error:[/red] {escape(error.headline)}")
     if [str(p) for p in error.problems] == [error.headline]:
         return
     for problem in error.problems[:shown]:
@@ -123,12 +127,13 @@ def validated(model: type[SettingsModel], values: dict, source: Path | None) -> 
             if problem["type"] == "extra_forbidden":
                 close = difflib.get_close_matches(field, model.model_fields, n=1)
                 hint = f" (did you mean '{close[0]}'?)" if close else ""
-            errors.print(f"[red]error:[/red] {where}setting '{field}': {problem['msg']}{hint}")
+            said = f"{where}setting '{field}': {problem['msg']}{hint}"
+            errors.print(f"[red]error:[/red] {escape(said)}")
         raise typer.Exit(EXIT_INVALID_DATA) from None
 
 
 def fail(message: str) -> NoReturn:
-    errors.print(f"[red]error:[/red] {message}")
+    errors.print(f"[red]error:[/red] {escape(message)}")  # user text inside: never read as markup
     raise typer.Exit(EXIT_INVALID_DATA)
 
 

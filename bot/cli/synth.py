@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -15,10 +16,11 @@ from bot.cli.common import EXIT_NOT_FOUND, DatasetOption, ProjectOption, console
 from bot.core.errors import UserError
 from bot.core.grammar import parse_weights
 from engine.data.synth import Budget, SynthError, SynthOutcome, SynthRequest, default_job_name, synthesize
-from engine.data.versions import DEFAULT_DATASET, write_atomic_text
+from engine.data.versions import DEFAULT_DATASET
 from engine.database import DatabaseNotReadyError, get_engine
 from engine.events import Event
-from engine.projects import NotFoundError
+from engine.files import write_atomic_text
+from engine.projects import NotFoundError, ProjectNameError
 from engine.settings import get_settings
 
 EXIT_INTERRUPTED = 130
@@ -83,10 +85,10 @@ def synth(
         request.check()
         engine = get_engine()
         outcome = _run_with_progress(engine, project, request)
-    except SynthError as error:
+    except (SynthError, ProjectNameError) as error:
         fail(str(error))
     except (NotFoundError, DatabaseNotReadyError) as error:
-        errors.print(f"[red]error:[/red] {error}")
+        errors.print(f"[red]error:[/red] {escape(str(error))}")
         raise typer.Exit(EXIT_NOT_FOUND) from None
     except KeyboardInterrupt:
         name = job or default_job_name(project, model or get_settings().synth_model, request)
@@ -195,8 +197,10 @@ def render_report(outcome: SynthOutcome, project: str, dataset: str) -> None:
         console.print("[yellow]no valid sample came back: no dataset version was made[/yellow]")
     elif change.created:
         console.print(
-            f"[green]{project}/{dataset} v{change.version.number}[/green]: {change.version.summary} "
-            "(synthetic, not reviewed yet)"
+            f"[green]{escape(project)}/{escape(dataset)} v{change.version.number}[/green]: "
+            f"{escape(change.version.summary)} (synthetic, not reviewed yet)"
         )
     else:
-        console.print(f"no change: {project}/{dataset} v{change.version.number} already holds this job's result")
+        console.print(
+            f"no change: {project}/{dataset} v{change.version.number} already holds this job's result", markup=False
+        )

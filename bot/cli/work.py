@@ -1,13 +1,12 @@
 """`tuneloop worker`, `submit` and `reconcile`: runs on arq workers (engine/work/)."""
 
-import asyncio
 import logging
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from bot.cli.act import act
+from bot.cli.act import act, on_queues
 from bot.cli.common import ProjectOption, console, fail
 from bot.core.actions import StartRun
 from engine.train.recipe import DEFAULT_RECIPE
@@ -71,5 +70,5 @@ def reconcile_command() -> None:
     """Make the queues match the database: re-queue stages whose worker went silent or whose queue entry is lost."""
     from engine.work.worker import reconcile_once
 
-    for line in asyncio.run(reconcile_once()):
+    for line in on_queues(reconcile_once):
         console.print(line, highlight=False, markup=False, emoji=False)  # job ids such as 3:train:1

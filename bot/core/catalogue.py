@@ -247,10 +247,6 @@ CATALOGUE: dict[str, tuple[str, str]] = {
     "report.since": ("since iteration {iteration}: {line}", "相比第 {iteration} 轮：{line}"),
     "report.file": ("report", "报告"),
     # errors
-    "error.queue": (
-        "The work queue (Redis) does not answer: start it, or set TUNELOOP_REDIS_URL.",
-        "任务队列（Redis）无响应：请启动 Redis，或设置 TUNELOOP_REDIS_URL。",
-    ),
     "error.internal": (
         "Something went wrong on our side ({kind}); the operators' logs have the details.",
         "系统内部出错（{kind}），详情见运维日志。",

@@ -65,7 +65,7 @@ from bot.core.render import (
 from engine.data.errors import DataError
 from engine.data.split import SplitError
 from engine.database import DatabaseNotReadyError
-from engine.projects import NotFoundError, get_or_create_project, get_project, list_projects
+from engine.projects import NotFoundError, ProjectNameError, get_or_create_project, get_project, list_projects
 from engine.reviews import ReviewError, record_review, review_summary, start_next_iteration
 from engine.runs import (
     ENDED,
@@ -83,14 +83,24 @@ from engine.runs import (
 from engine.serve.adapters import DeployError
 from engine.settings import Settings, get_settings
 from engine.train.recipe import DEFAULT_RECIPE, RecipeError, load_recipe
-from storage.db import session_scope
+from storage.db import ConflictError, session_scope
 from storage.models import AuditEvent, ChatAction, ChatUser, Judgement, Project, Run
 from storage.models import Review as ReviewRow
 
 Result = TypeVar("Result")
 GOING = ("queued", "preparing", "training", "evaluating", "deploying")
 # What people see as engine sentences: the engine's own errors about what they asked.
-_ENGINE_MISTAKES = (RunError, ReviewError, NotFoundError, DeployError, RecipeError, SplitError, DatabaseNotReadyError)
+_ENGINE_MISTAKES = (
+    RunError,
+    ReviewError,
+    NotFoundError,
+    ProjectNameError,
+    DeployError,
+    RecipeError,
+    SplitError,
+    DatabaseNotReadyError,
+    ConflictError,
+)
 
 
 @dataclass
@@ -170,11 +180,10 @@ class Core:
     def on_queues(self, call: Callable[[Any], Awaitable[Result]]) -> Result:
         """Run `call` with a connection to the configured queues, then close it. `perform` runs in a thread of its
         own (or the terminal's main thread), never on a face's event loop, so the queue gets a short loop here."""
-        from arq.connections import RedisSettings, create_pool
-        from redis.exceptions import ConnectionError as RedisConnectionError
+        from engine.work.connection import QueuesUnreachableError, open_queues
 
         async def run() -> Result:
-            pool = await create_pool(RedisSettings.from_dsn(self.settings.redis_url))
+            pool = await open_queues(self.settings.redis_url)
             try:
                 return await call(pool)
             finally:
@@ -182,9 +191,9 @@ class Core:
 
         try:
             return asyncio.run(run())
-        except (RedisConnectionError, OSError):
-            # Not the URL: it may carry the password.
-            raise UserError(say(DEFAULT_LANGUAGE, "error.queue")) from None
+        except QueuesUnreachableError as error:
+            # Its URL shown with the password hidden; like a run that is not there, nothing to act on (exit 1).
+            raise UserError(str(error), not_found=True) from None
 
     # --- languages and buttons ------------------------------------------------------------------------------
 

@@ -16,17 +16,17 @@ Importing what was exported gives samples with the same `content_key()` and tags
 """
 
 import json
-import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
+from engine.data import bounded_json
 from engine.data.errors import DataError, RecordProblem
 from engine.data.formats import SHAREGPT_TAGS
 from engine.data.readers import fatal
 from engine.data.sample import Message, Sample
+from engine.files import write_atomic
 
 EXPORT_FORMATS = ("sharegpt", "alpaca", "openai", "llamafactory")
 
@@ -60,19 +60,19 @@ def export_samples(samples: Sequence[Sample], fmt: str, out: Path, *, name: str 
 
     if fmt == "openai":
         target = _target(out, name, ".jsonl")
-        _write_atomic(target, (json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+        write_atomic(target, (json.dumps(r, ensure_ascii=False) + "\n" for r in records))
         return [target]
     if fmt != "llamafactory":
         target = _target(out, name, ".json")
-        _write_atomic(target, _json_array(_uniform(records)))
+        write_atomic(target, _json_array(_uniform(records)))
         return [target]
     out.mkdir(parents=True, exist_ok=True)
     data = out / f"{name}.json"
-    _write_atomic(data, _json_array(_uniform(records)))
+    write_atomic(data, _json_array(_uniform(records)))
     info_path = out / "dataset_info.json"
     info = _read_info(info_path)
     info[name] = _info_entry(data.name, records, ranking=bool(samples) and samples[0].rejected is not None)
-    _write_atomic(info_path, [json.dumps(info, ensure_ascii=False, indent=2) + "\n"])
+    write_atomic(info_path, [json.dumps(info, ensure_ascii=False, indent=2) + "\n"])
     return [data, info_path]
 
 
@@ -88,23 +88,6 @@ def _problem(out: Path, text: str, record: int | None = None) -> RecordProblem:
 
 
 # --- writing -------------------------------------------------------------------------------------
-
-
-def _write_atomic(path: Path, parts: Iterable[str]) -> None:
-    # a temporary file in the same folder, renamed over the target: readers never see half a file
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            for part in parts:
-                f.write(part)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def _json_array(records: list[dict[str, Any]]) -> Iterable[str]:
@@ -127,7 +110,7 @@ def _read_info(path: Path) -> dict[str, Any]:
     if not path.exists():
         return {}
     try:
-        info = json.loads(path.read_text(encoding="utf-8-sig"))
+        info = bounded_json.loads(path.read_text(encoding="utf-8-sig"))
     except (ValueError, UnicodeDecodeError) as e:
         raise fatal(_problem(path, f"existing dataset_info.json is not valid JSON: {e}")) from None
     if not isinstance(info, dict):
@@ -198,7 +181,7 @@ def _call_value(m: Message) -> str:
     for call in m.tool_calls or []:
         arguments = call.function.get("arguments", "{}")
         with suppress(ValueError, TypeError):
-            parsed = json.loads(arguments)
+            parsed = bounded_json.loads(arguments)
             if isinstance(parsed, dict):  # LLaMA-Factory wants the arguments as an object
                 arguments = parsed
         entry: dict[str, Any] = {"name": call.function.get("name"), "arguments": arguments}

@@ -34,6 +34,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from engine.data import bounded_json
 from engine.data.errors import DataError, RecordProblem
 from engine.data.readers import RawRecord, ReadLimits, fatal, open_records
 from engine.data.sample import Sample
@@ -127,7 +128,7 @@ def _maybe_json(value: Any, from_text: bool) -> Any:
     """CSV and TSV cells are text; a cell holding a JSON list or object is read as one."""
     if from_text and isinstance(value, str) and value.lstrip()[:1] in ("[", "{"):
         try:
-            return json.loads(value)
+            return bounded_json.loads(value)
         except ValueError:
             return value
     return value
@@ -171,7 +172,7 @@ def _tools(value: Any, where: str, from_text: bool) -> list[dict[str, Any]] | No
         return None
     if isinstance(value, str):
         try:
-            value = json.loads(value)
+            value = bounded_json.loads(value)
         except ValueError:
             raise _Bad(where, "expected JSON text of a list of tools, but it does not parse", "bad_json") from None
     if isinstance(value, dict):
@@ -201,7 +202,7 @@ def _tool_calls(value: Any, where: str) -> list[dict[str, Any]]:
         arguments = function.get("arguments", {})
         if isinstance(arguments, str):  # one spelling of the same arguments, so round trips compare equal
             with suppress(ValueError):
-                arguments = json.dumps(json.loads(arguments), ensure_ascii=False)
+                arguments = json.dumps(bounded_json.loads(arguments), ensure_ascii=False)
         else:
             arguments = json.dumps(arguments, ensure_ascii=False)
         entry: dict[str, Any] = {"type": "function", "function": {"name": name, "arguments": arguments}}
@@ -336,7 +337,7 @@ def _sharegpt_turn(item: Any, where: str, tags: dict[str, str], first: bool) -> 
         raise _Bad(f"{where}.{role_tag}", "a system turn can only come first", "bad_value")
     if role == "function":
         try:
-            calls = json.loads(value)
+            calls = bounded_json.loads(value)
         except ValueError:
             raise _Bad(
                 f"{where}.{content_tag}", 'expected JSON text of a call: {"name": ..., "arguments": {...}}', "bad_json"

@@ -29,11 +29,12 @@ from engine.data.versions import (
     resolve_version,
     save_version,
     version_label,
-    write_atomic_text,
 )
+from engine.files import write_atomic_text
 from engine.projects import get_or_create_project
 from engine.settings import get_settings
 from storage.artifacts import ArtifactStore, StoredArtifact, project_key, record_artifact
+from storage.db import commit_retrying
 from storage.models import Dataset, DatasetVersion, Project
 
 
@@ -65,6 +66,7 @@ def import_file(
 
     Any invalid record stops the import before anything is stored, unless `skip_invalid`, in which
     case the valid records are stored and the rejects are written, with reasons, to `rejects_path`.
+    Commits the session (storage.db.commit_retrying).
     """
     loaded = load_file(path, fmt=fmt, encoding=encoding, entry=entry, limits=limits or get_settings().read_limits())
     if loaded.problems and not skip_invalid:
@@ -79,40 +81,44 @@ def import_file(
             f"{path.name}: no valid records; nothing was imported",
         )
 
-    project = get_or_create_project(session, project_name)
-    dataset = get_or_create_dataset(session, project, dataset_name)
-    parent = latest_version(session, project.name, dataset.name)
-    entries = load_entries(session, parent) if parent else []
-    # Only samples the dataset has held are skipped, so importing a file again changes nothing;
-    # duplicates inside the file are kept for the filter to remove and report.
-    present = known_hashes(session, dataset)
-    new = [Entry(sample) for _, sample in loaded.samples if sample.content_hash not in present]
-    entries.extend(new)
-    added = len(new)
-    detail = {
-        "file": str(path),
-        "format": loaded.format,
-        "encoding": loaded.encoding,
-        "records": loaded.records,
-        "valid": len(loaded.samples),
-        "invalid": len(loaded.problems),
-        "added": added,
-        "already_present": len(loaded.samples) - added,
-    }
-    change = save_version(
-        session,
-        dataset,
-        entries,
-        kind="upload",
-        summary=f"imported {added} new sample(s) from {path.name}",
-        parent=parent,
-        detail=detail,
-        source_path=str(path),
-        source_format=loaded.format,
-        actor=actor,
-        platform=platform,
-    )
-    return ImportOutcome(change, loaded, added, len(loaded.samples) - added, written_rejects)
+    def add_version() -> ImportOutcome:
+        project = get_or_create_project(session, project_name)
+        dataset = get_or_create_dataset(session, project, dataset_name)
+        parent = latest_version(session, project.name, dataset.name)
+        entries = load_entries(session, parent) if parent else []
+        # Only samples the dataset has held are skipped, so importing a file again changes nothing;
+        # duplicates inside the file are kept for the filter to remove and report.
+        present = known_hashes(session, dataset)
+        new = [Entry(sample) for _, sample in loaded.samples if sample.content_hash not in present]
+        entries.extend(new)
+        added = len(new)
+        detail = {
+            "file": str(path),
+            "format": loaded.format,
+            "encoding": loaded.encoding,
+            "records": loaded.records,
+            "valid": len(loaded.samples),
+            "invalid": len(loaded.problems),
+            "added": added,
+            "already_present": len(loaded.samples) - added,
+        }
+        change = save_version(
+            session,
+            dataset,
+            entries,
+            kind="upload",
+            summary=f"imported {added} new sample(s) from {path.name}",
+            parent=parent,
+            detail=detail,
+            source_path=str(path),
+            source_format=loaded.format,
+            actor=actor,
+            platform=platform,
+        )
+        return ImportOutcome(change, loaded, added, len(loaded.samples) - added, written_rejects)
+
+    # Committed here, so that an import racing another into the same dataset is redone on top of the other's version.
+    return commit_retrying(session, add_version, f"importing {path.name} into {project_name}/{dataset_name}")
 
 
 def filter_version(

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from engine.data import bounded_json
+from engine.data.bounded_json import TooDeepError
 from engine.data.errors import DataError, RecordProblem
 
 KINDS = ("json", "jsonl", "csv", "tsv")
@@ -244,7 +246,7 @@ def _sniff_kind(path: Path, head: str) -> str:
 
 def _is_object(line: str) -> bool:
     try:
-        return isinstance(json.loads(line), dict)
+        return isinstance(bounded_json.loads(line), dict)
     except ValueError:
         return False
 
@@ -314,9 +316,12 @@ def _jsonl_records(path: Path, chunks: Iterable[str], limits: ReadLimits) -> Ite
             continue
         number += 1
         try:
-            data = json.loads(text)
+            data = bounded_json.loads(text)
         except json.JSONDecodeError as e:
             yield _problem(path, f"invalid JSON at column {e.colno}: {e.msg}", "bad_json", record=number, line=line_no)
+            continue
+        except TooDeepError as e:
+            yield _too_deep(path, e, record=number, line=line_no)
             continue
         yield RawRecord(number, line_no, data)
 
@@ -325,7 +330,6 @@ def _json_records(path: Path, chunks: Iterable[str], limits: ReadLimits) -> Iter
     # The stdlib cannot stream JSON, but it can decode one array element at a time, which lets us
     # keep the records before a break and say on which line each record starts.
     text = "".join(chunks)
-    decoder = json.JSONDecoder()
     i = _WHITESPACE.match(text, 0).end()  # type: ignore[union-attr]
     if i == len(text):
         yield _problem(path, "the file is empty", "empty_file")
@@ -368,7 +372,10 @@ def _json_records(path: Path, chunks: Iterable[str], limits: ReadLimits) -> Iter
                 )
             return
         try:
-            data, end = decoder.raw_decode(text, i)
+            data, end = bounded_json.raw_decode(text, i)
+        except TooDeepError as e:  # where it ends is unknown: stop here, as for an element that does not parse
+            yield _too_deep(path, e, record=number + 1, line=_line_of(text, i))
+            return
         except json.JSONDecodeError as e:
             text_ = f"invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}"
             if e.pos >= len(text) - 1 or "Unterminated" in e.msg:
@@ -387,7 +394,10 @@ def _json_records(path: Path, chunks: Iterable[str], limits: ReadLimits) -> Iter
 
 def _json_object(path: Path, text: str) -> Iterator[RawRecord | RecordProblem]:
     try:
-        data = json.loads(text)
+        data = bounded_json.loads(text)
+    except TooDeepError as e:
+        yield _too_deep(path, e, record=1, line=1)
+        return
     except json.JSONDecodeError as e:
         hint = "; one object per line is JSON Lines: name the file .jsonl" if e.msg == "Extra data" else ""
         yield _problem(
@@ -403,6 +413,10 @@ def _json_object(path: Path, text: str) -> Iterator[RawRecord | RecordProblem]:
                 yield RawRecord(n, None, record)
             return
     yield RawRecord(1, 1, data)
+
+
+def _too_deep(path: Path, error: TooDeepError, *, record: int, line: int) -> RecordProblem:
+    return _problem(path, str(error), "too_deep", record=record, line=line, field=error.field)
 
 
 def _line_of(text: str, pos: int) -> int:

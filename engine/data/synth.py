@@ -572,7 +572,7 @@ async def _request(ctx: _Context, messages: list[dict[str, str]], kind: str) -> 
     try:
         return await ctx.chat.complete(messages, lambda mode: response_format(mode, kind))
     except EndpointRefused as error:
-        raise SynthError(f"the synthesis endpoint refused the job: {error}") from None
+        raise SynthError(error.advice("synthesis", "TUNELOOP_SYNTH_API_KEY")) from None
 
 
 # --- replies -----------------------------------------------------------------------------------

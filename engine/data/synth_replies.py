@@ -1,12 +1,12 @@
 """Samples out of whatever a model replied: JSON, fenced JSON, JSON inside prose, or the complete
 samples of a truncated reply; each checked against the canonical schema. Never raises."""
 
-import json
 import re
 from typing import Any
 
 from pydantic import ValidationError
 
+from engine.data import bounded_json
 from engine.data.sample import Message, Sample
 
 _FENCE = re.compile(r"```[ \t]*(?:json[c5]?|JSON)?[ \t]*\n?(.*?)```", re.DOTALL)
@@ -18,19 +18,18 @@ def extract_json(text: str) -> tuple[Any, str | None]:
     reply); (None, None) when there is none."""
     stripped = text.strip()
     try:
-        return json.loads(stripped), "json"
+        return bounded_json.loads(stripped), "json"
     except ValueError:
         pass
     for block in _FENCE.findall(text):
         try:
-            return json.loads(block.strip()), "fenced"
+            return bounded_json.loads(block.strip()), "fenced"
         except ValueError:
             continue
-    decoder = json.JSONDecoder()
     unreadable_before = False
     for match in re.finditer(r"[\[{]", text):
         try:
-            value, _ = decoder.raw_decode(text, match.start())
+            value, _ = bounded_json.raw_decode(text, match.start())
         except ValueError:
             unreadable_before = True
             continue
@@ -45,7 +44,7 @@ def extract_json(text: str) -> tuple[Any, str | None]:
         if match.start() < position:
             continue
         try:
-            value, position = decoder.raw_decode(text, match.start())
+            value, position = bounded_json.raw_decode(text, match.start())
         except ValueError:
             continue
         salvaged.append(value)

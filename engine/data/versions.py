@@ -12,7 +12,6 @@ import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from sqlmodel import Session, col, select
 
@@ -232,11 +231,3 @@ def version_label(session: Session, version: DatasetVersion) -> str:
     dataset = session.get(Dataset, version.dataset_id)
     project = session.get(Project, dataset.project_id) if dataset else None
     return f"{project.name if project else '?'}/{dataset.name if dataset else '?'} v{version.number}"
-
-
-def write_atomic_text(path: Path, text: str) -> None:
-    """Write a whole file or nothing: a half-written report is worse than none."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)

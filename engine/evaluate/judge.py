@@ -329,7 +329,9 @@ async def judge_samples(
                         group.create_task(ask(judgement, messages, pair_fmt))
                 results.append(item)
     except* EndpointRefused as refused:
-        raise JudgeError(f"the judge endpoint refused the job: {refused.exceptions[0]}") from None
+        first = refused.exceptions[0]
+        assert isinstance(first, EndpointRefused)
+        raise JudgeError(first.advice("judge", "TUNELOOP_JUDGE_API_KEY")) from None
     finally:
         if own_client:
             await client.close()

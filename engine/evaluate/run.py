@@ -33,7 +33,7 @@ from sqlmodel import Session, col, select
 
 from engine.artifacts import get_artifact_store
 from engine.data.sample import Sample
-from engine.data.versions import load_entries, write_atomic_text
+from engine.data.versions import load_entries
 from engine.evaluate.agreement import JudgeAgreement, ReviewedJudgement, judge_agreement
 from engine.evaluate.forgetting import ForgettingReport
 from engine.evaluate.gate import GateConfig, GateDecision, GateInputs, decide
@@ -46,6 +46,7 @@ from engine.evaluate.report import ReportFiles, ReportInputs, write_report
 from engine.evaluate.stability import StabilityReport
 from engine.evaluate.weakest import WeakestReport, judge_scores, weakest_samples
 from engine.events import Event, EventSink, ignore_events
+from engine.files import write_atomic_text
 from engine.reviews import iteration_comparison
 from engine.runs import (
     IllegalTransition,

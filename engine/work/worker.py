@@ -14,7 +14,7 @@ from typing import Any
 
 import redis
 from arq import Worker
-from arq.connections import RedisSettings, create_pool
+from arq.connections import ArqRedis, RedisSettings
 from arq.worker import func
 from sqlmodel import Session
 
@@ -22,6 +22,7 @@ from engine.database import get_engine
 from engine.event_stream import relay_events
 from engine.settings import Settings, get_settings
 from engine.work import stages
+from engine.work.connection import JOB_CODEC
 from engine.work.jobs import QUEUE_OF_STAGE, queue_name
 from engine.work.reconcile import reconcile
 
@@ -59,6 +60,7 @@ def build_worker(queue: str, *, burst: bool = False, settings: Settings | None =
         functions,  # type: ignore[arg-type]
         queue_name=queue_name(queue, settings),
         redis_settings=RedisSettings.from_dsn(settings.redis_url),
+        **JOB_CODEC,
         burst=burst,
         max_jobs=1 if queue == "gpu" else 4,
         job_completion_wait=settings.job_completion_wait_s,
@@ -70,15 +72,11 @@ def build_worker(queue: str, *, burst: bool = False, settings: Settings | None =
     )
 
 
-async def reconcile_once(settings: Settings | None = None) -> list[str]:
-    """One pass of the reconciler against the configured database and Redis; the report's lines."""
+async def reconcile_once(pool: ArqRedis, settings: Settings | None = None) -> list[str]:
+    """One pass of the reconciler against the configured database and the queues on `pool`; the report's lines."""
     settings = settings or get_settings()
-    pool = await create_pool(RedisSettings.from_dsn(settings.redis_url))
-    try:
-        with Session(get_engine(settings), expire_on_commit=False) as session:
-            report = await reconcile(session, pool, silent_after_s=settings.silent_after_s)
-    finally:
-        await pool.aclose()
+    with Session(get_engine(settings), expire_on_commit=False) as session:
+        report = await reconcile(session, pool, silent_after_s=settings.silent_after_s)
     return report.lines()
 
 
