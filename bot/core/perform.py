@@ -145,19 +145,16 @@ class Core:
         """Carry out `action` for `actor`; raises UserError (the sentence to show) when it cannot be done."""
         handler = _HANDLERS[type(action)]
         language = DEFAULT_LANGUAGE
-        project_id: int | None = None
         try:
             with session_scope(self.engine) as session:
                 context = Context(self, session, actor, self.language_for(session, actor))
-                language = context.language
                 try:
                     return handler(context, action)
                 finally:
                     language = context.language
-                    project_id = _project_id(session, action)
         except UserError as error:
             if error.refused:
-                permissions.audit_refusal(self.engine, actor, action.kind, project_id, str(error))
+                self.audit_refusal(action, actor, str(error))
             raise
         except DataError as error:
             raise UserError("\n".join([error.headline, *(str(p) for p in error.problems[:10])])) from None
@@ -165,6 +162,11 @@ class Core:
             # The core checked who may first; the engine's own refusals are its backstop and say why themselves.
             sentence = str(error) or say(language, "error.internal", kind=type(error).__name__)
             raise UserError(sentence, not_found=isinstance(error, NotFoundError)) from None
+
+    def audit_refusal(self, action: Action, actor: Actor, reason: str) -> None:
+        """Keep a refusal on record, in its own transaction: the refused action's own work was rolled back."""
+        with session_scope(self.engine) as session:
+            permissions.record_refusal(session, actor, action.kind, _project_id(session, action), reason)
 
     async def perform_async(self, action: Action, actor: Actor) -> list[Message]:
         """`perform` off the event loop: the database and the queues are reached from a thread."""
