@@ -68,7 +68,6 @@ from engine.database import DatabaseNotReadyError
 from engine.projects import NotFoundError, ProjectNameError, get_or_create_project, get_project, list_projects
 from engine.reviews import ReviewError, record_review, review_summary, start_next_iteration
 from engine.runs import (
-    ENDED,
     RunError,
     approve_run,
     cancel_run,
@@ -581,29 +580,17 @@ def _approve(context: Context, action: Approve) -> list[Message]:
     actor, session = context.actor, context.session
     permissions.require(project, actor, "approver", context.language)
     override = (action.override or "").strip() or None
+    approval: dict[str, Any] = {
+        "platform": actor.platform,
+        "override_reason": override,
+        "groups": actor.group_identities,
+    }
     if is_queued_run(session, action.run):
-        job = context.on_queues(
-            lambda pool: approve_and_enqueue(
-                session,
-                pool,
-                action.run,
-                actor.identity,
-                platform=actor.platform,
-                override_reason=override,
-                groups=actor.group_identities,
-            )
-        )
+        job = context.on_queues(lambda pool: approve_and_enqueue(session, pool, action.run, actor.identity, **approval))
         lines = [say(context.language, "approval.override", reason=override)] if override else []
         text = say(context.language, "approval.queued", run=run.id, who=actor.name, job=job.arq_job_id)
         return [Message(text, lines=lines, run_id=run.id), run_card(session, run, context.language)]
-    approve_run(
-        session,
-        action.run,
-        actor.identity,
-        platform=actor.platform,
-        override_reason=override,
-        groups=actor.group_identities,
-    )
+    approve_run(session, action.run, actor.identity, **approval)
     session.commit()
     approved = Message(say(context.language, "approval.deploying", run=run.id, who=actor.name), run_id=run.id)
     try:
@@ -698,4 +685,3 @@ _HANDLERS: dict[type, Callable[[Context, Any], list[Message]]] = {
     DeployUnapproved: _deploy_unapproved,
     Rollback: _rollback,
 }
-assert ENDED  # the run states the engine ends in; a card shows no buttons for them
