@@ -5,6 +5,7 @@ import getpass
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from bot.cli.common import ProjectOption, console, errors, fail, open_session
@@ -94,6 +95,8 @@ def sync_command(
         console.print(f"loaded {version} on {url}")
     for url, version in outcome.unloaded:
         console.print(f"unloaded {version} from {url}")
+    for sentence in outcome.replaced:
+        errors.print(f"[yellow]warning:[/yellow] {escape(sentence)}")
     if not outcome.changed and not outcome.problems:
         console.print("the servers already match the deployments; nothing changed")
     if outcome.problems:
@@ -107,4 +110,4 @@ def report(outcome: DeployOutcome) -> None:
     for url, answer in outcome.answers.items():
         console.print(f"  {url} answered the test prompt: {answer!r}", markup=False, highlight=False)
     for warning in outcome.warnings:
-        errors.print(f"[yellow]warning:[/yellow] {warning}")
+        errors.print(f"[yellow]warning:[/yellow] {escape(warning)}")
