@@ -4,6 +4,7 @@ from functools import cache
 
 from sqlalchemy.engine import Engine
 
+from engine.event_stream import relay_moves_of
 from engine.settings import Settings, get_settings
 from storage.db import make_engine
 from storage.migrate import current, head, upgrade
@@ -20,7 +21,9 @@ def _engine_for(url: str) -> Engine:
         upgrade(url)
     elif current(url) != head():
         raise DatabaseNotReadyError(f"the database at {url} is not at the latest schema; run `tuneloop db upgrade`")
-    return make_engine(url)
+    engine = make_engine(url)
+    relay_moves_of(engine)  # the configured database's moves reach the configured Redis as they are committed
+    return engine
 
 
 def get_engine(settings: Settings | None = None) -> Engine:

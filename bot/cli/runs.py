@@ -6,7 +6,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from bot.cli.common import console, fail, on_queues, open_session, relay_moves
+from bot.cli.common import console, fail, on_queues, open_session
 from bot.cli.deploy import ServerOption, report
 from engine.data.versions import current_actor
 from engine.runs import RunError, RunHistory, approve_run, cancel_run, deploy_approved, list_runs, run_history
@@ -87,7 +87,6 @@ def approve_command(
             outcome = deploy_approved(session, run, approver, servers=server, platform="cli")
         except (DeployError, RunError) as error:
             problem = str(error)
-    relay_moves()
     if problem is not None:
         fail(problem)
     report(outcome)
@@ -118,7 +117,6 @@ def cancel_command(run: RunArgument, by: ByOption = None) -> None:
             cancelled = cancel_run(session, run, by or current_actor(), platform="cli")
         except RunError as error:
             fail(str(error))
-    relay_moves()
     console.print(f"run {cancelled.id} cancelled")
 
 
