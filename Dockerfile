@@ -1,5 +1,6 @@
 # The tuneloop image: the `tuneloop` command and everything the bots and CPU workers need.
 # Build: docker build -t tuneloop .   (docker compose builds it as the `tuneloop` image)
+# GPU workers: docker build --build-arg EXTRAS=gpu -t tuneloop-gpu .   (compose's worker-gpu does this)
 FROM python:3.11.14-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -7,7 +8,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
-# Chat front ends by default; a GPU worker image adds "gpu" (and a CUDA base image).
+# Chat front ends by default; a GPU worker's image takes "gpu" (bitsandbytes: QLoRA's 4-bit base model). torch's
+# wheel carries its own CUDA runtime, so the base image stays the same.
 ARG EXTRAS=slack,telegram
 
 WORKDIR /app

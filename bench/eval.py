@@ -38,10 +38,10 @@ from openai import AsyncOpenAI  # noqa: E402
 from openai_server import OpenAIServer, Reply  # noqa: E402
 
 from engine.data.formats import load_file  # noqa: E402
-from engine.evaluate import GenerationSettings, generate_answers, load_models  # noqa: E402
-from engine.evaluate.generate import Answer, GeneratedSample, PassStats  # noqa: E402
+from engine.evaluate.generate import generate_answers, load_models  # noqa: E402
 from engine.evaluate.judge import judge_samples  # noqa: E402
 from engine.evaluate.judge_prompts import DEFAULT_RUBRIC  # noqa: E402
+from engine.evaluate.results import Answer, GeneratedSample, GenerationSettings, PassStats  # noqa: E402
 from engine.train.tiny import EXAMPLE_DATASET, TinySpec, build_tiny_model  # noqa: E402
 
 BENCH_SPEC = TinySpec(hidden_size=128, intermediate_size=384, num_hidden_layers=2, num_attention_heads=4)

@@ -4,6 +4,7 @@ from functools import cache
 
 from sqlalchemy.engine import Engine
 
+from engine.event_stream import relay_moves_of
 from engine.projects import warn_about_project_names
 from engine.settings import Settings, get_settings, shown_url
 from storage.db import make_engine
@@ -25,6 +26,7 @@ def _engine_for(url: str) -> Engine:
         )
     engine = make_engine(url)
     warn_about_project_names(engine)
+    relay_moves_of(engine)  # the configured database's moves reach the configured Redis as they are committed
     return engine
 
 

@@ -15,23 +15,37 @@ for a front end that wants only what comes after it first connects.
 
 Progress is coalesced twice: the producer appends at most one progress event per (run, stage) every
 `interval` seconds, and a consumer hands its handler only the latest progress of each (run, stage) in a batch.
+
+A run's moves announce themselves: `engine.runs.transition` keeps the move's event in the move's transaction and marks
+the session, and when that session commits on the configured database (engine.database.get_engine), the kept events
+not yet on the stream are relayed to the configured Redis at once (`relay_committed_moves`). When Redis is away the
+commit goes on after at most `RELAY_TIMEOUT_S` and the workers' periodic relay sends them once it is back. A relay
+claims the rows it sends (`relay_events`), so of two relays at once only one sends an event; a repeat can still
+reach the stream (a relay that appended and died before recording it), and followers and consumers skip it by id.
 """
 
 import json
 import logging
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cache
 from typing import Any, get_args
 
 import redis
+from sqlalchemy import event as sqlalchemy_event
+from sqlalchemy import update
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session as OrmSession
 from sqlmodel import Session, col, select
 
 from engine.event_log import EventKeeper
 from engine.events import Event, EventSink, EventType
+from engine.settings import get_settings
 from storage.models import RunEvent, utcnow
 
 DEFAULT_STREAM = "tuneloop:events"
@@ -40,6 +54,9 @@ PROGRESS_INTERVAL_S = 2.0
 CLAIM_IDLE_MS = 60_000
 HANDLED_TTL_S = 7 * 24 * 3600
 FINAL_STATES = frozenset({"deployed", "failed", "cancelled"})
+RELAY_TIMEOUT_S = 1.0  # how long a commit's relay waits for Redis (connecting, or one command)
+RELAY_BACKOFF_S = 10.0  # after Redis did not answer, commits leave relaying to the workers this long
+MOVES_TO_RELAY = "tuneloop.moves_to_relay"  # Session.info: this transaction moved a run
 
 logger = logging.getLogger(__name__)
 
@@ -144,20 +161,93 @@ class Announcer:
 
 def relay_events(engine: Engine, client: redis.Redis, *, stream: str = DEFAULT_STREAM, batch: int = 500) -> int:
     """Append to the stream the kept events that have not reached it (a run's moves, events announced while Redis
-    was away), oldest first, and mark them; how many. Two relays at once may both send one: consumers ignore
-    repeats by event id."""
+    was away), oldest first, and mark them; how many.
+
+    The rows are claimed and marked by one conditional UPDATE (`... WHERE streamed_at IS NULL`), appended, and the
+    claim committed only then: a second relay meanwhile waits for the claim (a row lock on PostgreSQL, the write lock
+    on SQLite) and finds the rows taken, so it never sends them again nor ahead of them. What could not be appended
+    is unmarked before the commit, and a relay that dies leaves its claim uncommitted: the next relay sends it."""
+    oldest = (
+        select(RunEvent.id)
+        .where(col(RunEvent.streamed_at).is_(None))
+        .order_by(col(RunEvent.id))
+        .limit(batch)
+        .with_for_update()  # PostgreSQL locks in id order, so two relays cannot deadlock; SQLite has no such clause
+    )
+    claim = (
+        update(RunEvent)
+        .where(col(RunEvent.id).in_(oldest), col(RunEvent.streamed_at).is_(None))
+        .values(streamed_at=utcnow())
+        .returning(RunEvent)
+        .execution_options(synchronize_session=False)
+    )
     with Session(engine) as session:
-        rows = session.exec(
-            select(RunEvent).where(col(RunEvent.streamed_at).is_(None)).order_by(col(RunEvent.id)).limit(batch)
-        ).all()
-        for row in rows:
+        claimed = sorted(session.exec(claim).scalars(), key=lambda row: row.id)  # type: ignore[call-overload]
+        sent = 0
+        for row in claimed:
             event = Event(row.type, row.project, row.payload or {}, row.run_id, row.created_at)  # type: ignore[arg-type]
             if not _append(client, stream, DEFAULT_MAXLEN, event, row.event_id):
                 break
-            row.streamed_at = utcnow()
-            session.add(row)
-            session.commit()
-        return sum(1 for row in rows if row.streamed_at is not None)
+            sent += 1
+        unsent = [row.id for row in claimed[sent:]]
+        if unsent:
+            session.exec(
+                update(RunEvent)
+                .where(col(RunEvent.id).in_(unsent))
+                .values(streamed_at=None)
+                .execution_options(synchronize_session=False)
+            )
+        session.commit()
+        return sent
+
+
+def announce_moves_at_commit(session: Session) -> None:
+    """Mark `session` as holding a run's move, to be relayed to the stream when it commits."""
+    session.info[MOVES_TO_RELAY] = True
+
+
+_RELAYING: "weakref.WeakSet[Engine]" = weakref.WeakSet()
+_redis_away_until: dict[str, float] = {}
+
+
+def relay_moves_of(engine: Engine) -> None:
+    """Relay the moves committed on `engine` (the configured database's) to the configured Redis at commit."""
+    _RELAYING.add(engine)
+
+
+@cache
+def relay_client(url: str) -> redis.Redis:
+    """The client relays use: short timeouts, because a relay holds its claim (on SQLite, the write lock) meanwhile."""
+    return redis.Redis.from_url(url, socket_connect_timeout=RELAY_TIMEOUT_S, socket_timeout=RELAY_TIMEOUT_S)
+
+
+def relay_committed_moves(engine: Engine, url: str) -> None:
+    """Relay now what is waiting for the stream, unless Redis did not answer within the last `RELAY_BACKOFF_S`.
+    Never raises: the move is committed, and the workers' periodic relay catches up."""
+    if time.monotonic() < _redis_away_until.get(url, 0.0):
+        return
+    client = relay_client(url)
+    try:
+        client.ping()  # away: one short wait, not one per event
+        relay_events(engine, client)
+    except redis.RedisError as error:
+        _redis_away_until[url] = time.monotonic() + RELAY_BACKOFF_S
+        logger.warning("the event stream is away (%s); the workers will relay the run's moves", error)
+    except SQLAlchemyError as error:  # e.g. SQLite's write lock held by another transaction too long
+        logger.warning("could not relay the run's moves now (%s); the workers will", error)
+
+
+@sqlalchemy_event.listens_for(OrmSession, "after_commit")
+def _relay_after_commit(session: OrmSession) -> None:
+    if session.info.pop(MOVES_TO_RELAY, False):
+        engine = session.get_bind()
+        if isinstance(engine, Engine) and engine in _RELAYING:
+            relay_committed_moves(engine, get_settings().redis_url)
+
+
+@sqlalchemy_event.listens_for(OrmSession, "after_rollback")
+def _forget_rolled_back_moves(session: OrmSession) -> None:
+    session.info.pop(MOVES_TO_RELAY, None)  # never announced: the move did not happen
 
 
 def _append(client: redis.Redis, stream: str, maxlen: int, event: Event, event_id: str) -> bool:
@@ -349,9 +439,11 @@ def follow_run(
 
     A follower only watches, so it reads with plain XREAD and leaves no group behind; it starts after the
     stream's current last entry, with `from_start` at the oldest entry the stream keeps, or `after` a given entry
-    (`last_entry_id` read before starting the work, so that none of its events is missed)."""
+    (`last_entry_id` read before starting the work, so that none of its events is missed). An event yielded once is
+    not yielded again when a repeat of it (the same event id) follows."""
     last_id = after if after is not None else "0-0" if from_start else last_entry_id(client, stream)
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    seen: set[str] = set()  # event ids: a repeat of an event (relayed twice) is shown once
     while True:
         wait_ms = block_ms
         if deadline is not None:
@@ -366,7 +458,8 @@ def follow_run(
             except MalformedEntry as error:
                 logger.warning("skipping a malformed event in %s: %s", stream, error)
                 continue
-            if item.event.run == run:
+            if item.event.run == run and item.event_id not in seen:
+                seen.add(item.event_id)
                 yield item.event
                 if is_final(item.event):
                     return

@@ -16,8 +16,9 @@ Beyond the straight line:
 Every move is one conditional UPDATE (`... WHERE id = :id AND state = :from`): of two processes moving the same
 run at once exactly one changes the row, and the other is told who won, so an approval sent twice deploys once.
 Every move is audited (action "run.<state>") with who caused it: a person's name, "worker:<host>" or "system";
-and announced: a "stage" event (stage "run", the new state) kept in the same transaction, which workers relay to
-the event stream (engine.event_stream.relay_events), so front ends hear of approvals and deployments too.
+and announced: a "stage" event (stage "run", the new state) kept in the same transaction and relayed to the event
+stream when it commits (engine.event_stream.relay_committed_moves; the workers' periodic relay catches up when Redis
+was away), so front ends hear of approvals and deployments too. A caller only commits.
 Functions take the caller's session and never commit: a move and its audit event land together when it commits.
 """
 
@@ -33,6 +34,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import Session, col, select
 
 from engine.event_log import run_events
+from engine.event_stream import announce_moves_at_commit
 from engine.projects import NotFoundError, is_listed
 from engine.serve.adapters import DeployError
 from engine.serve.deploy import DeployOutcome, deploy_run
@@ -185,6 +187,7 @@ def transition(
         )
     )
     session.flush()
+    announce_moves_at_commit(session)
     return run
 
 

@@ -2,7 +2,7 @@
 
 from collections.abc import Sequence
 
-from engine.evaluate.generate import GeneratedSample
+from engine.evaluate.results import GeneratedSample
 
 
 def generated_sample(

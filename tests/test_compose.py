@@ -6,6 +6,7 @@ through the same command tree the terminal uses; vLLM must be able to hot-load a
 
 import re
 import shlex
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,17 @@ ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text(encoding="utf-8"))
 SERVICES: dict[str, dict[str, Any]] = COMPOSE["services"]
 TUNELOOP_IMAGE = COMPOSE["x-tuneloop"]["image"]
-TUNELOOP_SERVICES = sorted(name for name, service in SERVICES.items() if service.get("image") == TUNELOOP_IMAGE)
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+DOCKERFILE = (ROOT / "Dockerfile").read_text(encoding="utf-8")
+
+
+def _built_here(service: dict[str, Any]) -> bool:
+    """Built from this repository's Dockerfile (`build: .` or a build with `context: .`)."""
+    build = service.get("build")
+    return (build.get("context") if isinstance(build, dict) else build) == "."
+
+
+TUNELOOP_SERVICES = sorted(name for name, service in SERVICES.items() if _built_here(service))
 
 
 def _argv(service: dict[str, Any]) -> list[str]:
@@ -84,6 +95,26 @@ def test_command_exists_in_the_cli(name: str) -> None:
     except UsageError as error:
         pytest.fail(f"{name}: `{shlex.join(argv)}` is not a valid tuneloop command: {error.format_message()}")
     assert ctx.command.callback is not None, f"{name}: `{shlex.join(argv)}` names no runnable command"
+
+
+def _extras(service: dict[str, Any]) -> set[str]:
+    """The pyproject extras the service's image installs: its EXTRAS build argument, else the Dockerfile's default."""
+    build = service["build"]
+    default = next(line for line in DOCKERFILE.splitlines() if line.startswith("ARG EXTRAS=")).partition("=")[2]
+    extras = build.get("args", {}).get("EXTRAS", default) if isinstance(build, dict) else default
+    return set(extras.split(","))
+
+
+def test_gpu_workers_image_installs_the_gpu_extra_and_the_others_do_not() -> None:
+    assert 'pip install ".[${EXTRAS}]"' in DOCKERFILE  # the build argument is what gets installed
+    assert any(dep.startswith("bitsandbytes") for dep in PYPROJECT["project"]["optional-dependencies"]["gpu"])
+    gpu_workers = [name for name in TUNELOOP_SERVICES if _argv(SERVICES[name])[1:4] == ["worker", "--queue", "gpu"]]
+    assert gpu_workers == ["worker-gpu"]
+    for name in TUNELOOP_SERVICES:
+        assert ("gpu" in _extras(SERVICES[name])) is (name in gpu_workers), name
+    # A separate tag: one build must not overwrite the other's image.
+    assert SERVICES["worker-gpu"]["image"] != TUNELOOP_IMAGE
+    assert {SERVICES[name]["image"] for name in TUNELOOP_SERVICES if name not in gpu_workers} == {TUNELOOP_IMAGE}
 
 
 def test_migrate_runs_db_upgrade_after_postgres() -> None:

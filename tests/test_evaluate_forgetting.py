@@ -15,8 +15,9 @@ from engine.evaluate.forgetting import (
     load_probes,
     passes,
 )
-from engine.evaluate.generate import Answer, GenerationSettings, LoadedModels, load_models
-from engine.evaluate.reference import language_of
+from engine.evaluate.generate import LoadedModels, load_models
+from engine.evaluate.results import Answer, GenerationSettings
+from engine.evaluate.text import language_of
 from engine.train.tiny import build_tiny_model
 from tests.serving import make_adapter
 

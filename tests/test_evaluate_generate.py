@@ -11,15 +11,15 @@ from transformers import AutoModelForCausalLM
 from engine.data.sample import Sample
 from engine.data.versions import Entry
 from engine.database import get_engine
-from engine.evaluate import (
-    GenerationSettings,
+from engine.evaluate.generate import (
     LoadedModels,
     generate_answers,
     generate_pairs,
-    held_out_samples,
     load_models,
     prompt_messages,
 )
+from engine.evaluate.results import GenerationSettings
+from engine.evaluate.run import held_out_samples
 from engine.events import Event
 from engine.settings import get_settings
 from engine.train.recipe import Recipe

@@ -11,7 +11,6 @@ import pytest
 from openai import AsyncOpenAI
 from openai_server import OpenAIServer, Reply, completion
 
-from engine.evaluate.generate import GeneratedSample
 from engine.evaluate.judge import (
     JudgeError,
     JudgeResult,
@@ -23,6 +22,7 @@ from engine.evaluate.judge import (
     parse_verdict,
 )
 from engine.evaluate.judge_prompts import DEFAULT_RUBRIC, PROMPT_VERSION
+from engine.evaluate.results import GeneratedSample
 from engine.llm import RetryPolicy
 from engine.settings import Settings, get_settings
 from tests.evaluation_data import generated_sample

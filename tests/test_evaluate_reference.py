@@ -8,22 +8,17 @@ from pathlib import Path
 import pytest
 from rouge_score.rouge_scorer import RougeScorer
 
-from engine.evaluate import (
-    AnswerNLL,
-    GenerationSettings,
-    LoadedModels,
+from engine.evaluate.generate import LoadedModels, generate_pairs, load_models
+from engine.evaluate.reference import (
+    answer_labels,
     answer_nlls,
-    cjk_share,
     corpus_perplexity,
-    generate_pairs,
-    language_of,
-    load_models,
     mean_scores,
     reference_metrics,
     score_answer,
-    tokens,
 )
-from engine.evaluate.reference import answer_labels
+from engine.evaluate.results import AnswerNLL, GenerationSettings
+from engine.evaluate.text import cjk_share, language_of, tokens
 from engine.train.prepare import IGNORE_INDEX
 from engine.train.tiny import IM_END, build_tiny_model
 from tests.evaluation_data import generated_sample

@@ -18,15 +18,22 @@ from PIL import Image
 from engine.evaluate import charts
 from engine.evaluate.agreement import JudgeAgreement, ReviewedJudgement, judge_agreement
 from engine.evaluate.charts import dimension_chart
-from engine.evaluate.forgetting import ForgettingReport, Probe, forgetting_report
+from engine.evaluate.forgetting import Probe, forgetting_report
 from engine.evaluate.gate import GateInputs, decide
-from engine.evaluate.generate import Generation, GenerationSettings, PassStats
 from engine.evaluate.judge import Judgement, JudgeResult, SampleJudgement, aggregate
 from engine.evaluate.judge_prompts import DEFAULT_RUBRIC, PROMPT_VERSION
 from engine.evaluate.metric_judge import METRIC_JUDGE_TITLE, metric_judge
 from engine.evaluate.reference import reference_metrics
 from engine.evaluate.report import CHAT_LIMIT, ReportInputs, chat_summary, render_html, render_markdown, write_report
-from engine.evaluate.stability import STABILITY_SETTINGS, PromptStability, StabilityReport
+from engine.evaluate.results import (
+    ForgettingReport,
+    Generation,
+    GenerationSettings,
+    PassStats,
+    PromptStability,
+    StabilityReport,
+)
+from engine.evaluate.stability import STABILITY_SETTINGS
 from engine.evaluate.weakest import judge_scores, weakest_samples
 from engine.llm import Usage
 from engine.reviews import IterationComparison

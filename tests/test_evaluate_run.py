@@ -18,8 +18,8 @@ from typer.testing import CliRunner
 
 from bot.cli import app
 from engine.database import get_engine
-from engine.evaluate.generate import GenerationSettings
 from engine.evaluate.judge_prompts import DEFAULT_RUBRIC
+from engine.evaluate.results import GenerationSettings
 from engine.evaluate.run import (
     EvaluationError,
     EvaluationOptions,

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.evaluate import GenerationSettings, LoadedModels, load_models
+from engine.evaluate.generate import LoadedModels, load_models
+from engine.evaluate.results import GenerationSettings
 from engine.evaluate.stability import (
     STABILITY_SETTINGS,
     agreement_of,

@@ -3,8 +3,8 @@ tag, a per-tag summary whose numbers are checked by hand, and a short Markdown m
 
 import pytest
 
-from engine.evaluate.generate import GeneratedSample
 from engine.evaluate.judge import Judgement, JudgeResult, SampleJudgement
+from engine.evaluate.results import GeneratedSample
 from engine.evaluate.weakest import judge_scores, render_markdown, shorten, sub_scenario, weakest_samples
 from engine.llm import Usage
 from tests.evaluation_data import generated_sample

@@ -14,7 +14,7 @@ import redis
 from typer.testing import CliRunner
 
 from bot.cli import app
-from engine.event_stream import EventConsumer, decode, fan_out, stream_sink
+from engine.event_stream import EventConsumer, decode, encode, fan_out, stream_sink
 from engine.events import Event, progress_event
 
 REPOSITORY = Path(__file__).resolve().parent.parent
@@ -103,6 +103,15 @@ def test_each_front_end_gets_every_event_once(client: redis.Redis, stream: str) 
     assert collect(slack) == events
     assert collect(telegram) == events
     assert collect(slack) == collect(telegram) == []
+
+
+def test_an_event_on_the_stream_twice_is_handed_on_once(client: redis.Redis, stream: str) -> None:
+    # A relay that appended an event and died before recording it: the next relay appends it again, same id.
+    repeated = encode(warning(1), "e1")
+    for fields in (encode(warning(0), "e0"), repeated, repeated, encode(warning(2), "e2")):
+        client.xadd(stream, fields)  # type: ignore[arg-type]
+    slack = EventConsumer(client, "slack", "slack-1", stream=stream)
+    assert collect(slack) == [warning(0), warning(1), warning(2)]
 
 
 def test_a_batch_hands_only_the_latest_progress_of_each_stage(client: redis.Redis, stream: str) -> None:
@@ -243,3 +252,18 @@ def test_follow_gives_up_after_its_timeout(stream: str, follow_redis: str) -> No
 
     assert result.exit_code == 124
     assert "run 7 is still going" in result.output
+
+
+def test_follow_shows_a_move_on_the_stream_twice_once(client: redis.Redis, stream: str, follow_redis: str) -> None:
+    def move(origin: str, state: str, by: str) -> Event:
+        return Event("stage", "客服", {"stage": "run", "state": state, "from": origin, "by": by}, run=7, time=ANNOUNCED)
+
+    approved = encode(move("reviewing", "deploying", "王经理"), "approved")
+    for fields in (approved, approved, encode(move("deploying", "deployed", "worker:cpu-1"), "deployed")):
+        client.xadd(stream, fields)  # type: ignore[arg-type]
+
+    result = runner.invoke(app, ["follow", "7", "--stream", stream, "--from-start", "--timeout", "5"])
+
+    assert result.exit_code == 0, result.output
+    assert result.output.count("run 7: reviewing → deploying by 王经理") == 1, result.output
+    assert result.output.count("run 7: deploying → deployed by worker:cpu-1") == 1, result.output

@@ -2,7 +2,8 @@
 the test says so): a run goes through preparation, training, generation, judging and its report to reviewing; a worker
 killed mid-training, stopped, or frozen while another takes its job, or Redis wiped, does not lose the run (training
 resumes from its checkpoint); two GPU workers never run one job twice; a cancelled run stops and keeps its
-checkpoints. Each test owns a Redis logical database (flushed before and after) and its own queue names."""
+checkpoints. Each test owns a Redis logical database (flushed before and after) and its own queue names. The tests
+that start worker processes are marked slow (`pytest -m "not slow"` leaves them out)."""
 
 import json
 import os
@@ -40,6 +41,12 @@ REPO = Path(__file__).resolve().parents[1]
 WORKER_REDIS_DB = int(os.environ.get("TUNELOOP_TEST_WORKER_REDIS_DB", "13"))
 WAIT_S = 240  # a deadline against hanging, not a timing assertion
 EVALUATION = {"max_new_tokens": 16, "stability_prompts": 0, "forgetting": False, "weakest_k": 3}
+# Training steps are most of these tests' time (a step is about a second on a busy 2-core machine), so each run trains
+# as long as its test needs: a run trained through needs the steps that make its adapter pass the EOS check at the end
+# of training (about eight); one interrupted once its first checkpoint (step 4) appears needs steps left after it
+# (`killed_at < report["steps"]` checks it had some); one stopped with SIGTERM must also outlast the worker's
+# job_completion_wait, or its job would end done instead of interrupted. Epochs of two steps on the shop data:
+TRAINED_THROUGH, INTERRUPTED, STOPPED = 4, 10, 30
 runner = CliRunner()
 
 
@@ -53,7 +60,8 @@ class Setup:
     env: dict[str, str]
     engine: Engine
     redis: redis.Redis
-    recipe: Path
+    folder: Path
+    base_model: Path
     artifacts: Path
     logs: Path
     workers: list[subprocess.Popen]
@@ -75,8 +83,14 @@ class Setup:
         self.start_worker("cpu")
         return self.start_worker("gpu")
 
-    def submit(self, *options: str) -> int:
-        result = runner.invoke(app, ["submit", "--project", "shop", "--recipe", str(self.recipe), *options])
+    def submit(self, *options: str, epochs: int = INTERRUPTED) -> int:
+        recipe = self.folder / f"recipe-{epochs}.yaml"
+        recipe.write_text(
+            f"model_name_or_path: {self.base_model}\nnum_train_epochs: {epochs}\nper_device_train_batch_size: 2\n"
+            "learning_rate: 0.005\nlora_dropout: 0.0\ncutoff_len: 64\nlogging_steps: 1\nsave_steps: 4\n",
+            encoding="utf-8",
+        )
+        result = runner.invoke(app, ["submit", "--project", "shop", "--recipe", str(recipe), *options])
         assert result.exit_code == 0, result.output
         return int(result.output.split()[1])  # "run N queued for training"
 
@@ -151,12 +165,6 @@ def setup(
     for name, value in values.items():
         monkeypatch.setenv(name, value)
     get_settings.cache_clear()
-    recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(
-        f"model_name_or_path: {base_model}\nnum_train_epochs: 30\nper_device_train_batch_size: 2\n"
-        "learning_rate: 0.005\nlora_dropout: 0.0\ncutoff_len: 64\nlogging_steps: 1\nsave_steps: 4\n",
-        encoding="utf-8",
-    )
     engine = get_engine()
     add_dataset(qa_entries(SHOP_QA, "train", system=SHOP_SYSTEM) + qa_entries(SHOP_QA[:3], "test", system=SHOP_SYSTEM))
     with session_scope(engine) as session:
@@ -164,7 +172,7 @@ def setup(
     logs = tmp_path / "logs"
     logs.mkdir()
     env = {**os.environ, **values, "PYTHONPATH": str(REPO)}
-    made = Setup(env, engine, client, recipe, tmp_path / "artifacts", logs, [])
+    made = Setup(env, engine, client, tmp_path, base_model, tmp_path / "artifacts", logs, [])
     yield made
     for worker in made.workers:
         if worker.poll() is None:
@@ -181,8 +189,10 @@ def evaluated(run_id: int) -> list[tuple[str, str, int, str]]:
     return [(f"{run_id}:{stage}:1", stage, 1, "done") for stage in ("generate", "judge", "report")]
 
 
+@pytest.mark.slow
 def test_a_submitted_run_is_prepared_trained_and_evaluated_by_workers_and_waits_for_review(setup: Setup) -> None:
-    run_id = setup.submit("--filter", "--split", "--test-size", "2")  # the filter drops the test copies of train
+    # The filter drops the test copies of train; what the split leaves trains one step an epoch: thrice the epochs.
+    run_id = setup.submit("--filter", "--split", "--test-size", "2", epochs=3 * TRAINED_THROUGH)
     setup.start_workers()
     setup.wait_for("the run to reach reviewing", lambda: setup.settled(run_id, "reviewing", "failed"))
     assert setup.state(run_id) == "reviewing", setup.worker_logs()
@@ -212,19 +222,18 @@ def test_a_submitted_run_is_prepared_trained_and_evaluated_by_workers_and_waits_
     assert setup.jobs(run_id)[-1] == (f"{run_id}:deploy:1", "deploy", 1, "failed")
 
     def moves_on_stream() -> list[str]:
-        """The run's moves as front ends read them from the event stream (the workers relay them), once each."""
+        """The run's moves as front ends read them from the event stream, every entry (a repeat would show)."""
         entries = (decode(entry_id, fields) for entry_id, fields in setup.redis.xrange(DEFAULT_STREAM))
-        moves = {
-            e.event_id: e.event for e in entries if e.event.run == run_id and e.event.payload.get("stage") == "run"
-        }
-        return [event.payload["state"] for event in moves.values()]
+        moves = [e.event for e in entries if e.event.run == run_id and e.event.payload.get("stage") == "run"]
+        return [event.payload["state"] for event in moves]
 
     setup.wait_for("the failure on the event stream", lambda: "failed" in moves_on_stream())
     assert moves_on_stream() == ["preparing", "training", "evaluating", "reviewing", "deploying", "failed"]
 
 
+@pytest.mark.slow
 def test_a_worker_stopped_mid_training_saves_a_checkpoint_and_the_next_worker_resumes_there(setup: Setup) -> None:
-    run_id = setup.submit()
+    run_id = setup.submit(epochs=STOPPED)
     first = setup.start_worker()
     setup.wait_for("a checkpoint", lambda: bool(setup.checkpoints(run_id)))
     first.send_signal(signal.SIGTERM)  # training outlasts job_completion_wait, so the worker stops it
@@ -243,6 +252,7 @@ def test_a_worker_stopped_mid_training_saves_a_checkpoint_and_the_next_worker_re
     assert steps.count(1) == 1
 
 
+@pytest.mark.slow
 @BOTH_DATABASES
 def test_a_worker_killed_mid_training_is_replaced_and_training_resumes_from_its_checkpoint(setup: Setup) -> None:
     run_id = setup.submit()
@@ -268,6 +278,7 @@ def test_a_worker_killed_mid_training_is_replaced_and_training_resumes_from_its_
     assert max(steps) == report["steps"]
 
 
+@pytest.mark.slow
 def test_redis_wiped_with_work_waiting_and_again_mid_training_loses_no_run(setup: Setup) -> None:
     run_id = setup.submit()
     setup.redis.flushdb()
@@ -284,11 +295,10 @@ def test_redis_wiped_with_work_waiting_and_again_mid_training_loses_no_run(setup
     ]
 
 
+@pytest.mark.slow
 @ON_POSTGRESQL
 def test_two_gpu_workers_share_four_runs_and_never_run_a_job_twice(setup: Setup) -> None:
-    short = setup.recipe.with_name("short.yaml")  # nothing here is killed mid-training: a few steps will do
-    short.write_text(setup.recipe.read_text().replace("num_train_epochs: 30", "num_train_epochs: 4"))
-    runs = [setup.submit("--recipe", str(short)) for _ in range(4)]
+    runs = [setup.submit(epochs=TRAINED_THROUGH) for _ in range(4)]
     setup.start_workers()
     setup.start_worker()
     for run_id in runs:
@@ -302,6 +312,7 @@ def test_two_gpu_workers_share_four_runs_and_never_run_a_job_twice(setup: Setup)
     assert len({j.worker for j in jobs if j.queue == "gpu"}) == 2  # both gpu workers took work, each job once
 
 
+@pytest.mark.slow
 def test_a_run_cancelled_mid_training_stops_and_keeps_its_checkpoints(setup: Setup) -> None:
     run_id = setup.submit()
     setup.start_worker()
@@ -316,6 +327,7 @@ def test_a_run_cancelled_mid_training_stops_and_keeps_its_checkpoints(setup: Set
         assert session.exec(select(Adapter).where(Adapter.run_id == run_id)).first() is None
 
 
+@pytest.mark.slow
 @ON_POSTGRESQL
 def test_a_frozen_worker_whose_training_was_given_to_another_stops_it_when_it_wakes(setup: Setup) -> None:
     run_id = setup.submit()

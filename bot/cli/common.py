@@ -70,8 +70,8 @@ def open_session() -> Iterator[Session]:
 def announcing(show: EventSink) -> Iterator[EventSink]:
     """`show` (the terminal) plus the engine's own announcement of every event: kept in the database, and on the
     event stream when Redis answers, so that a run started here is followed (`tuneloop follow`, the chat front
-    ends) and its story read back (`tuneloop run show`) like one a worker runs. The run's moves are relayed at the
-    end, as a worker would."""
+    ends) and its story read back (`tuneloop run show`) like one a worker runs. What did not reach the stream (Redis
+    away for a moment) is relayed at the end, as a worker would; the run's moves relay themselves as they commit."""
     from engine.event_stream import Announcer, fan_out, relay_events
 
     with redis_client() as client:

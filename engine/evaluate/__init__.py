@@ -15,81 +15,9 @@ row, a `Judgement` row per test sample and the report:
     weakest.py       the lowest-scoring samples grouped by sub-scenario
     agreement.py     how often the judge agreed with people's reviews
     report.py        Markdown, self-contained HTML and the chat summary, with charts.py's PNGs
+    results.py       what the steps produce, as plain dataclasses
+    text.py          whether a text is Chinese, and its tokens for comparing answers
+
+Only generate.py, reference.py, stability.py and forgetting.py import torch and transformers: the gate, the judges
+and the report stages load without them (a cpu worker and the bots start light), so this package imports nothing.
 """
-
-from engine.evaluate.gate import GateConfig, GateDecision, GateInputs, decide
-from engine.evaluate.generate import (
-    Answer,
-    GeneratedSample,
-    Generation,
-    GenerationSettings,
-    LoadedModels,
-    PassStats,
-    adapter_disabled,
-    generate_answers,
-    generate_pairs,
-    held_out_samples,
-    load_models,
-    prompt_messages,
-)
-from engine.evaluate.reference import (
-    AnswerNLL,
-    ReferenceMetrics,
-    ReferenceScores,
-    SampleMetrics,
-    answer_nlls,
-    cjk_share,
-    corpus_perplexity,
-    language_of,
-    mean_scores,
-    reference_metrics,
-    score_answer,
-    tokens,
-)
-from engine.evaluate.run import (
-    EvaluationError,
-    EvaluationOptions,
-    EvaluationOutcome,
-    evaluate_run,
-    generate_for_run,
-    judge_for_run,
-    report_for_run,
-)
-
-__all__ = [
-    "Answer",
-    "AnswerNLL",
-    "EvaluationError",
-    "EvaluationOptions",
-    "EvaluationOutcome",
-    "GateConfig",
-    "GateDecision",
-    "GateInputs",
-    "GeneratedSample",
-    "Generation",
-    "GenerationSettings",
-    "LoadedModels",
-    "PassStats",
-    "ReferenceMetrics",
-    "ReferenceScores",
-    "SampleMetrics",
-    "adapter_disabled",
-    "answer_nlls",
-    "cjk_share",
-    "corpus_perplexity",
-    "decide",
-    "evaluate_run",
-    "generate_answers",
-    "generate_for_run",
-    "generate_pairs",
-    "held_out_samples",
-    "judge_for_run",
-    "language_of",
-    "load_models",
-    "mean_scores",
-    "prompt_messages",
-    "reference_metrics",
-    "report_for_run",
-    "score_answer",
-    "tokens",
-]

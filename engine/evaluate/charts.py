@@ -22,7 +22,7 @@ from matplotlib.ticker import MaxNLocator
 from engine.data.report import cjk_font
 from engine.evaluate.judge import ANSWERS, JudgeResult
 from engine.evaluate.judge_prompts import SCORE_MAX, SCORE_MIN
-from engine.evaluate.reference import cjk_share
+from engine.evaluate.text import cjk_share
 
 COLORS = {"base": "#8C8C8C", "tuned": "#4C72B0"}
 BAR_WIDTH = 0.38

@@ -7,7 +7,7 @@ set is probes/general.jsonl, one JSON object per line:
     {"id": "zh-arith-1", "language": "zh", "question": "7加5等于多少？", "accepted": ["12", "十二"]}
 
 Both models answer every probe, greedily, the base with the adapter switched off. An answer passes when
-any accepted answer occurs in it as a run of whole tokens: `reference.tokens` (NFKC, case folded,
+any accepted answer occurs in it as a run of whole tokens: `text.tokens` (NFKC, case folded,
 punctuation and spaces dropped, every Han character a token, other words whole), with digits split from
 letters ("12kg" → "12", "kg"). So "答案是十二。" passes ["12", "十二"] without any spaces, "The capital is
 ROME." passes ["Rome"], and "12" does not pass inside "120" nor "cat" inside "category". A Chinese numeral
@@ -21,13 +21,13 @@ measured on it, and the note says so.
 import json
 import re
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from engine.evaluate.gate import forgetting_drop
-from engine.evaluate.generate import GenerationSettings, LoadedModels, adapter_disabled, generate_answers
-from engine.evaluate.reference import tokens
+from engine.evaluate.generate import LoadedModels, adapter_disabled, generate_answers
+from engine.evaluate.results import ForgettingReport, GenerationSettings, ProbeResult
+from engine.evaluate.text import tokens
 
 PROBES_FILE = Path(__file__).parent / "probes" / "general.jsonl"
 # Short answers suffice; greedy, so the probe is repeatable.
@@ -43,33 +43,6 @@ class Probe:
     language: str  # "zh" | "en"
     question: str
     accepted: list[str]
-
-
-@dataclass
-class ProbeResult:
-    id: str
-    language: str
-    question: str
-    accepted: list[str]
-    base_answer: str
-    tuned_answer: str
-    base_pass: bool
-    tuned_pass: bool
-
-
-@dataclass
-class ForgettingReport:
-    probes: list[ProbeResult]
-    base_score: float  # share of probes the base model passed, 0–1
-    tuned_score: float
-    drop: float | None  # gate.forgetting_drop(base_score, tuned_score); None when the base passed none
-    by_language: dict[str, tuple[float, float]]  # "zh" / "en" -> (base_score, tuned_score)
-    lost: list[ProbeResult]  # passed by the base, failed by the tuned model
-    gained: list[ProbeResult]  # failed by the base, passed by the tuned model
-    note: str  # one plain sentence
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 class ProbeFileError(ValueError):
@@ -116,7 +89,7 @@ def load_probes(path: Path | None = None) -> list[Probe]:
 
 
 def _words(text: str) -> list[str]:
-    """`reference.tokens`, with runs of digits split from letters."""
+    """`text.tokens`, with runs of digits split from letters."""
     return [part for token in tokens(text) for part in _DIGITS_OR_NOT.findall(token)]
 
 

@@ -17,79 +17,16 @@ float32 (the tests); in bfloat16 on a GPU, rounding that differs with the batch'
 import contextlib
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from engine.data.sample import Sample
-from engine.data.versions import Entry
+from engine.evaluate.results import Answer, GeneratedSample, Generation, GenerationSettings, PassStats
 from engine.events import EventSink, ignore_events, progress_event
 from engine.train.prepare import end_of_turn_token, load_tokenizer, message_dicts
-
-
-@dataclass(frozen=True)
-class GenerationSettings:
-    """How answers are generated. Greedy by default; `seed` makes sampling repeatable."""
-
-    max_new_tokens: int = 256
-    batch_size: int = 8
-    do_sample: bool = False
-    temperature: float = 1.0
-    top_p: float = 1.0
-    seed: int = 0
-
-
-@dataclass
-class Answer:
-    """One model's answer to one prompt."""
-
-    text: str
-    tokens: int  # generated tokens, the end-of-turn token included
-    seconds: float  # this sample's share of its batch's wall time
-    stopped: bool  # ended at the end-of-turn token (False: ran to max_new_tokens)
-
-
-@dataclass
-class GeneratedSample:
-    """A test sample with the base and tuned answers; what the judge, the metrics and the report consume."""
-
-    index: int  # position among the samples given to `generate_pairs`
-    question: str  # the prompt as plain text (Sample.prompt_text)
-    reference: str  # the sample's last assistant turn
-    prompt: list[dict]  # the messages the models answered (everything before the last assistant turn)
-    tags: list[str]
-    base_answer: str
-    tuned_answer: str
-    base_tokens: int
-    tuned_tokens: int
-    base_seconds: float
-    tuned_seconds: float
-    base_stopped: bool
-    tuned_stopped: bool
-
-
-@dataclass
-class PassStats:
-    """One model's generation pass over all prompts."""
-
-    samples: int = 0
-    tokens: int = 0
-    seconds: float = 0.0
-    stopped: int = 0
-
-    @property
-    def tokens_per_second(self) -> float:
-        return self.tokens / self.seconds if self.seconds > 0 else 0.0
-
-
-@dataclass
-class Generation:
-    samples: list[GeneratedSample]
-    settings: GenerationSettings
-    base: PassStats = field(default_factory=PassStats)
-    tuned: PassStats = field(default_factory=PassStats)
 
 
 @dataclass
@@ -100,11 +37,6 @@ class LoadedModels:
     tokenizer: PreTrainedTokenizerBase
     base_model: str
     adapter_dir: Path | None
-
-
-def held_out_samples(entries: Sequence[Entry]) -> list[Sample]:
-    """The samples of a dataset version's test split that are in use."""
-    return [e.sample for e in entries if e.in_use and e.split == "test"]
 
 
 def prompt_messages(sample: Sample) -> list[dict]:

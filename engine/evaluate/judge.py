@@ -32,7 +32,6 @@ from openai import AsyncOpenAI
 
 from engine import llm
 from engine.data.synth_replies import extract_json
-from engine.evaluate.generate import GeneratedSample
 from engine.evaluate.judge_prompts import (
     DEFAULT_RUBRIC,
     GRADE_SCHEMA_NAME,
@@ -46,6 +45,7 @@ from engine.evaluate.judge_prompts import (
     grade_schema,
     pair_messages,
 )
+from engine.evaluate.results import GeneratedSample
 from engine.events import EventSink, ignore_events, progress_event
 from engine.llm import Budget, BudgetReached, ChatCaller, EndpointRefused, Reply, RequestFailed, RetryPolicy, Usage
 from engine.settings import Settings, get_settings

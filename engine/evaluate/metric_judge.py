@@ -22,10 +22,9 @@ import time
 from collections.abc import Sequence
 from statistics import fmean
 
-from engine.evaluate.generate import GeneratedSample
 from engine.evaluate.judge import Judgement, JudgeResult, SampleJudgement, aggregate
 from engine.evaluate.judge_prompts import SCORE_MAX, SCORE_MIN
-from engine.evaluate.reference import ReferenceMetrics, ReferenceScores
+from engine.evaluate.results import GeneratedSample, ReferenceMetrics, ReferenceScores
 from engine.llm import Usage
 
 METRIC_MODEL = "reference-metrics"

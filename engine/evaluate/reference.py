@@ -18,9 +18,7 @@ Aggregates are means over samples (macro averages); perplexity is also given ove
 """
 
 import math
-import re
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
 
 import torch
 from rouge_score.rouge_scorer import RougeScorer
@@ -28,35 +26,13 @@ from sacrebleu.metrics import BLEU, CHRF
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from engine.data.normalize import normalize_text
-from engine.evaluate.generate import GeneratedSample, adapter_disabled
+from engine.evaluate.generate import adapter_disabled
+from engine.evaluate.results import AnswerNLL, GeneratedSample, ReferenceMetrics, ReferenceScores, SampleMetrics
+from engine.evaluate.text import language_of, tokens
 from engine.train.prepare import IGNORE_INDEX, assistant_spans, end_of_turn_token
-
-CHINESE_SHARE = 0.2
-# CJK Unified Ideographs, Extension A, Compatibility Ideographs, Extensions B–F and the supplement.
-_HAN = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002fa1f"
-_HAN_CHAR = re.compile(f"[{_HAN}]")
-_TOKEN = re.compile(f"[{_HAN}]|[^\\W{_HAN}]+")  # one Han character, or a run of other word characters
 
 _BLEU = {"zh": BLEU(tokenize="zh", effective_order=True), "en": BLEU(tokenize="13a", effective_order=True)}
 _CHRF = CHRF()
-
-
-def cjk_share(text: str) -> float:
-    """The share of Han characters among a text's letters and digits (0.0 for a text with none)."""
-    letters = [ch for ch in text if ch.isalnum()]
-    if not letters:
-        return 0.0
-    return sum(1 for ch in letters if _HAN_CHAR.match(ch)) / len(letters)
-
-
-def language_of(text: str) -> str:
-    """ "zh" for Chinese text, else "en" (standing for every whitespace-delimited language)."""
-    return "zh" if cjk_share(text) >= CHINESE_SHARE else "en"
-
-
-def tokens(text: str) -> list[str]:
-    """Han characters one by one, other words whole, after normalisation; punctuation and spaces dropped."""
-    return _TOKEN.findall(normalize_text(text))
 
 
 class _Tokenizer:
@@ -67,17 +43,6 @@ class _Tokenizer:
 
 
 _ROUGE = RougeScorer(["rougeL"], tokenizer=_Tokenizer())
-
-
-@dataclass
-class ReferenceScores:
-    """One answer against its reference."""
-
-    language: str  # the reference's: "zh" or "en"
-    rouge_l: float  # 0–1
-    bleu: float  # 0–100
-    chrf: float  # 0–100
-    exact_match: float  # 1.0 or 0.0
 
 
 SCORE_NAMES = ("rouge_l", "bleu", "chrf", "exact_match")
@@ -102,22 +67,6 @@ def mean_scores(scores: Sequence[ReferenceScores]) -> dict[str, float]:
     if not scores:
         return {}
     return {name: sum(getattr(s, name) for s in scores) / len(scores) for name in SCORE_NAMES}
-
-
-@dataclass
-class AnswerNLL:
-    """A reference answer's negative log-likelihood under a model."""
-
-    nll: float  # summed over the answer's tokens
-    tokens: int
-
-    @property
-    def mean_nll(self) -> float:
-        return self.nll / self.tokens if self.tokens else math.nan
-
-    @property
-    def perplexity(self) -> float:
-        return math.exp(self.mean_nll) if self.tokens else math.nan
 
 
 def corpus_perplexity(nlls: Sequence[AnswerNLL]) -> float:
@@ -172,25 +121,6 @@ def answer_nlls(
         for row_loss, row_counted in zip(losses, counted, strict=True):
             results.append(AnswerNLL(float(row_loss[row_counted].sum()), int(row_counted.sum())))
     return results
-
-
-@dataclass
-class SampleMetrics:
-    index: int
-    base: ReferenceScores
-    tuned: ReferenceScores
-    base_nll: AnswerNLL | None = None
-    tuned_nll: AnswerNLL | None = None
-
-
-@dataclass
-class ReferenceMetrics:
-    samples: list[SampleMetrics]
-    base: dict[str, float] = field(default_factory=dict)  # mean scores, plus perplexities when computed
-    tuned: dict[str, float] = field(default_factory=dict)
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 def reference_metrics(

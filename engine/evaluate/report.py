@@ -31,13 +31,11 @@ from typing import Literal
 from engine.data.report import md_escape
 from engine.evaluate.agreement import JudgeAgreement
 from engine.evaluate.charts import dimension_chart, score_distribution_chart
-from engine.evaluate.forgetting import ForgettingReport
 from engine.evaluate.gate import GateDecision
-from engine.evaluate.generate import Generation, PassStats
 from engine.evaluate.judge import JudgeResult
 from engine.evaluate.metric_judge import METRIC_JUDGE_TITLE
-from engine.evaluate.reference import ReferenceMetrics, language_of
-from engine.evaluate.stability import StabilityReport
+from engine.evaluate.results import ForgettingReport, Generation, PassStats, ReferenceMetrics, StabilityReport
+from engine.evaluate.text import language_of
 from engine.evaluate.weakest import WeakestReport, shorten
 from engine.reviews import IterationComparison
 from engine.train.charts import write_loss_curve

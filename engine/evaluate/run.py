@@ -33,17 +33,20 @@ from sqlmodel import Session, col, select
 
 from engine.artifacts import get_artifact_store
 from engine.data.sample import Sample
-from engine.data.versions import load_entries
+from engine.data.versions import Entry, load_entries
 from engine.evaluate.agreement import JudgeAgreement, ReviewedJudgement, judge_agreement
-from engine.evaluate.forgetting import ForgettingReport
 from engine.evaluate.gate import GateConfig, GateDecision, GateInputs, decide
-from engine.evaluate.generate import Generation, GenerationSettings, held_out_samples
 from engine.evaluate.judge import JudgeError, JudgeResult, judge_configured, judge_samples_blocking
 from engine.evaluate.judge_prompts import DEFAULT_RUBRIC
 from engine.evaluate.metric_judge import metric_judge
-from engine.evaluate.reference import ReferenceMetrics
 from engine.evaluate.report import ReportFiles, ReportInputs, write_report
-from engine.evaluate.stability import StabilityReport
+from engine.evaluate.results import (
+    ForgettingReport,
+    Generation,
+    GenerationSettings,
+    ReferenceMetrics,
+    StabilityReport,
+)
 from engine.evaluate.weakest import WeakestReport, judge_scores, weakest_samples
 from engine.events import Event, EventSink, ignore_events
 from engine.files import write_atomic_text
@@ -130,6 +133,11 @@ class Judged:
 
 _GENERATED = TypeAdapter(Generated)
 _JUDGED = TypeAdapter(Judged)
+
+
+def held_out_samples(entries: Sequence[Entry]) -> list[Sample]:
+    """The samples of a dataset version's test split that are in use."""
+    return [e.sample for e in entries if e.in_use and e.split == "test"]
 
 
 def gate_config(project: Project) -> GateConfig:

@@ -4,7 +4,7 @@ The seed's complaint is "同一个问题两次答案不同". For a seeded sample
 times with sampling (the settings' temperature and top_p, a different seed per draw), and the k answers are
 compared with one another:
 
-- agreement: the mean ROUGE-L F1 over the k·(k-1)/2 pairs of answers, on `reference.tokens` (every Han
+- agreement: the mean ROUGE-L F1 over the k·(k-1)/2 pairs of answers, on `text.tokens` (every Han
   character a token, other words whole, punctuation dropped), so Chinese is compared on characters, never on
   whitespace; 1.0 when all k answers say the same thing;
 - exact share: the share of those pairs whose answers are equal after `normalize_text`;
@@ -21,45 +21,18 @@ it stands: pass `loaded.model` for base+adapter, or use `base_and_tuned_stabilit
 
 import random
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import replace
 from itertools import combinations
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from engine.data.normalize import normalize_text
-from engine.evaluate.generate import GenerationSettings, LoadedModels, adapter_disabled, generate_answers
-from engine.evaluate.reference import tokens
+from engine.evaluate.generate import LoadedModels, adapter_disabled, generate_answers
+from engine.evaluate.results import GenerationSettings, PromptStability, StabilityReport
+from engine.evaluate.text import tokens
 
 # Sampling as a chat deployment typically serves: what a user asking twice would see.
 STABILITY_SETTINGS = GenerationSettings(max_new_tokens=128, batch_size=8, do_sample=True, temperature=0.7, top_p=0.9)
-
-
-@dataclass
-class PromptStability:
-    """The k sampled answers to one prompt and how much they agree."""
-
-    index: int  # position among the prompts given to `stability`
-    question: str  # the prompt's last message
-    answers: list[str]
-    agreement: float  # mean pairwise ROUGE-L F1, 0–1
-    exact_share: float  # share of answer pairs equal after normalisation, 0–1
-    distinct: int  # different answers after normalisation
-
-
-@dataclass
-class StabilityReport:
-    prompts: list[PromptStability]  # in the order of their index
-    settings: GenerationSettings
-    k: int
-    seed: int
-    mean_agreement: float = 1.0
-    mean_exact_share: float = 1.0
-    least_stable: list[PromptStability] = field(default_factory=list)  # lowest agreement first
-    tokens: int = 0  # generated over all draws
-    seconds: float = 0.0
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 def lcs_length(a: Sequence[str], b: Sequence[str]) -> int:
@@ -76,7 +49,7 @@ def lcs_length(a: Sequence[str], b: Sequence[str]) -> int:
 
 
 def similarity(a: str, b: str) -> float:
-    """ROUGE-L F1 of two answers on `reference.tokens` (symmetric). Two answers without tokens count as equal
+    """ROUGE-L F1 of two answers on `text.tokens` (symmetric). Two answers without tokens count as equal
     when their normalised texts are."""
     ta, tb = tokens(a), tokens(b)
     if not ta or not tb:

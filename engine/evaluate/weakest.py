@@ -22,8 +22,8 @@ from dataclasses import asdict, dataclass, field
 from statistics import fmean
 from typing import Any
 
-from engine.evaluate.generate import GeneratedSample
 from engine.evaluate.judge import JudgeResult
+from engine.evaluate.results import GeneratedSample
 
 UNTAGGED = "untagged"
 DEFAULT_THRESHOLD = 4.0  # the gate's default overall score

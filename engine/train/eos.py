@@ -19,7 +19,10 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from engine.train.prepare import end_of_turn_token
+from engine.data.sample import Sample
+from engine.train.prepare import end_of_turn_token, message_dicts
+
+EOS_CHECK_PROMPTS = 3  # prompts a check generates for
 
 
 @dataclass
@@ -112,3 +115,13 @@ def check_saved_model(
         max_new_tokens=max_new_tokens,
         what=what or ("base+adapter" if base_model else "model"),
     )
+
+
+def eos_prompts(
+    samples: list[Sample], tokenizer: PreTrainedTokenizerBase, cutoff_len: int, count: int = EOS_CHECK_PROMPTS
+) -> tuple[list[list[dict]], int]:
+    """The first prompts of `samples` (everything before the last answer) and room enough for their answers."""
+    chosen = samples[:count]
+    prompts = [message_dicts(s)[: s.last_assistant_index()] for s in chosen]
+    longest = max(len(tokenizer(s.answer_text(), add_special_tokens=False)["input_ids"]) for s in chosen)
+    return prompts, min(cutoff_len, 2 * longest + 16)

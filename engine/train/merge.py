@@ -15,7 +15,7 @@ from sqlmodel import Session, select
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PreTrainedModel
 
 from engine.data.versions import load_entries
-from engine.train.eos import EosCheck, check_saved_model, check_stops, eos_ids
+from engine.train.eos import EosCheck, check_saved_model, check_stops, eos_ids, eos_prompts
 from engine.train.prepare import end_of_turn_token, split_entries
 from engine.train.recipe import Recipe
 from storage.models import Adapter, DatasetVersion, Run
@@ -96,8 +96,6 @@ def export_run(session: Session, run_id: int, out: Path, *, merge: bool) -> Expo
 
 
 def _prompts(session: Session, run: Run, tokenizer_dir: Path) -> tuple[list[list[dict]], int]:
-    from engine.train.sft import eos_prompts  # sft imports this module
-
     recipe = Recipe.model_validate(run.recipe or {})
     version = session.get(DatasetVersion, run.dataset_version_id) if run.dataset_version_id else None
     if version is None:

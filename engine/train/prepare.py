@@ -18,10 +18,9 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 from engine.data.sample import Sample
 from engine.data.versions import Entry
 from engine.train.recipe import Recipe
-from engine.train.tiny import CHATML_TEMPLATE
+from engine.train.templates import NAMED_TEMPLATES
 
 IGNORE_INDEX = -100
-NAMED_TEMPLATES = {"chatml": CHATML_TEMPLATE, "qwen": CHATML_TEMPLATE}
 _SENTINEL = "\x00tuneloop-answer\x00"
 
 

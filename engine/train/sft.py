@@ -36,7 +36,6 @@ from transformers.utils import is_flash_attn_2_available
 from trl import SFTConfig, SFTTrainer
 
 from engine.artifacts import get_artifact_store
-from engine.data.sample import Sample
 from engine.data.versions import DEFAULT_DATASET, load_entries, resolve_version
 from engine.events import Event, EventSink, ignore_events
 from engine.projects import get_project
@@ -44,22 +43,19 @@ from engine.runs import IllegalTransition, StageStopped, fail_run, transition, w
 from engine.train.cancel import CancelCallback
 from engine.train.charts import write_loss_curve
 from engine.train.distributed import DistributedError, check_distributed, deepspeed_config
-from engine.train.eos import EosCheck, check_saved_model
+from engine.train.eos import EosCheck, check_saved_model, eos_prompts
 from engine.train.merge import check_merged
 from engine.train.metrics import MetricsCallback, overfitting_warning, run_metrics, warning_event
 from engine.train.prepare import (
     PreparedData,
     end_of_turn_token,
     load_tokenizer,
-    message_dicts,
     prepare_data,
     split_entries,
 )
 from engine.train.recipe import Recipe, recipe_yaml
 from storage.artifacts import StoredArtifact, adapter_digest, record_artifact, run_key, sha256_file
 from storage.models import Adapter, DatasetVersion, Metric, Project, Run
-
-EOS_CHECK_PROMPTS = 3
 
 
 class TrainingError(RuntimeError):
@@ -442,16 +438,6 @@ def save_trained(trainer: SFTTrainer, tokenizer: PreTrainedTokenizerBase, out: P
     generation_config = getattr(model, "generation_config", None) or model.get_base_model().generation_config
     generation_config.save_pretrained(str(out))
     return out
-
-
-def eos_prompts(
-    samples: list[Sample], tokenizer: PreTrainedTokenizerBase, cutoff_len: int, count: int = EOS_CHECK_PROMPTS
-) -> tuple[list[list[dict]], int]:
-    """The first prompts of `samples` (everything before the last answer) and room enough for their answers."""
-    chosen = samples[:count]
-    prompts = [message_dicts(s)[: s.last_assistant_index()] for s in chosen]
-    longest = max(len(tokenizer(s.answer_text(), add_special_tokens=False)["input_ids"]) for s in chosen)
-    return prompts, min(cutoff_len, 2 * longest + 16)
 
 
 def record_adapter(

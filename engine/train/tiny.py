@@ -18,26 +18,14 @@ from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX, Qwen
 
 from engine.data.formats import load_file
 from engine.data.sample import Sample
+from engine.train.prepare import load_tokenizer, prepare_data
+from engine.train.recipe import Recipe
+from engine.train.templates import CHATML_TEMPLATE
 
 EXAMPLE_DATASET = Path(__file__).resolve().parents[2] / "examples" / "customer_service.jsonl"
 
 ENDOFTEXT, IM_START, IM_END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
 SPECIAL_TOKENS = [ENDOFTEXT, IM_START, IM_END]
-
-# ChatML, as Qwen2.5 writes it (without its default system prompt). Tool calls are rendered the Qwen way.
-CHATML_TEMPLATE = (
-    "{%- for message in messages %}"
-    "{{- '<|im_start|>' + message['role'] + '\\n' }}"
-    "{%- if message['content'] %}{{- message['content'] }}{%- endif %}"
-    "{%- if message['tool_calls'] is defined and message['tool_calls'] %}"
-    "{%- for call in message['tool_calls'] %}"
-    "{{- '\\n<tool_call>\\n' + (call['function'] | tojson) + '\\n</tool_call>' }}"
-    "{%- endfor %}"
-    "{%- endif %}"
-    "{{- '<|im_end|>\\n' }}"
-    "{%- endfor %}"
-    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
-)
 
 
 @dataclass(frozen=True)
@@ -152,9 +140,7 @@ def pretrain_tiny_model(model_dir: Path, samples: Sequence[Sample], epochs: floa
     pass over the dataset's conversations makes it a small "instruct" model, as a downloaded base would be."""
     import tempfile
 
-    from engine.train.prepare import load_tokenizer, prepare_data
-    from engine.train.recipe import Recipe
-    from engine.train.sft import build_trainer
+    from engine.train.sft import build_trainer  # TRL's import takes seconds; building a model needs none of it
 
     recipe = Recipe(
         model_name_or_path=str(model_dir),

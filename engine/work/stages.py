@@ -278,7 +278,7 @@ def _deploy(session: Session, run_id: int, events: EventSink, stopping: Stopping
 
 def evaluation_options(project: Project) -> Any:
     """The project's `settings.evaluation` (EvaluationOptions' fields, plus `max_new_tokens`), defaults elsewhere."""
-    from engine.evaluate.generate import GenerationSettings
+    from engine.evaluate.results import GenerationSettings
     from engine.evaluate.run import EvaluationOptions
 
     raw = dict((project.settings or {}).get("evaluation") or {})

@@ -12,14 +12,13 @@ import os
 import socket
 from typing import Any
 
-import redis
 from arq import Worker
 from arq.connections import ArqRedis, RedisSettings
 from arq.worker import func
 from sqlmodel import Session
 
 from engine.database import get_engine
-from engine.event_stream import relay_events
+from engine.event_stream import relay_client, relay_events
 from engine.settings import Settings, get_settings
 from engine.work import stages
 from engine.work.connection import JOB_CODEC
@@ -95,16 +94,13 @@ async def _reconcile_forever(pool: Any, settings: Settings) -> None:
 async def _relay_forever(settings: Settings) -> None:
     """Put on the event stream what the database holds and the stream does not yet: every run's moves (approved by
     a person in a chat, deployed, failed) and what a stage announced while Redis was away."""
-    client = redis.Redis.from_url(settings.redis_url)
-    try:
-        while True:
-            try:
-                await asyncio.to_thread(relay_events, get_engine(settings), client)
-            except Exception:  # Redis or the database away for a moment: the next pass tries again
-                logger.exception("relaying events failed")
-            await asyncio.sleep(RELAY_EVERY_S)
-    finally:
-        client.close()
+    client = relay_client(settings.redis_url)
+    while True:
+        try:
+            await asyncio.to_thread(relay_events, get_engine(settings), client)
+        except Exception:  # Redis or the database away for a moment: the next pass tries again
+            logger.exception("relaying events failed")
+        await asyncio.sleep(RELAY_EVERY_S)
 
 
 async def _start_reconciling(ctx: dict[str, Any]) -> None:
