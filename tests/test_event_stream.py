@@ -265,5 +265,5 @@ def test_follow_shows_a_move_on_the_stream_twice_once(client: redis.Redis, strea
     result = runner.invoke(app, ["follow", "7", "--stream", stream, "--from-start", "--timeout", "5"])
 
     assert result.exit_code == 0, result.output
-    assert result.output.count("run 7: reviewing → deploying by 王经理") == 1, result.output
+    assert result.output.count("run 7: waiting for review → deploying by 王经理") == 1, result.output
     assert result.output.count("run 7: deploying → deployed by worker:cpu-1") == 1, result.output
