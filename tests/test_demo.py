@@ -11,7 +11,7 @@ from bot.cli import app
 from engine.data.formats import load_file
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "customer_service.jsonl"
-DEMO_REDIS_DB = 14  # the demo's own: arq's job ids (1:train:1) are global in a Redis database
+DEMO_REDIS_DB = 11  # the demo's own: arq's job ids (1:train:1) are global in a Redis database
 
 
 @pytest.fixture
@@ -52,6 +52,8 @@ def test_demo_runs_the_data_loop_and_is_repeatable(tmp_path: Path, demo_redis: N
     # The reviews and the retrain went through the core's actions, as a chat face's buttons would.
     assert "3 reviewed: 0 kept, 2 fixed, 1 dropped" in output and "since iteration 1: overall" in output
     assert "Retrain would: improve 2 references, remove 1 sample" in output
+    # Every move is announced once and printed once (two relays once sent the approval twice).
+    assert output.count("run 2: waiting for review → deploying by ops-manager") == 1, output
     reports = [Path(line.split("report: ", 1)[1]) for line in output.splitlines() if line.startswith("  report: ")]
     assert len(reports) == 2 and all(r.is_file() and r.with_suffix(".md").is_file() for r in reports)
     assert "customer_service now serves customer_service-v1 (run 2)" in output
