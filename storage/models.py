@@ -350,6 +350,7 @@ class ChatAction(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     key: str = Field(max_length=24, unique=True)
     action: dict = Field(sa_column=Column(JSON, nullable=False))
+    asks: str | None = Field(default=None, sa_column=Column(Text))  # the prompt for text the action needs first
     created_at: datetime = _created()
 
 

@@ -17,8 +17,9 @@ What it speaks, as Slack does (docs.slack.dev/reference/methods, slack_sdk/web/a
 - files_upload_v2: files.getUploadURLExternal gives an `upload_url` on this server, the bytes are POSTed there
   (answered `OK - <length>` as Slack's file server does), files.completeUploadExternal shares them in a channel
   (and thread), where the file's `shares` then lists it; files.info tells a file;
-- `url_private_download` serves a file only with the bot token; without it the answer is Slack's HTML login page
-  with status 200, which is what a client that drops the header really gets.
+- `url_private_download` serves a file only with the bot token of an app with files:read; otherwise the answer is
+  Slack's HTML login page with status 200, which is what a client that drops the header really gets;
+- a slash command's `response_url` (from `response_url()`) records what is sent to it in `responses`.
 """
 
 import asyncio
@@ -70,6 +71,8 @@ class SlackServer:
         self.files: dict[str, SlackFile] = {}
         self.views: list[dict] = []
         self.downloads: list[tuple[str, bool]] = []  # (file id, whether the bot token came with it)
+        self.responses: list[dict[str, Any]] = []  # what was sent to a slash command's response_url
+        self.scopes = {"commands", "chat:write", "files:read", "files:write"}  # the bot token's
         self._refusals: dict[str, list[str]] = {}
         self._slow_downs: dict[str, list[int]] = {}
         self._ids = itertools.count(1)
@@ -112,6 +115,10 @@ class SlackServer:
         self.files[file.id] = file
         return self._file_object(file)
 
+    def response_url(self) -> str:
+        """A slash command's response_url, on this server."""
+        return f"{self.url}/commands/{next(self._ids)}"
+
     def __enter__(self) -> "SlackServer":
         started = threading.Event()
         self._thread = threading.Thread(target=self._serve, args=(started,), daemon=True)
@@ -136,6 +143,7 @@ class SlackServer:
         app.router.add_route("*", "/api/{method}", self._api)
         app.router.add_post("/upload/v1/{file}", self._upload)
         app.router.add_get("/files-pri/{team_file}/{name}", self._download)
+        app.router.add_post("/commands/{id}", self._respond)
         self._runner = web.AppRunner(app)
         self._loop.run_until_complete(self._runner.setup())
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -255,7 +263,8 @@ class SlackServer:
 
     async def _download(self, request: web.Request) -> web.Response:
         file_id = request.match_info["team_file"].removeprefix(f"{TEAM}-")
-        authorized = request.headers.get("Authorization") == f"Bearer {self.bot_token}"
+        # Without files:read even the bot token gets the login page, as it does on Slack.
+        authorized = request.headers.get("Authorization") == f"Bearer {self.bot_token}" and "files:read" in self.scopes
         with self._lock:
             self.downloads.append((file_id, authorized))
         file = self.files.get(file_id)
@@ -264,6 +273,11 @@ class SlackServer:
         if file is None:
             return web.Response(status=404, text="Not Found")
         return web.Response(body=file.content, content_type="application/octet-stream")
+
+    async def _respond(self, request: web.Request) -> web.Response:
+        with self._lock:
+            self.responses.append(await request.json())
+        return web.Response(text="ok")
 
     # --- helpers ---------------------------------------------------------------------------------------------
 

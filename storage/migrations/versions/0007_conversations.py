@@ -1,4 +1,5 @@
-"""conversations: where a run lives in a chat (channel, thread, card, the messages holding buttons)
+"""conversations: where a run lives in a chat (channel, thread, card, the messages holding buttons);
+chat_actions.asks: the prompt for text a button's action needs first (a Fix's answer, an override's reason)
 
 Revision ID: 0007
 Revises: 0006
@@ -35,8 +36,12 @@ def upgrade() -> None:
         sa.UniqueConstraint("platform", "run_id", name=op.f("uq_conversations_platform_run_id")),
     )
     op.create_index(op.f("ix_conversations_run_id"), "conversations", ["run_id"], unique=False)
+    with op.batch_alter_table("chat_actions") as batch:
+        batch.add_column(sa.Column("asks", sa.Text(), nullable=True))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("chat_actions") as batch:
+        batch.drop_column("asks")
     op.drop_index(op.f("ix_conversations_run_id"), table_name="conversations")
     op.drop_table("conversations")
