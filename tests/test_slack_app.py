@@ -9,6 +9,7 @@ import urllib.parse
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -18,7 +19,8 @@ from slack_sdk.signature import SignatureVerifier
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
-from bot.core.outbox import Outbox
+from bot.core.messages import Message
+from bot.core.outbox import Outbox, Undeliverable
 from bot.core.perform import Core
 from bot.slack import blocks
 from bot.slack.app import SlackFace
@@ -29,6 +31,7 @@ from storage.models import Conversation, DatasetVersion, Judgement, Project, Rev
 from tests.slack_server import SlackServer
 from tests.test_core import core_on
 from tests.test_reviews import build
+from tests.test_runs import deploys  # noqa: F401  (a fixture)
 
 SECRET = "8f742231b10e8888abcd99yyyzzz85a5"
 CHANNEL = "C0TESTCHAN1"
@@ -285,6 +288,30 @@ def test_fix_asks_for_the_answer_in_a_modal_and_an_empty_one_is_refused_on_its_i
     assert not any(block["type"] == "actions" for block in first.blocks)  # replaced once the answer came
 
 
+@pytest.mark.usefixtures("deploys")  # deployment stands in: engine.runs.deploy_run answers "shop now serves shop-v1"
+def test_deploying_over_a_failed_gate_asks_an_approver_for_the_reason(core: Core, slack: SlackServer) -> None:
+    world = build(core.engine)  # its gate failed
+
+    async def scenario() -> None:
+        async with running(core, slack) as bot:
+            await bot.command(slack, f"status {world.run_id}")
+            await bot.face.idle()
+            (card,) = slack.messages
+            await bot.interact(press(card, "Approve over the gate…"))
+            (modal,) = await opened(slack)
+            reason = {"text": {"value": {"type": "plain_text_input", "value": "tiny model; a demo"}}}
+            await bot.interact(submit(modal, reason))
+
+    asyncio.run(scenario())
+    with Session(core.engine) as session:
+        assert session.get(Run, world.run_id).gate_override_reason == "tiny model; a demo"
+    card, *replies = slack.thread(CHANNEL, slack.messages[0].ts)
+    assert "shop now serves shop-v1" in replies[-1].text
+    rollback = [e["text"]["text"] for b in replies[-1].blocks if b["type"] == "actions" for e in b["elements"]]
+    assert rollback == ["Roll back"]
+    assert any(block["type"] == "actions" for block in card.blocks)  # a card is the relay's to update, not replaced
+
+
 def test_someone_not_allowed_is_told_privately_and_nothing_changes(core: Core, slack: SlackServer) -> None:
     world = build(core.engine, reviewers=["slack:U0ALICE"])
     first = review_cards(core, slack, world.run_id)[0]
@@ -352,3 +379,33 @@ def test_a_download_refused_for_a_missing_scope_says_which_scope(core: Core, sla
     assert "files:read" in told.text
     with Session(core.engine) as session:
         assert len(session.exec(select(Run)).all()) == 1  # only the one build made
+
+
+# --- posting ------------------------------------------------------------------------------------------------------
+
+
+def test_posting_waits_out_slacks_rate_limit_uploads_charts_into_the_thread_and_words_refusals(
+    slack: SlackServer, tmp_path: Path
+) -> None:
+    chart = tmp_path / "loss.png"
+    chart.write_bytes(b"\x89PNG loss curve")
+    slack.other_channels.add("C0OUTSIDE01")
+
+    async def scenario() -> tuple[float, str, str]:
+        client = web_client(slack.bot_token, slack.api_url)
+        outbox = Outbox(SlackSender(client), pace_s=0)
+        root = await outbox.post(CHANNEL, None, Message("Run 1 · shop"))
+        slack.slow_down("chat.postMessage", retry_after=1)
+        started = time.monotonic()
+        await outbox.post(CHANNEL, root, Message("Evaluation of run 1", images=[chart]))
+        waited = time.monotonic() - started
+        with pytest.raises(Undeliverable) as refused:
+            await outbox.post("C0OUTSIDE01", None, Message("hello"))
+        return waited, root, str(refused.value)
+
+    waited, root, refused = asyncio.run(scenario())
+    assert waited >= 1.0
+    assert [m.text for m in slack.thread(CHANNEL, root)] == ["Run 1 · shop", "Evaluation of run 1"]
+    (uploaded,) = [f for f in slack.files.values() if f.name == "loss.png"]
+    assert uploaded.content == b"\x89PNG loss curve" and uploaded.shares == [(CHANNEL, root)]
+    assert refused == "invite @tuneloop to channel C0OUTSIDE01 (/invite @tuneloop), then try again"
