@@ -19,7 +19,9 @@ What it speaks, as Slack does (docs.slack.dev/reference/methods, slack_sdk/web/a
   (and thread), where the file's `shares` then lists it; files.info tells a file;
 - `url_private_download` serves a file only with the bot token of an app with files:read; otherwise the answer is
   Slack's HTML login page with status 200, which is what a client that drops the header really gets;
-- a slash command's `response_url` (from `response_url()`) records what is sent to it in `responses`.
+- a slash command's `response_url` (from `response_url()`) records what is sent to it in `responses`;
+- Socket Mode: apps.connections.open (with the app token, xapp-…) gives a WebSocket URL on this server, which says
+  `hello`, carries the envelopes `socket_send` delivers and records the app's acknowledgements.
 """
 
 import asyncio
@@ -34,6 +36,7 @@ from typing import Any
 from aiohttp import web
 
 BOT_TOKEN = "xoxb-test-token"
+APP_TOKEN = "xapp-1-test-token"
 TEAM = "T0TEST"
 BOT_USER = "U0TUNELOOP"
 CHANNEL_ID = re.compile(r"^[CGD][A-Z0-9]{8,}$")
@@ -63,7 +66,9 @@ class SlackFile:
 
 class SlackServer:
     def __init__(self, channels: tuple[str, ...] = ("C0TESTCHAN1",), bot_token: str = BOT_TOKEN) -> None:
-        self.bot_token = bot_token
+        self.bot_token, self.app_token = bot_token, APP_TOKEN
+        self.sockets: list[web.WebSocketResponse] = []  # the Socket Mode connections open now
+        self.socket_replies: list[dict[str, Any]] = []  # what the app sent back over them (acknowledgements)
         self.channels = set(channels)  # channels the bot is in
         self.other_channels: set[str] = set()  # channels that exist without the bot
         self.requests: list[tuple[str, dict[str, Any]]] = []
@@ -144,6 +149,7 @@ class SlackServer:
         app.router.add_post("/upload/v1/{file}", self._upload)
         app.router.add_get("/files-pri/{team_file}/{name}", self._download)
         app.router.add_post("/commands/{id}", self._respond)
+        app.router.add_get("/link", self._link)
         self._runner = web.AppRunner(app)
         self._loop.run_until_complete(self._runner.setup())
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -165,7 +171,7 @@ class SlackServer:
             self.requests.append((method, args))
         if not token:
             return _answer({"ok": False, "error": "not_authed"})
-        if token != self.bot_token:
+        if token != (self.app_token if method == "apps.connections.open" else self.bot_token):
             return _answer({"ok": False, "error": "invalid_auth"})
         if self._slow_downs.get(method):
             retry_after = self._slow_downs[method].pop(0)
@@ -183,6 +189,9 @@ class SlackServer:
     def _auth_test(self, _args: dict) -> dict:
         return {"url": "https://tuneloop-test.slack.com/", "team": "tuneloop", "user": "tuneloop", "team_id": TEAM,
                 "user_id": BOT_USER, "bot_id": "B0TUNELOOP", "is_enterprise_install": False}  # fmt: skip
+
+    def _apps_connections_open(self, _args: dict) -> dict:
+        return {"url": f"ws://127.0.0.1:{self.port}/link"}
 
     def _chat_postMessage(self, args: dict) -> dict:
         channel = self._channel(args.get("channel"))
@@ -273,6 +282,30 @@ class SlackServer:
         if file is None:
             return web.Response(status=404, text="Not Found")
         return web.Response(body=file.content, content_type="application/octet-stream")
+
+    async def _link(self, request: web.Request) -> web.WebSocketResponse:
+        """A Socket Mode connection: `hello` first, then envelopes from `socket_send`; replies are recorded."""
+        socket = web.WebSocketResponse()
+        await socket.prepare(request)
+        self.sockets.append(socket)
+        await socket.send_json(
+            {"type": "hello", "num_connections": len(self.sockets), "connection_info": {"app_id": "A0TUNELOOP"}}
+        )
+        async for frame in socket:
+            if frame.type == web.WSMsgType.TEXT:
+                with self._lock:
+                    self.socket_replies.append(json.loads(frame.data))
+        self.sockets.remove(socket)
+        return socket
+
+    def socket_send(self, kind: str, payload: dict[str, Any]) -> str:
+        """Deliver `payload` over Socket Mode as an envelope of `kind` (slash_commands, interactive, events_api);
+        its envelope id, which the app's acknowledgement names."""
+        envelope_id = f"envelope-{next(self._ids)}"
+        envelope = {"envelope_id": envelope_id, "type": kind, "payload": payload, "accepts_response_payload": True}
+        assert self._loop is not None and self.sockets, "no Socket Mode connection is open"
+        asyncio.run_coroutine_threadsafe(self.sockets[-1].send_json(envelope), self._loop).result(5)
+        return envelope_id
 
     async def _respond(self, request: web.Request) -> web.Response:
         with self._lock:

@@ -6,7 +6,7 @@ import asyncio
 import json
 import time
 import urllib.parse
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +14,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+import redis
 from aiohttp import web
 from slack_sdk.signature import SignatureVerifier
 from sqlalchemy.engine import Engine
@@ -25,7 +26,9 @@ from bot.core.perform import Core
 from bot.slack import blocks
 from bot.slack.app import SlackFace
 from bot.slack.sender import SlackSender
-from bot.slack.serve import web_client
+from bot.slack.serve import serve, web_client
+from engine.event_stream import stream_sink
+from engine.events import Event
 from storage.db import session_scope
 from storage.models import Conversation, DatasetVersion, Judgement, Project, Review, Run
 from tests.slack_server import SlackServer
@@ -409,3 +412,39 @@ def test_posting_waits_out_slacks_rate_limit_uploads_charts_into_the_thread_and_
     (uploaded,) = [f for f in slack.files.values() if f.name == "loss.png"]
     assert uploaded.content == b"\x89PNG loss curve" and uploaded.shares == [(CHANNEL, root)]
     assert refused == "invite @tuneloop to channel C0OUTSIDE01 (/invite @tuneloop), then try again"
+
+
+# --- the bot as it runs -------------------------------------------------------------------------------------------
+
+
+async def until(what: str, condition: Callable[[], object], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
+
+
+def test_the_bot_over_socket_mode_answers_commands_and_relays_the_runs_events(core: Core, slack: SlackServer) -> None:
+    run_id = build(core.engine).run_id
+    events = stream_sink(redis.Redis.from_url(core.settings.redis_url), interval=0)
+
+    async def scenario() -> None:
+        stop = asyncio.Event()
+        bot = asyncio.create_task(
+            serve(core, bot_token=slack.bot_token, api_url=slack.api_url, app_token=slack.app_token, stop=stop)
+        )
+        await until("the Socket Mode connection", lambda: slack.sockets)
+        command = {"command": "/finetune", "text": f"status {run_id}", "user_id": "U0ALICE", "channel_id": CHANNEL,
+                   "team_id": "T0TEST", "trigger_id": "1.2.3", "response_url": slack.response_url()}  # fmt: skip
+        envelope = await asyncio.to_thread(slack.socket_send, "slash_commands", command)
+        await until("the acknowledgement", lambda: any(r.get("envelope_id") == envelope for r in slack.socket_replies))
+        await until("the card", lambda: slack.messages)
+        events(Event("warning", "shop", {"message": "the loss went up"}, run=run_id))
+        await until("the relayed warning", lambda: len(slack.messages) == 2)
+        stop.set()
+        await bot
+
+    asyncio.run(scenario())
+    card, warning = slack.messages
+    assert card.blocks[0]["block_id"] == "title:card"
+    assert (warning.thread_ts, warning.text) == (card.ts, f"run {run_id}: warning: the loss went up")
