@@ -12,7 +12,7 @@ from typing import Protocol, TypeVar
 
 from bot.core.messages import Message
 
-PACE_S = 1.0  # seconds between two sends into one channel
+PACE_S = 1.1  # seconds between two sends into one channel: Slack allows about one a second, kept with a margin
 MAX_RATE_LIMITED = 5  # waits for one send before it is given up
 
 logger = logging.getLogger(__name__)

@@ -18,6 +18,7 @@ from typing import Any
 
 import aiohttp
 from slack_bolt.async_app import AsyncApp
+from slack_bolt.authorization import AuthorizeResult
 from slack_bolt.context.ack.async_ack import AsyncAck
 from slack_bolt.response import BoltResponse
 from slack_sdk.errors import SlackApiError
@@ -33,7 +34,6 @@ from bot.slack import blocks
 from bot.slack.sender import refusal
 
 COMMAND = "/finetune"
-PARSE_WITHIN_S = 2.0  # of Slack's 3 s, what reading the command may take before it is acknowledged anyway
 SEEN = 10_000  # deliveries remembered for de-duplication
 HTML_INSTEAD = (
     "Slack sent a web page instead of {name}: the app needs the files:read scope "
@@ -65,11 +65,18 @@ class SlackFace:
         self.uploads = uploads or core.settings.home / "uploads" / "slack"
         self.seen = _Seen()
         self.tasks: set[asyncio.Task] = set()
+        self._authorized: AuthorizeResult | None = None
+        self._authorizing = asyncio.Lock()
 
     def app(self, *, signing_secret: str | None) -> AsyncApp:
         """The Bolt app; `signing_secret` None for Socket Mode, where Slack's own connection is the credential."""
+
+        async def authorize() -> AuthorizeResult:  # Bolt reads a plain function's parameters, not a method's
+            return await self._authorize()
+
         app = AsyncApp(
             client=self.client,
+            authorize=authorize,
             signing_secret=signing_secret,
             request_verification_enabled=signing_secret is not None,
             process_before_response=False,
@@ -80,6 +87,17 @@ class SlackFace:
         app.view(blocks.TEXT_MODAL)(self._text_given)
         app.view(blocks.UPLOAD_MODAL)(self._upload_given)
         return app
+
+    async def _authorize(self) -> AuthorizeResult:
+        """Who the bot is, asked of Slack once (auth.test): Bolt's own check caches only its first answer, so two
+        hundred commands arriving together made over a hundred calls, and waited for them, before acknowledging."""
+        async with self._authorizing:
+            if self._authorized is None:
+                answer = await self.client.auth_test()
+                self._authorized = AuthorizeResult.from_auth_test_response(
+                    bot_token=self.client.token, auth_test_response=answer
+                )
+        return self._authorized
 
     async def idle(self) -> None:
         """Wait for the work handed off so far (tests, and a clean stop)."""
@@ -100,26 +118,11 @@ class SlackFace:
         return await next()
 
     async def _command(self, ack: AsyncAck, command: dict, respond: Any) -> None:
+        # Acknowledged before anything else: reading the text asks the database, which may be busy.
+        await ack()
         actor = _actor(command["user_id"], command.get("user_name"), command["channel_id"])
         text = command.get("text", "").strip() or "help"
-        try:
-            action = await asyncio.wait_for(asyncio.to_thread(self.core.parse, text, actor), PARSE_WITHIN_S)
-        except UserError as error:
-            await ack(text=blocks.escape(str(error)))  # seen by the person who typed it only
-            return
-        except TimeoutError:
-            await ack()
-            self._hand_off(self._perform_text(text, actor, command["channel_id"], respond))
-            return
-        await ack()
-        if isinstance(action, StartRun) and action == StartRun(project=action.project):
-            # No data named: ask for a file (a command carries none) and options.
-            metadata = {"project": action.project, "channel": command["channel_id"]}
-            await self.client.views_open(
-                trigger_id=command["trigger_id"], view=blocks.upload_modal(action.project, metadata)
-            )
-            return
-        self._hand_off(self._perform(action, actor, command["channel_id"], None, respond=respond))
+        self._hand_off(self._command_text(text, actor, command, respond))
 
     async def _pressed(self, ack: AsyncAck, body: dict, action: dict) -> None:
         await ack()
@@ -195,13 +198,21 @@ class SlackFace:
         if not task.cancelled() and task.exception() is not None:
             logger.error("a Slack action failed", exc_info=task.exception())
 
-    async def _perform_text(self, text: str, actor: Actor, channel: str, respond: Any) -> None:
+    async def _command_text(self, text: str, actor: Actor, command: dict, respond: Any) -> None:
+        """A command's text as an action: a mistake answered to the person alone; a project named without data
+        opens the upload modal (a command carries no file); anything else carried out."""
         try:
             action = await asyncio.to_thread(self.core.parse, text, actor)
         except UserError as error:
-            await respond(text=blocks.escape(str(error)))
+            await respond(text=blocks.escape(str(error)), response_type="ephemeral")
             return
-        await self._perform(action, actor, channel, None, respond=respond)
+        if isinstance(action, StartRun) and action == StartRun(project=action.project):
+            metadata = {"project": action.project, "channel": command["channel_id"]}
+            await self.client.views_open(
+                trigger_id=command["trigger_id"], view=blocks.upload_modal(action.project, metadata)
+            )
+            return
+        await self._perform(action, actor, command["channel_id"], None, respond=respond)
 
     async def _perform(
         self, action: Action, actor: Actor, channel: str, thread: str | None, *, respond: Any = None
