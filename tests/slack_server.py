@@ -53,6 +53,7 @@ class Posted:
     thread_ts: str | None = None
     user: str | None = None  # an ephemeral message's only reader
     edits: list[dict] = field(default_factory=list)  # every chat.update's arguments
+    edited_at: list[float] = field(default_factory=list)  # and when it came (time.monotonic)
 
 
 @dataclass
@@ -211,6 +212,7 @@ class SlackServer:
         with self._lock:
             posted.text, posted.blocks = args.get("text") or posted.text, blocks
             posted.edits.append(args)
+            posted.edited_at.append(time.monotonic())
         return {"channel": channel, "ts": posted.ts, "text": posted.text, "message": _message_object(posted)}
 
     def _chat_postEphemeral(self, args: dict) -> dict:

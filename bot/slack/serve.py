@@ -17,6 +17,7 @@ from engine.event_stream import EventConsumer
 
 SLACK_API_URL = "https://slack.com/api/"
 GROUP = "slack"  # the consumer group of every Slack bot on the stream
+BACKLOG = 1024  # connections waiting to be accepted; aiohttp's 128 made a burst of commands wait a second for SYN
 logger = logging.getLogger(__name__)
 
 
@@ -52,7 +53,7 @@ async def serve(
     if http:
         runner = web.AppRunner(app.web_app(path="/slack/events"))
         await runner.setup()
-        await web.TCPSite(runner, "0.0.0.0", port).start()
+        await web.TCPSite(runner, "0.0.0.0", port, backlog=BACKLOG).start()
         logger.info("tuneloop's Slack app listens on port %s at /slack/events", port)
         await stop.wait()
         await runner.cleanup()
