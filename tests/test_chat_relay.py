@@ -139,14 +139,17 @@ def test_a_runs_card_opens_its_thread_and_answers_about_it_go_there(core: Core, 
         await conversations.deliver(core, outbox, [note, *card], "C1", None)
         # Asked again from elsewhere in the channel: the same card is edited, no second thread.
         await conversations.deliver(core, outbox, core.perform(Status(run=run_id), ALICE), "C1", None)
+        # Asked from another channel: the card is edited, and shown there too.
+        await conversations.deliver(core, outbox, core.perform(Status(run=run_id), ALICE), "C2", "7.0")
         await outbox.drain()
         return sender
 
     sender = asyncio.run(scenario())
-    (card_channel, card_thread, card), (note_channel, note_thread, note) = sender.posts
+    (card_channel, card_thread, card), (note_channel, note_thread, note), elsewhere = sender.posts
+    assert (elsewhere[0], elsewhere[1], elsewhere[2].kind) == ("C2", "7.0", "card")
     assert (card_channel, card_thread, card.kind) == ("C1", None, "card")
     assert (note_channel, note_thread, note.title) == ("C1", "1.000", "about the run")
-    assert [(c, m) for c, m, _, _ in sender.edits] == [("C1", "1.000")]
+    assert {(c, m) for c, m, _, _ in sender.edits} == {("C1", "1.000")}  # only the card in its own channel is edited
     assert all(button.key for button in card.buttons)  # stored under short keys before posting
     with Session(db_engine) as session:
         (row,) = session.exec(select(Conversation)).all()

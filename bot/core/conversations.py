@@ -76,7 +76,8 @@ def _place(row: Conversation) -> Place:
 
 async def deliver(core: Core, outbox: Outbox, messages: list[Message], channel: str, thread: str | None) -> None:
     """Post an action's answers, asked in `thread` of `channel`: a run's card opens its thread (or, once there is
-    one, edits the card in place); other messages about a run with a thread go into it; the rest where asked."""
+    one, edits the card in place, and is shown where asked too when that is another channel); other messages about
+    a run with a thread go into it; the rest where asked."""
     platform = outbox.sender.platform
     await asyncio.to_thread(core.store_buttons, messages)
     places: dict[int, Place | None] = {}
@@ -96,6 +97,9 @@ async def deliver(core: Core, outbox: Outbox, messages: list[Message], channel: 
             outbox.edit(place.channel, place.card, card)
     for message in messages:
         if id(message) in card_ids:
+            place = places[message.run_id]  # type: ignore[index]
+            if place is not None and place.channel != channel:
+                await outbox.post(channel, thread, message)  # asked from elsewhere: shown there too
             continue
         place = places.get(message.run_id) if message.run_id is not None else None
         await post(core, outbox, message, place, channel, thread)
