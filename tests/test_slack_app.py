@@ -4,6 +4,11 @@ commands, buttons, modals and an uploaded file go through the core to the databa
 
 import asyncio
 import json
+import os
+import signal
+import socket
+import subprocess
+import sys
 import time
 import urllib.parse
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -36,6 +41,7 @@ from tests.test_core import core_on
 from tests.test_reviews import build
 from tests.test_runs import deploys  # noqa: F401  (a fixture)
 
+ROOT = Path(__file__).resolve().parent.parent
 SECRET = "8f742231b10e8888abcd99yyyzzz85a5"
 CHANNEL = "C0TESTCHAN1"
 SLACK_REDIS_DB = 14  # arq job ids are global in one Redis database: these tests' own
@@ -61,11 +67,16 @@ def core(db_engine: Engine, redis_url: str, monkeypatch: pytest.MonkeyPatch) -> 
 
 @dataclass
 class Bot:
-    """The running app and a way to send it what Slack sends."""
+    """A way to send the app what Slack sends; `face` when it runs in this process."""
 
-    face: SlackFace
     url: str
     session: aiohttp.ClientSession
+    face: SlackFace | None = None
+
+    async def idle(self) -> None:
+        """Wait for the work the app handed off."""
+        assert self.face is not None
+        await self.face.idle()
 
     async def send(self, body: str, *, content_type: str, signed_at: int | None = None, secret: str = SECRET) -> Any:
         stamp = str(signed_at or int(time.time()))
@@ -108,7 +119,7 @@ async def running(core: Core, slack: SlackServer) -> AsyncIterator[Bot]:
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     async with aiohttp.ClientSession() as session:
-        yield Bot(face, f"http://127.0.0.1:{port}/slack/events", session)
+        yield Bot(f"http://127.0.0.1:{port}/slack/events", session, face)
     await face.idle()
     await runner.cleanup()
 
@@ -196,7 +207,7 @@ def test_a_command_is_acknowledged_at_once_its_card_opens_a_thread_and_mistakes_
             status = await bot.command(slack, f"status {run_id}")
             took = time.monotonic() - started
             mistake = await bot.command(slack, "stauts 3")
-            await bot.face.idle()
+            await bot.idle()
         return status, mistake, took
 
     status, mistake, took = asyncio.run(scenario())
@@ -257,7 +268,7 @@ def test_a_button_does_its_action_once_and_is_replaced_by_what_was_done(core: Co
     async def scenario() -> list[Any]:
         async with running(core, slack) as bot:
             answers = [await bot.interact(payload), await bot.interact(payload)]  # delivered twice
-            await bot.face.idle()
+            await bot.idle()
         return answers
 
     assert [status for status, _ in asyncio.run(scenario())] == [200, 200]
@@ -283,7 +294,7 @@ def test_fix_asks_for_the_answer_in_a_modal_and_an_empty_one_is_refused_on_its_i
             empty = await bot.interact(submit(modal, {"text": {"value": {"type": "plain_text_input", "value": " "}}}))
             answer = {"text": {"value": {"type": "plain_text_input", "value": "Send me the <order> number."}}}
             given = await bot.interact(submit(modal, answer))
-            await bot.face.idle()
+            await bot.idle()
         return empty, given
 
     empty, given = asyncio.run(scenario())
@@ -300,7 +311,7 @@ def test_deploying_over_a_failed_gate_asks_an_approver_for_the_reason(core: Core
     async def scenario() -> None:
         async with running(core, slack) as bot:
             await bot.command(slack, f"status {world.run_id}")
-            await bot.face.idle()
+            await bot.idle()
             (card,) = slack.messages
             await bot.interact(press(card, "Approve over the gate…"))
             (modal,) = await opened(slack)
@@ -354,7 +365,7 @@ def test_finetune_without_data_opens_a_modal_and_trains_on_the_uploaded_file(cor
                 "options": {"options": {"type": "plain_text_input", "value": "epochs=1"}},
             }
             assert (await bot.interact(submit(modal, values)))[0] == 200
-            await bot.face.idle()
+            await bot.idle()
 
     asyncio.run(scenario())
     assert slack.downloads == [(shared["id"], True)]
@@ -450,3 +461,47 @@ def test_the_bot_over_socket_mode_answers_commands_and_relays_the_runs_events(co
     card, warning = slack.messages
     assert card.blocks[0]["block_id"] == "title:card"
     assert (warning.thread_ts, warning.text) == (card.ts, f"run {run_id}: warning: the loss went up")
+
+
+def test_tuneloop_bot_slack_over_http_answers_signed_requests_only_and_stops_on_sigterm(
+    core: Core, slack: SlackServer
+) -> None:
+    run_id = build(core.engine).run_id
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = os.environ | {
+        "SLACK_BOT_TOKEN": slack.bot_token,
+        "SLACK_SIGNING_SECRET": SECRET,
+        "TUNELOOP_SLACK_API_URL": slack.api_url,
+        "TUNELOOP_DATABASE_URL": core.engine.url.render_as_string(hide_password=False),
+        "TUNELOOP_REDIS_URL": core.settings.redis_url,
+        "PYTHONPATH": str(ROOT),
+    }
+    bot = subprocess.Popen(
+        [sys.executable, "-m", "bot.cli", "bot", "slack", "--http", "--port", str(port)], cwd=ROOT, env=env
+    )
+    try:
+
+        async def scenario() -> list[int]:
+            await until("the bot to listen", lambda: _listening(port), timeout=60)
+            async with aiohttp.ClientSession() as session:
+                bot_at = Bot(f"http://127.0.0.1:{port}/slack/events", session)
+                signed = await bot_at.command(slack, f"status {run_id}")
+                form = urllib.parse.urlencode({"command": "/finetune", "text": "status 1"})
+                forged = await bot_at.send(form, content_type="application/x-www-form-urlencoded", secret="guess")
+            await until("the card", lambda: slack.messages)
+            return [signed[0], forged[0]]
+
+        assert asyncio.run(scenario()) == [200, 401]
+        bot.send_signal(signal.SIGTERM)
+        assert bot.wait(30) == 0
+    finally:
+        bot.kill()
+    (card,) = slack.messages
+    assert card.blocks[0]["block_id"] == "title:card" and f"Run {run_id}" in card.text
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0

@@ -1,7 +1,6 @@
 """`tuneloop bot slack`: the chat faces, run as long-lived bots."""
 
 import asyncio
-import contextlib
 import logging
 from typing import Annotated
 
@@ -25,7 +24,8 @@ def slack_command(
     consumer: Annotated[str, typer.Option(help="This bot's name in the event stream's 'slack' group.")] = "slack-bot",
 ) -> None:
     """The Slack bot: /finetune, the run threads and their buttons. Tokens come from SLACK_BOT_TOKEN and, in
-    Socket Mode, SLACK_APP_TOKEN (xapp-…); with --http, requests are checked with SLACK_SIGNING_SECRET."""
+    Socket Mode, SLACK_APP_TOKEN (xapp-…); with --http, requests are checked with SLACK_SIGNING_SECRET. SIGTERM or
+    Ctrl-C stops it after the work it has acknowledged."""
     from bot.core.perform import Core
     from bot.slack.serve import serve
 
@@ -37,5 +37,4 @@ def slack_command(
         fail_plain("Socket Mode needs SLACK_APP_TOKEN (xapp-…, with connections:write); or serve HTTP with --http")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     options = {"port": port, "signing_secret": signing_secret} if http else {"app_token": app_token}
-    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how a person stops it
-        asyncio.run(serve(Core.from_settings(), bot_token=bot_token, api_url=api_url, consumer=consumer, **options))
+    asyncio.run(serve(Core.from_settings(), bot_token=bot_token, api_url=api_url, consumer=consumer, **options))

@@ -2,6 +2,7 @@
 
 import asyncio
 import logging
+import signal
 
 import redis
 from aiohttp import web
@@ -41,8 +42,12 @@ async def serve(
     consumer: str = "slack-bot",
     stop: asyncio.Event | None = None,
 ) -> None:
-    """Serve until `stop` is set: over HTTP on `port` (checking `signing_secret`), else over Socket Mode."""
-    stop = stop or asyncio.Event()
+    """Serve until `stop` is set (by default: SIGTERM or SIGINT), over HTTP on `port` (checking `signing_secret`),
+    else over Socket Mode; then finish the work already acknowledged."""
+    if stop is None:
+        stop = asyncio.Event()
+        for signal_number in (signal.SIGTERM, signal.SIGINT):
+            asyncio.get_running_loop().add_signal_handler(signal_number, stop.set)
     client = web_client(bot_token, api_url)
     outbox = Outbox(SlackSender(client))
     face = SlackFace(core, client, outbox)
