@@ -53,6 +53,7 @@ from tests.test_reviews import build  # noqa: E402
 
 SECRET = "bench-signing-secret"
 DEADLINE_S = 3.0
+ACK_TARGET = 0.1  # of the deadline, at the 99th percentile
 
 
 async def acknowledging(core: Core, run_id: int, commands: int) -> list[float]:
@@ -161,6 +162,13 @@ def main() -> None:
     print(f"{'card edits per second of wall time':38}{edits / wall:>12.2f}{1.0:>12.2f}{edits / wall:>10.2f}")
     print(f"{'shortest time between two edits (s)':38}{gap:>12.2f}{1.0:>12.2f}{gap:>10.2f}")
     print(f"{'last step shown on the card':38}{last!s:>12}{'True':>12}")
+    targets = [
+        ("bot_ack_p99_over_deadline", p99 / DEADLINE_S, "<=", ACK_TARGET, p99 / DEADLINE_S <= ACK_TARGET),
+        ("bot_shortest_gap_between_card_edits_s", gap, ">=", 1.0, gap >= 1.0),
+        ("bot_last_state_shown", float(last), ">=", 1.0, last),
+    ]
+    for name, shown, op, target, ok in targets:
+        print(f"TARGET {name} {shown:.3f} {op} {target} {'PASS' if ok else 'FAIL'}")
 
 
 if __name__ == "__main__":
