@@ -35,6 +35,7 @@ from bot.slack.sender import refusal
 
 COMMAND = "/finetune"
 SEEN = 10_000  # deliveries remembered for de-duplication
+WORKING_AT_ONCE = 8  # actions carried out at once; the rest wait their turn
 HTML_INSTEAD = (
     "Slack sent a web page instead of {name}: the app needs the files:read scope "
     "(add it to the app, reinstall it, then upload again)."
@@ -67,6 +68,7 @@ class SlackFace:
         self.tasks: set[asyncio.Task] = set()
         self._authorized: AuthorizeResult | None = None
         self._authorizing = asyncio.Lock()
+        self._working = asyncio.Semaphore(WORKING_AT_ONCE)
 
     def app(self, *, signing_secret: str | None) -> AsyncApp:
         """The Bolt app; `signing_secret` None for Socket Mode, where Slack's own connection is the credential."""
@@ -189,9 +191,14 @@ class SlackFace:
     # --- the work, after acknowledging --------------------------------------------------------------------------
 
     def _hand_off(self, work: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.create_task(work)
+        task = asyncio.create_task(self._in_turn(work))
         self.tasks.add(task)
         task.add_done_callback(self._finished)
+
+    async def _in_turn(self, work: Coroutine[Any, Any, None]) -> None:
+        """A few pieces of work at a time, so that a burst of them never slows the acknowledgement of the next."""
+        async with self._working:
+            await work
 
     def _finished(self, task: asyncio.Task) -> None:
         self.tasks.discard(task)
