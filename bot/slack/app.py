@@ -124,7 +124,7 @@ class SlackFace:
         await ack()
         actor = _actor(command["user_id"], command.get("user_name"), command["channel_id"])
         text = command.get("text", "").strip() or "help"
-        self._hand_off(self._command_text(text, actor, command, respond))
+        self._hand_off(self._command_text(text, actor, command, respond), in_turn=False)
 
     async def _pressed(self, ack: AsyncAck, body: dict, action: dict) -> None:
         await ack()
@@ -190,8 +190,10 @@ class SlackFace:
 
     # --- the work, after acknowledging --------------------------------------------------------------------------
 
-    def _hand_off(self, work: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.create_task(self._in_turn(work))
+    def _hand_off(self, work: Coroutine[Any, Any, None], *, in_turn: bool = True) -> None:
+        """Run `work` after acknowledging; `in_turn`: once fewer than WORKING_AT_ONCE others are running (a command
+        waits only for its action, not for reading its text: a modal must open within 3 s of the command)."""
+        task = asyncio.create_task(self._in_turn(work) if in_turn else work)
         self.tasks.add(task)
         task.add_done_callback(self._finished)
 
@@ -219,7 +221,7 @@ class SlackFace:
                 trigger_id=command["trigger_id"], view=blocks.upload_modal(action.project, metadata)
             )
             return
-        await self._perform(action, actor, command["channel_id"], None, respond=respond)
+        await self._in_turn(self._perform(action, actor, command["channel_id"], None, respond=respond))
 
     async def _perform(
         self, action: Action, actor: Actor, channel: str, thread: str | None, *, respond: Any = None
