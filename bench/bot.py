@@ -36,6 +36,7 @@ from aiohttp import web  # noqa: E402
 from slack_sdk.signature import SignatureVerifier  # noqa: E402
 
 from bot.core import conversations  # noqa: E402
+from bot.core.deliveries import Deliveries  # noqa: E402
 from bot.core.event_relay import EventRelay  # noqa: E402
 from bot.core.outbox import Outbox  # noqa: E402
 from bot.core.perform import Core  # noqa: E402
@@ -60,7 +61,8 @@ async def acknowledging(core: Core, run_id: int, commands: int) -> list[float]:
     channels = tuple(f"C{n:010d}" for n in range(commands))
     with SlackServer(channels=channels) as slack:
         client = web_client(slack.bot_token, slack.api_url)
-        face = SlackFace(core, client, Outbox(SlackSender(client)))
+        deliveries = Deliveries.on(core.settings.redis_url, f"bench-{uuid.uuid4().hex}")
+        face = SlackFace(core, client, Outbox(SlackSender(client)), deliveries)
         runner = web.AppRunner(face.app(signing_secret=SECRET).web_app(path="/slack/events"))
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0, backlog=BACKLOG)
@@ -86,6 +88,7 @@ async def acknowledging(core: Core, run_id: int, commands: int) -> list[float]:
             times = await asyncio.gather(*(command(session, channel) for channel in channels))
         await face.idle()
         await runner.cleanup()
+        await deliveries.close()
     return sorted(times)
 
 
@@ -138,6 +141,7 @@ def main() -> None:
     redis_url = os.environ.get("TUNELOOP_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
     with tempfile.TemporaryDirectory() as home:
         os.environ["TUNELOOP_HOME"] = home
+        os.environ["TUNELOOP_REDIS_URL"] = redis_url  # the deliveries seen, under a prefix of this run's own
         get_settings.cache_clear()
         url = f"sqlite:///{home}/bench.db"
         upgrade(url)

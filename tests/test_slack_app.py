@@ -25,6 +25,7 @@ from slack_sdk.signature import SignatureVerifier
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
+from bot.core.deliveries import Deliveries
 from bot.core.messages import Message
 from bot.core.outbox import Outbox, Undeliverable
 from bot.core.perform import Core
@@ -112,7 +113,8 @@ class Bot:
 @asynccontextmanager
 async def running(core: Core, slack: SlackServer) -> AsyncIterator[Bot]:
     client = web_client(slack.bot_token, slack.api_url)
-    face = SlackFace(core, client, Outbox(SlackSender(client), pace_s=0))
+    deliveries = Deliveries.on(core.settings.redis_url, "slack")  # the tests' own Redis database, emptied after
+    face = SlackFace(core, client, Outbox(SlackSender(client), pace_s=0), deliveries)
     runner = web.AppRunner(face.app(signing_secret=SECRET).web_app(path="/slack/events"))
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -122,6 +124,7 @@ async def running(core: Core, slack: SlackServer) -> AsyncIterator[Bot]:
         yield Bot(f"http://127.0.0.1:{port}/slack/events", session, face)
     await face.idle()
     await runner.cleanup()
+    await deliveries.close()
 
 
 async def opened(slack: SlackServer, count: int = 1) -> list[dict]:
@@ -277,6 +280,19 @@ def test_a_button_does_its_action_once_and_is_replaced_by_what_was_done(core: Co
     assert not any(block["type"] == "actions" for block in first.blocks)
     assert first.blocks[-1]["type"] == "context" and "keep" in first.blocks[-1]["elements"][0]["text"].lower()
     assert edit["ts"] == first.ts
+
+
+def test_one_click_delivered_to_two_bots_is_done_once(core: Core, slack: SlackServer) -> None:
+    world = build(core.engine)
+    payload = press(review_cards(core, slack, world.run_id)[0], "Drop")
+
+    async def scenario() -> None:
+        async with running(core, slack) as one, running(core, slack) as other:  # Socket Mode spreads payloads
+            await one.interact(payload)
+            await other.interact(payload)
+
+    asyncio.run(scenario())
+    assert reviews(core.engine) == [(world.judgement_ids[0], "drop", None, "slack:U0ALICE")]
 
 
 def test_fix_asks_for_the_answer_in_a_modal_and_an_empty_one_is_refused_on_its_input(

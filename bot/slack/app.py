@@ -3,16 +3,14 @@ stored key, opens modals for text a button needs (a Fix's answer, an override's 
 train on, and hands every action to the core. It decides nothing about runs, reviews, approvals or permissions.
 
 Every listener acknowledges first (Slack waits 3 s; `ack` must come before anything slow) and then hands the work
-to a task. A delivery seen before (an Events API retry, a payload redelivered with the same action timestamp) is
-acknowledged and dropped."""
+to a task. A delivery seen before by any bot sharing Redis (an Events API retry, a payload redelivered with the same
+action timestamp) is acknowledged and dropped."""
 
 import asyncio
 import json
 import logging
 import re
-from collections import OrderedDict
 from collections.abc import Coroutine
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +24,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.core import conversations
 from bot.core.actions import Action, StartRun, with_text
+from bot.core.deliveries import Deliveries
 from bot.core.errors import UserError
 from bot.core.identity import Actor
 from bot.core.outbox import Outbox, Undeliverable
@@ -34,7 +33,6 @@ from bot.slack import blocks
 from bot.slack.sender import refusal
 
 COMMAND = "/finetune"
-SEEN = 10_000  # deliveries remembered for de-duplication
 WORKING_AT_ONCE = 8  # actions carried out at once; the rest wait their turn
 HTML_INSTEAD = (
     "Slack sent a web page instead of {name}: the app needs the files:read scope "
@@ -45,26 +43,18 @@ TOO_BIG = "{name} is {size} bytes; tuneloop takes files up to {limit} bytes."
 logger = logging.getLogger(__name__)
 
 
-@dataclass
-class _Seen:
-    """The deliveries handled lately, oldest forgotten first."""
-
-    keys: OrderedDict[str, None] = field(default_factory=OrderedDict)
-
-    def first_time(self, key: str) -> bool:
-        if key in self.keys:
-            return False
-        self.keys[key] = None
-        while len(self.keys) > SEEN:
-            self.keys.popitem(last=False)
-        return True
-
-
 class SlackFace:
-    def __init__(self, core: Core, client: AsyncWebClient, outbox: Outbox, *, uploads: Path | None = None) -> None:
-        self.core, self.client, self.outbox = core, client, outbox
+    def __init__(
+        self,
+        core: Core,
+        client: AsyncWebClient,
+        outbox: Outbox,
+        deliveries: Deliveries,
+        *,
+        uploads: Path | None = None,
+    ) -> None:
+        self.core, self.client, self.outbox, self.deliveries = core, client, outbox, deliveries
         self.uploads = uploads or core.settings.home / "uploads" / "slack"
-        self.seen = _Seen()
         self.tasks: set[asyncio.Task] = set()
         self._authorized: AuthorizeResult | None = None
         self._authorizing = asyncio.Lock()
@@ -115,7 +105,7 @@ class SlackFace:
         key = body.get("event_id")
         if body.get("type") == "block_actions" and body.get("actions"):
             key = f"{body['user']['id']}:{body['actions'][0].get('action_ts')}"
-        if key is not None and not self.seen.first_time(key):
+        if key is not None and not await self.deliveries.first_time(key):
             return BoltResponse(status=200, body="")
         return await next()
 

@@ -9,6 +9,7 @@ from aiohttp import web
 from slack_sdk.http_retry.builtin_async_handlers import AsyncConnectionErrorRetryHandler
 from slack_sdk.web.async_client import AsyncWebClient
 
+from bot.core.deliveries import Deliveries
 from bot.core.event_relay import EventRelay
 from bot.core.outbox import Outbox
 from bot.core.perform import Core
@@ -50,7 +51,8 @@ async def serve(
             asyncio.get_running_loop().add_signal_handler(signal_number, stop.set)
     client = web_client(bot_token, api_url)
     outbox = Outbox(SlackSender(client))
-    face = SlackFace(core, client, outbox)
+    deliveries = Deliveries.on(core.settings.redis_url, "slack")
+    face = SlackFace(core, client, outbox, deliveries)
     http = port is not None
     app = face.app(signing_secret=signing_secret if http else None)
     events = EventConsumer(redis.Redis.from_url(core.settings.redis_url), GROUP, consumer)
@@ -72,3 +74,4 @@ async def serve(
         await handler.close_async()
     await relay
     await face.idle()
+    await deliveries.close()
