@@ -385,6 +385,7 @@ def test_finetune_without_data_opens_a_modal_and_trains_on_the_uploaded_file(cor
 
     asyncio.run(scenario())
     assert slack.downloads == [(shared["id"], True)]
+    assert not any((core.settings.home / "uploads" / "slack").iterdir())  # imported, then removed
     with Session(core.engine) as session:
         run = session.exec(select(Run).order_by(Run.id.desc())).first()
         version = session.get(DatasetVersion, run.dataset_version_id)
@@ -409,6 +410,7 @@ def test_a_download_refused_for_a_missing_scope_says_which_scope(core: Core, sla
     asyncio.run(scenario())
     (told,) = [m for m in slack.messages if m.user == "U0ALICE"]
     assert "files:read" in told.text
+    assert not any((core.settings.home / "uploads" / "slack").iterdir())
     with Session(core.engine) as session:
         assert len(session.exec(select(Run)).all()) == 1  # only the one build made
 

@@ -10,6 +10,8 @@ import asyncio
 import json
 import logging
 import re
+import shutil
+import tempfile
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
@@ -249,22 +251,28 @@ class SlackFace:
             logger.warning("could not replace the buttons of %s: %s", where["ts"], refusal(error, where["channel"]))
 
     async def _start_with_file(self, action: Action, file: dict | None, actor: Actor, channel: str) -> None:
-        if file is not None:
-            try:
-                path = await self._download(file)
-            except UserError as error:
-                await self._tell(actor, channel, str(error))
-                return
+        """Start the run, on the uploaded file when there is one: fetched into a folder of its own, imported by the
+        core as a new dataset version, then removed (the version holds the samples)."""
+        if file is None:
+            await self._perform(action, actor, channel, None)
+            return
+        self.uploads.mkdir(parents=True, exist_ok=True)
+        folder = Path(tempfile.mkdtemp(dir=self.uploads))
+        try:
+            path = await self._download(file, folder)
             action = action.model_copy(update={"upload": str(path), "upload_name": file.get("name")})
-        await self._perform(action, actor, channel, None)
+            await self._perform(action, actor, channel, None)
+        except UserError as error:
+            await self._tell(actor, channel, str(error))
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
 
-    async def _download(self, file: dict) -> Path:
-        """The file a person uploaded, fetched with the bot token and cut off past the upload limit."""
+    async def _download(self, file: dict, folder: Path) -> Path:
+        """The file a person uploaded, fetched into `folder` with the bot token and cut off past the upload limit."""
         info = (await self.client.files_info(file=file["id"]))["file"]
         name = Path(info.get("name") or file["id"]).name
         limit = self.core.settings.max_upload_bytes
-        target = self.uploads / info["id"] / name
-        target.parent.mkdir(parents=True, exist_ok=True)
+        target = folder / name
         headers = {"Authorization": f"Bearer {self.client.token}"}
         url = info["url_private_download"]
         async with aiohttp.ClientSession() as session, session.get(url, headers=headers) as answer:
