@@ -33,11 +33,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch loads, here and in the servers started from here
+KEY = f"bench-{os.getpid()}"  # every server's and the gateway's; deploy_run sends it as TUNELOOP_VLLM_API_KEY
+os.environ["TUNELOOP_VLLM_API_KEY"] = KEY
 
 import httpx  # noqa: E402
 from sqlalchemy.engine import Engine  # noqa: E402
 
 from engine.serve.deploy import deploy_run  # noqa: E402
+from engine.serve.guards import bearer  # noqa: E402
 from engine.serve.local import local_gateway  # noqa: E402
 from engine.settings import get_settings  # noqa: E402
 from engine.train.tiny import TinySpec, build_tiny_model  # noqa: E402
@@ -73,14 +76,15 @@ def chat(model: str, question: str, max_tokens: int) -> dict:
 
 
 def first_answer(base_url: str, model: str) -> str:
-    reply = httpx.post(f"{base_url}/v1/chat/completions", json=chat(model, QUESTIONS[0], 8), timeout=120)
+    body = chat(model, QUESTIONS[0], 8)
+    reply = httpx.post(f"{base_url}/v1/chat/completions", json=body, headers=bearer(KEY), timeout=120)
     reply.raise_for_status()
     return reply.json()["choices"][0]["message"]["content"]
 
 
 @contextmanager
 def running_gateway(server: str, engine: Engine) -> Iterator[str]:
-    with local_gateway([server], engine) as gateway:
+    with local_gateway([server], engine, upstream_api_key=KEY, api_key=KEY) as gateway:
         yield gateway.url
 
 
@@ -123,7 +127,7 @@ def restart_with_merged(base: Path, adapter: Path, out: Path, log_dir: Path) -> 
     merged = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), adapter).merge_and_unload()
     merged.save_pretrained(out)
     AutoTokenizer.from_pretrained(adapter).save_pretrained(out)
-    server = start_server(out, log_dir)
+    server = start_server(out, log_dir, api_key=KEY)
     try:
         first_answer(server.url, str(out))
         return time.perf_counter() - start
@@ -142,7 +146,7 @@ def promotion_bench(args: argparse.Namespace, base: Path, work: Path) -> float:
         session.flush()
         project_id = project.id
     runtime, restart = [], []
-    server = start_server(base, work / "logs")
+    server = start_server(base, work / "logs", api_key=KEY)
     try:
         with running_gateway(server.url, engine) as gateway:
             first_answer(server.url, str(base))  # the server is warm, as a serving one is
@@ -192,7 +196,8 @@ async def mixed_and_sequential(url: str, names: list[str], args: argparse.Namesp
     }
     every_stream = [stream for adapter_streams in streams.values() for stream in adapter_streams]
     rates: dict[str, list[float]] = {"mixed": [], "sequential": []}
-    async with httpx.AsyncClient(timeout=300, limits=httpx.Limits(max_connections=len(every_stream))) as client:
+    limits = httpx.Limits(max_connections=len(every_stream))
+    async with httpx.AsyncClient(timeout=300, limits=limits, headers=bearer(KEY)) as client:
         await stream_of_requests(client, url, [stream[:1] for stream in every_stream])  # warm-up: every adapter ran
         for _ in range(args.rounds):
             start = time.perf_counter()
@@ -208,12 +213,14 @@ async def mixed_and_sequential(url: str, names: list[str], args: argparse.Namesp
 def mixed_bench(args: argparse.Namespace, base: Path, work: Path) -> float:
     names = [f"{PROJECT}-mix{i}" for i in range(args.adapters)]
     batch = args.adapters * args.clients_per_adapter
-    server = start_server(base, work / "logs", args=["--max-batch-size", str(batch), "--max-loras", str(args.adapters)])
+    server_args = ["--max-batch-size", str(batch), "--max-loras", str(args.adapters)]
+    server = start_server(base, work / "logs", args=server_args, api_key=KEY)
     try:
         for seed, name in enumerate(names, start=100):
             adapter = make_adapter(base, work / name, seed=seed)
             body = {"lora_name": name, "lora_path": str(adapter)}
-            httpx.post(f"{server.url}/v1/load_lora_adapter", json=body, timeout=60).raise_for_status()
+            url = f"{server.url}/v1/load_lora_adapter"
+            httpx.post(url, json=body, headers=bearer(KEY), timeout=60).raise_for_status()
         rates = asyncio.run(mixed_and_sequential(server.url, names, args))
         stats = httpx.get(f"{server.url}/stats").json()
     finally:

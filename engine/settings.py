@@ -2,9 +2,10 @@
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import make_url
 
 from engine.data.readers import ReadLimits
@@ -38,6 +39,11 @@ class Settings(BaseSettings):
     # they all read adapters from (a shared volume in docker-compose).
     vllm_urls: list[str] = Field(default_factory=list)
     adapters_dir: Path | None = Field(default=None, description="Shared adapters folder; home/adapters if unset.")
+    # Bearer keys: api_keys, what clients of `tuneloop serve` and `tuneloop gateway` must send (comma-separated);
+    # vllm_api_key, what tuneloop sends to the model servers (vLLM's --api-key).
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    vllm_api_key: SecretStr | None = None
+    gateway_base_model: str | None = Field(default=None, description="The base model the gateway lets through.")
 
     # Run workers (engine/work/): arq queues "<queue_prefix>:gpu" and "<queue_prefix>:cpu" on redis_url.
     queue_prefix: str = "tuneloop"
@@ -76,6 +82,13 @@ class Settings(BaseSettings):
             "qwen-max": (1.60, 6.40),
         }
     )
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def split_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [key.strip() for key in value.split(",") if key.strip()]
+        return value
 
     def read_limits(self, max_bytes: int | None = None) -> ReadLimits:
         return ReadLimits(

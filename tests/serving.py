@@ -47,11 +47,19 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def start_server(
-    model: Path, log_dir: Path, *, port: int | None = None, args: Sequence[str] = (), env: dict | None = None
+    model: Path,
+    log_dir: Path,
+    *,
+    port: int | None = None,
+    args: Sequence[str] = (),
+    env: dict | None = None,
+    api_key: str | None = None,
 ) -> ServeProcess:
-    """Start `tuneloop serve --model MODEL --port PORT ARGS...` and wait until GET /health answers 200."""
+    """Start `tuneloop serve --model MODEL --port PORT ARGS...` with `api_key` (a new one if None) and wait until
+    GET /health answers 200."""
     port = port or free_port()
-    return start_local_server(model, log_dir / f"serve-{port}.log", port=port, args=args, env=env)
+    log = log_dir / f"serve-{port}.log"
+    return start_local_server(model, log, port=port, args=args, env=env, api_key=api_key)
 
 
 @contextmanager

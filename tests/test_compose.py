@@ -164,3 +164,25 @@ def test_gateway_routes_to_vllm_and_is_what_clients_reach() -> None:
     assert "ports" not in vllm
     assert gateway["environment"]["TUNELOOP_VLLM_URLS"] == f'["http://vllm:{vllm_port}"]'
     assert gateway["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+
+
+def _required_variable(value: str) -> str:
+    """The variable in `${NAME:?message}`, compose's form for one that must be set (compose refuses to start
+    without it); fails for a literal value, a default (`:-`) or an optional variable."""
+    assert value.startswith("${") and ":?" in value and value.endswith("}"), f"{value!r} is not a required variable"
+    return value[2 : value.index(":?")]
+
+
+def test_vllm_and_the_gateway_need_keys_and_tuneloop_sends_vllm_its_own() -> None:
+    # vLLM reads --api-key from VLLM_API_KEY; without it anyone on the network could load adapters (issue 15).
+    vllm_key = _required_variable(SERVICES["vllm"]["environment"]["VLLM_API_KEY"])
+    assert not any(arg.startswith("--api-key") for arg in _argv(SERVICES["vllm"]))  # not in the process list
+    for name in TUNELOOP_SERVICES:
+        assert _required_variable(SERVICES[name]["environment"]["TUNELOOP_VLLM_API_KEY"]) == vllm_key, name
+    # The gateway is published on every interface, so it must have client keys of its own, not vLLM's.
+    gateway = SERVICES["gateway"]
+    assert _resolve(_argv(gateway)[1:]).params["host"] == "0.0.0.0" and gateway["ports"]
+    assert _required_variable(gateway["environment"]["TUNELOOP_API_KEYS"]) not in ("", vllm_key)
+    assert all(
+        "TUNELOOP_API_KEYS" not in SERVICES[name]["environment"] for name in TUNELOOP_SERVICES if name != "gateway"
+    )

@@ -29,13 +29,16 @@ from engine.serve.deploy import (
     sync,
     version_path,
 )
+from engine.serve.guards import bearer, new_api_key
 from engine.settings import get_settings
 from engine.train.tiny import build_tiny_model
 from storage.models import Adapter, AuditEvent, Deployment, Evaluation, Project, Run
-from tests.serving import ServeProcess, free_port, make_adapter, start_server
+from tests.serving import ServeProcess, free_port, make_adapter, running_server, start_server
 
 PROMPT = [{"role": "user", "content": "where is my order?"}]
 SQLITE_ONLY = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # the servers dominate; one engine is enough
+KEY = new_api_key()  # every server's; deploys send it as TUNELOOP_VLLM_API_KEY
+HEADERS = bearer(KEY)
 
 
 class Farm:
@@ -44,8 +47,8 @@ class Farm:
     def __init__(self, base: Path, logs: Path, env: dict) -> None:
         self.base, self.logs, self.env = base, logs, env
         args = ("--max-loras", "32")
-        self.replicas = [start_server(base, logs, env=env, args=args) for _ in range(2)]
-        self.small = start_server(base, logs, env=env, args=(*args, "--max-lora-rank", "4"))
+        self.replicas = [start_server(base, logs, env=env, args=args, api_key=KEY) for _ in range(2)]
+        self.small = start_server(base, logs, env=env, args=(*args, "--max-lora-rank", "4"), api_key=KEY)
 
     @property
     def urls(self) -> list[str]:
@@ -55,11 +58,17 @@ class Farm:
         old = self.replicas[index]
         old.stop()
         self.replicas[index] = start_server(
-            self.base, self.logs, port=old.port, env=self.env, args=("--max-loras", "32")
+            self.base, self.logs, port=old.port, env=self.env, args=("--max-loras", "32"), api_key=KEY
         )
 
     def all(self) -> list[ServeProcess]:
         return [*self.replicas, self.small]
+
+
+@pytest.fixture(autouse=True)
+def vllm_api_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TUNELOOP_VLLM_API_KEY", KEY)
+    get_settings.cache_clear()
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +104,7 @@ def servers(farm: Farm) -> Iterator[list[str]]:
     yield farm.urls
     for server in farm.all():
         for name in loaded(server.url):
-            httpx.post(f"{server.url}/v1/unload_lora_adapter", json={"lora_name": name}, timeout=30)
+            httpx.post(f"{server.url}/v1/unload_lora_adapter", json={"lora_name": name}, headers=HEADERS, timeout=30)
 
 
 @pytest.fixture
@@ -106,12 +115,12 @@ def session(db_engine: Engine) -> Iterator[Session]:
 
 def loaded(url: str) -> dict[str, str]:
     """Adapter name → path, as the server lists them."""
-    models = httpx.get(f"{url}/v1/models", timeout=30).json()["data"]
+    models = httpx.get(f"{url}/v1/models", headers=HEADERS, timeout=30).json()["data"]
     return {m["id"]: m["root"] for m in models if m.get("parent")}
 
 
 def answer(url: str, model: str) -> str:
-    with openai.OpenAI(base_url=f"{url}/v1", api_key="none") as client:
+    with openai.OpenAI(base_url=f"{url}/v1", api_key=KEY) as client:
         reply = client.chat.completions.create(model=model, messages=PROMPT, max_tokens=12, temperature=0)
     return reply.choices[0].message.content or ""
 
@@ -207,7 +216,8 @@ def test_rollback_moves_the_alias_back_and_reloads_where_missing(
     first = deploy(session, add_run(session, "back", adapters["seed1"], base), servers).deployment
     second = deploy(session, add_run(session, "back", adapters["seed2"], base), servers).deployment
     # A replica that lost v1 (say, a restart nobody synced): rollback loads it there before moving the alias.
-    httpx.post(f"{servers[1]}/v1/unload_lora_adapter", json={"lora_name": "back-v1"}, timeout=30).raise_for_status()
+    unload = {"lora_name": "back-v1"}
+    httpx.post(f"{servers[1]}/v1/unload_lora_adapter", json=unload, headers=HEADERS, timeout=30).raise_for_status()
 
     outcome = rollback(session, "back", "bob", servers=servers, platform="telegram")
     session.commit()
@@ -379,7 +389,7 @@ def test_sync_reloads_what_a_restart_lost_and_then_changes_nothing(
     stray = str(version_path("sync", "sync-v2"))
     for name in ("sync-v2", "not-ours"):
         body = {"lora_name": name, "lora_path": stray}
-        httpx.post(f"{servers[0]}/v1/load_lora_adapter", json=body, timeout=60).raise_for_status()
+        httpx.post(f"{servers[0]}/v1/load_lora_adapter", json=body, headers=HEADERS, timeout=60).raise_for_status()
     down = f"http://127.0.0.1:{free_port()}"
     report = sync(session, servers=[*servers, down])
     assert report.unloaded == [(servers[0], "sync-v2")] and report.loaded == []
@@ -503,3 +513,66 @@ def test_publish_copies_whole_checked_files_and_never_replaces_a_version(
     with pytest.raises(DeployError, match="changed after training recorded them"):
         publish(source, tmp_path / "adapters" / "cs" / "cs-v2", other_sha256)
     assert [p.name for p in destination.parent.iterdir()] == ["cs-v1"]  # no half-written copy
+
+
+@SQLITE_ONLY
+def test_weights_loaded_under_our_version_name_are_replaced_by_deploy_and_by_sync(
+    session: Session, servers: list[str], adapters: dict[str, Path], base: Path
+) -> None:
+    """The attack: someone who reaches a server's admin API loads their own adapter under the name the next
+    deployment will get. Without the key the server refuses; with it (a leaked key, an open vLLM), deploy and sync
+    find the name listed from a path that is not the published copy, unload it, load ours, and say so."""
+    deploy(session, add_run(session, "swap", adapters["seed1"], base), servers)
+    evil = {"lora_name": "swap-v2", "lora_path": str(adapters["seed3"])}
+    refused = httpx.post(f"{servers[0]}/v1/load_lora_adapter", json=evil, timeout=60)
+    assert (refused.status_code, refused.json()) == (401, {"error": "Unauthorized"})
+    assert "swap-v2" not in loaded(servers[0])
+
+    for url in servers:
+        httpx.post(f"{url}/v1/load_lora_adapter", json=evil, headers=HEADERS, timeout=60).raise_for_status()
+    evil_answer = answer(servers[0], "swap-v2")
+    outcome = deploy(session, add_run(session, "swap", adapters["seed2"], base), servers)
+
+    assert outcome.ok and outcome.deployment.version_name == "swap-v2", outcome.message
+    published = version_path("swap", "swap-v2")
+    assert len(outcome.warnings) == 2
+    for url, warning in zip(servers, outcome.warnings, strict=True):
+        assert f"{url} listed swap-v2 from {adapters['seed3']}, not from its published copy {published}" in warning
+        assert loaded(url)["swap-v2"] == str(published)
+        assert answer(url, "swap-v2") != evil_answer
+
+    # The version kept for rollback, swapped on one replica: sync puts the published copy back.
+    unload = {"lora_name": "swap-v1"}
+    httpx.post(f"{servers[0]}/v1/unload_lora_adapter", json=unload, headers=HEADERS, timeout=30).raise_for_status()
+    evil["lora_name"] = "swap-v1"
+    httpx.post(f"{servers[0]}/v1/load_lora_adapter", json=evil, headers=HEADERS, timeout=60).raise_for_status()
+    report = sync(session, servers=servers, project="swap")
+    assert report.loaded == [(servers[0], "swap-v1")] and report.problems == []
+    (replaced,) = report.replaced
+    assert f"{servers[0]} listed swap-v1 from {adapters['seed3']}, not from its published copy" in replaced
+    assert loaded(servers[0])["swap-v1"] == str(version_path("swap", "swap-v1"))
+    assert answer(servers[0], "swap-v1") == answer(servers[1], "swap-v1")
+    assert not sync(session, servers=servers, project="swap").changed
+
+
+@SQLITE_ONLY
+def test_a_rollback_target_evicted_by_max_loras_answers_again(
+    session: Session, adapters: dict[str, Path], base: Path, root: Path
+) -> None:
+    """A server that holds one adapter's weights at a time (vLLM's --max-loras 1): the second deployment evicts the
+    first, which stays listed, and a rollback to it loads its weights again and answers as it did."""
+    with running_server(base, root / "logs", args=("--max-loras", "1"), api_key=KEY) as small:
+        first = deploy(session, add_run(session, "evict", adapters["seed1"], base), [small.url])
+        first_answer = answer(small.url, "evict-v1")
+        second = deploy(session, add_run(session, "evict", adapters["seed2"], base), [small.url])
+        assert second.ok, second.message
+        stats = httpx.get(f"{small.url}/stats", timeout=30).json()
+        assert (stats["loaded_adapters"], stats["resident_adapters"]) == (2, 1)  # evict-v1 evicted, still listed
+
+        back = rollback(session, "evict", "bob", servers=[small.url])
+        session.commit()
+
+        assert back.ok and back.deployment.id == first.deployment.id, back.message
+        assert back.answers[small.url] == first.answers[small.url]
+        assert answer(small.url, "evict-v1") == first_answer
+        assert httpx.get(f"{small.url}/stats", timeout=30).json()["adapter_reloads"] >= 1

@@ -1,11 +1,14 @@
 """The gateway in front of real `tuneloop serve` processes: a project's stable name answers as its active version,
 a promotion or rollback takes effect for the very next request, and replicas that are down are routed around.
+And what it refuses: callers without its key, names nobody deployed, the LoRA admin endpoints, bodies too big or
+too deep; nor does it show them replica URLs, file paths or its own API description.
 
 Two random adapters (they answer differently) are loaded under version names on one server; the gateway runs
 in-process on a free port, its database a SQLite file holding the deployments."""
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import httpx
 import openai
@@ -15,7 +18,9 @@ from sqlmodel import select
 from typer.testing import CliRunner
 
 from bot.cli import app as cli
-from engine.serve.local import local_gateway
+from engine.serve.guards import bearer, new_api_key
+from engine.serve.local import LocalGateway, local_gateway
+from engine.serve.protocol import DEFAULT_MAX_REQUEST_BYTES
 from engine.train.tiny import build_tiny_model
 from storage.db import session_scope
 from storage.models import Adapter, Deployment, Project
@@ -24,6 +29,7 @@ from tests.serving import ServeProcess, free_port, make_adapter, running_server
 STABLE = "customer_service"
 VERSIONS = ("customer_service-v1", "customer_service-v2")
 PROMPT = [{"role": "user", "content": "where is my order?"}]
+SERVER_KEY = new_api_key()  # the model server's; the gateway sends it, clients never see it
 
 # Every gateway test needs the deployments' database; SQLite is enough to route by it.
 pytestmark = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
@@ -34,11 +40,13 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
     """One `tuneloop serve` on a tiny model, with two adapters loaded under their version names."""
     root = tmp_path_factory.mktemp("serve")
     base = build_tiny_model(root / "base")
-    with running_server(base, root / "logs", env={"TUNELOOP_HOME": str(root / "home")}) as process:
+    env = {"TUNELOOP_HOME": str(root / "home")}
+    with running_server(base, root / "logs", env=env, api_key=SERVER_KEY) as process:
         for seed, version in enumerate(VERSIONS, start=1):
             adapter = make_adapter(base, root / version, seed=seed)
             body = {"lora_name": version, "lora_path": str(adapter)}
-            httpx.post(f"{process.url}/v1/load_lora_adapter", json=body, timeout=60).raise_for_status()
+            url = f"{process.url}/v1/load_lora_adapter"
+            httpx.post(url, json=body, headers=process.headers, timeout=60).raise_for_status()
         yield process
 
 
@@ -77,24 +85,24 @@ def activate(engine: Engine, version: str) -> None:
 
 
 @contextmanager
-def running_gateway(servers: list[str], engine: Engine) -> Iterator[str]:
-    """The gateway served by uvicorn in a thread; yields its root URL."""
-    with local_gateway(servers, engine) as gateway:
-        yield gateway.url
+def running_gateway(servers: list[str], engine: Engine, base_model: str | None = None) -> Iterator[LocalGateway]:
+    """The gateway served by uvicorn in a thread, calling the servers with their key."""
+    with local_gateway(servers, engine, upstream_api_key=SERVER_KEY, base_model=base_model) as gateway:
+        yield gateway
 
 
-def client(url: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=60)
+def client(target: ServeProcess | LocalGateway) -> openai.OpenAI:
+    return openai.OpenAI(base_url=target.base_url, api_key=target.api_key, max_retries=0, timeout=60)
 
 
-def answer(url: str, model: str) -> openai.types.chat.ChatCompletion:
-    return client(url).chat.completions.create(model=model, messages=PROMPT, temperature=0, max_tokens=12)
+def answer(target: ServeProcess | LocalGateway, model: str) -> openai.types.chat.ChatCompletion:
+    return client(target).chat.completions.create(model=model, messages=PROMPT, temperature=0, max_tokens=12)
 
 
 def test_the_stable_name_answers_as_the_active_version_from_the_next_request(
     server: ServeProcess, deployments: Engine
 ) -> None:
-    direct = {version: answer(server.url, version).choices[0].message.content for version in VERSIONS}
+    direct = {version: answer(server, version).choices[0].message.content for version in VERSIONS}
     assert direct[VERSIONS[0]] != direct[VERSIONS[1]]  # else the test could not tell the versions apart
     with running_gateway([server.url], deployments) as gateway:
         first = answer(gateway, STABLE)
@@ -103,17 +111,19 @@ def test_the_stable_name_answers_as_the_active_version_from_the_next_request(
         activate(deployments, VERSIONS[1])  # promotion
         promoted = answer(gateway, STABLE)
         assert (promoted.model, promoted.choices[0].message.content) == (STABLE, direct[VERSIONS[1]])
-
-        activate(deployments, VERSIONS[0])  # rollback
-        assert answer(gateway, STABLE).choices[0].message.content == direct[VERSIONS[0]]
-
-        # A version keeps its own name too, deployed or not.
+        # A deployed version answers by its own name too.
         pinned = answer(gateway, VERSIONS[1])
         assert (pinned.model, pinned.choices[0].message.content) == (VERSIONS[1], direct[VERSIONS[1]])
 
+        activate(deployments, VERSIONS[0])  # rollback
+        assert answer(gateway, STABLE).choices[0].message.content == direct[VERSIONS[0]]
+        # Rolled back, and not kept for a later rollback: the server still has it, the gateway no longer serves it.
+        with pytest.raises(openai.NotFoundError, match=f"The model `{VERSIONS[1]}` does not exist"):
+            answer(gateway, VERSIONS[1])
+
 
 def test_streaming_passes_through_under_the_stable_name(server: ServeProcess, deployments: Engine) -> None:
-    direct = answer(server.url, VERSIONS[0]).choices[0].message.content
+    direct = answer(server, VERSIONS[0]).choices[0].message.content
     with running_gateway([server.url], deployments) as gateway:
         stream = client(gateway).chat.completions.create(
             model=STABLE, messages=PROMPT, temperature=0, max_tokens=12, stream=True
@@ -128,66 +138,114 @@ def test_streaming_passes_through_under_the_stable_name(server: ServeProcess, de
     assert completion_models == {STABLE}
 
 
-def test_models_lists_each_stable_name_with_its_version(server: ServeProcess, deployments: Engine) -> None:
-    served = {card["id"]: card for card in httpx.get(f"{server.url}/v1/models").json()["data"]}
+def test_models_lists_the_stable_names_and_no_paths(server: ServeProcess, deployments: Engine) -> None:
     with running_gateway([server.url], deployments) as gateway:
-        listed = {card.id: card for card in client(gateway).models.list()}
-    assert set(served) | {STABLE} == set(listed)
-    stable = listed[STABLE].model_dump()
-    assert stable["root"] == VERSIONS[0]
-    assert stable["parent"] == served[VERSIONS[0]]["parent"]
+        listed = {card.id: card.model_dump() for card in client(gateway).models.list()}
+        raw = httpx.get(f"{gateway.base_url}/models", headers=bearer(gateway.api_key)).text
+    with running_gateway([server.url], deployments, base_model=base_name(server)) as with_base:
+        with_base_listed = [card.id for card in client(with_base).models.list()]
+    assert list(listed) == [STABLE]  # not the versions, not the base, not what else the server has loaded
+    assert listed[STABLE]["root"] == VERSIONS[0]
+    assert "/" not in raw and server.url not in raw  # no file path, no replica URL
+    assert with_base_listed == [STABLE, base_name(server)]
 
 
-def test_unknown_models_get_the_replicas_404_and_the_base_passes_through(
+def base_name(server: ServeProcess) -> str:
+    models = httpx.get(f"{server.base_url}/models", headers=server.headers).json()["data"]
+    return next(card["id"] for card in models if not card.get("parent"))
+
+
+def test_only_deployed_names_reach_the_servers_and_the_base_only_when_configured(
     server: ServeProcess, deployments: Engine
 ) -> None:
-    base = next(card["id"] for card in httpx.get(f"{server.url}/v1/models").json()["data"] if not card.get("parent"))
+    base = base_name(server)
     with running_gateway([server.url], deployments) as gateway:
-        with pytest.raises(openai.NotFoundError) as error:
-            answer(gateway, "no_such_project")
-        through_gateway = answer(gateway, base)
-    assert "no_such_project" in error.value.message
-    assert through_gateway.choices[0].message.content == answer(server.url, base).choices[0].message.content
+        for name in ("no_such_project", base, VERSIONS[1]):  # VERSIONS[1] is loaded on the server, never deployed
+            with pytest.raises(openai.NotFoundError) as error:
+                answer(gateway, name)
+            assert error.value.response.json()["error"]["message"] == f"The model `{name}` does not exist."
+    with running_gateway([server.url], deployments, base_model=base) as with_base:
+        through_gateway = answer(with_base, base)
+        with pytest.raises(openai.NotFoundError):
+            answer(with_base, VERSIONS[1])
+    assert through_gateway.choices[0].message.content == answer(server, base).choices[0].message.content
 
 
-def test_no_replica_up_is_a_503_that_says_so(deployments: Engine) -> None:
+def test_keys_are_required_and_the_admin_api_is_not_there(
+    server: ServeProcess, deployments: Engine, tmp_path: Path
+) -> None:
+    """The attacks on the gateway: no key, a wrong key, the server's own key (the gateway's clients never hold it,
+    and it opens nothing here), and the LoRA admin endpoints with a valid key."""
+    adapter = {"lora_name": "customer_service-v3", "lora_path": str(tmp_path)}
+    with running_gateway([server.url], deployments) as gateway:
+        chat = {"model": STABLE, "messages": PROMPT, "max_tokens": 4}
+        for headers in ({}, bearer("wrong"), bearer(SERVER_KEY), {"Authorization": gateway.api_key}):
+            refused = httpx.post(f"{gateway.base_url}/chat/completions", json=chat, headers=headers)
+            assert (refused.status_code, refused.json()) == (401, {"error": "Unauthorized"})
+            assert httpx.get(f"{gateway.base_url}/models", headers=headers).status_code == 401
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=gateway.base_url, api_key="wrong", max_retries=0).models.list()
+        for action in ("load", "unload"):
+            url = f"{gateway.base_url}/{action}_lora_adapter"
+            assert httpx.post(url, json=adapter, headers=bearer(gateway.api_key)).status_code == 404
+        health = httpx.get(f"{gateway.url}/health")  # open, as vLLM's, for probes: it says only how many are up
+        paths = [httpx.get(f"{gateway.url}{path}").status_code for path in ("/docs", "/redoc", "/openapi.json")]
+    assert "customer_service-v3" not in httpx.get(f"{server.base_url}/models", headers=server.headers).text
+    assert health.json() == {"status": "ok", "servers_up": 1, "servers_down": 0}
+    assert paths == [404, 404, 404]
+
+
+def test_no_replica_up_is_a_503_that_names_no_url(deployments: Engine) -> None:
     down = f"http://127.0.0.1:{free_port()}"
     with running_gateway([down], deployments) as gateway:
         with pytest.raises(openai.APIStatusError) as error:
             answer(gateway, STABLE)
-        health = httpx.get(f"{gateway}/health")
+        health = httpx.get(f"{gateway.url}/health")
     assert error.value.status_code == 503
-    assert "no model server answered" in error.value.message and down in error.value.message
-    assert health.status_code == 503 and down in health.json()["error"]["message"]
+    assert error.value.response.json()["error"]["message"] == "no model server answered"
+    assert health.status_code == 503 and health.json()["error"]["message"] == "no model server is healthy"
+    assert "127.0.0.1" not in health.text + error.value.response.text
 
 
 def test_requests_go_around_a_replica_that_is_down(server: ServeProcess, deployments: Engine) -> None:
     down = f"http://127.0.0.1:{free_port()}"
-    expected = answer(server.url, VERSIONS[0]).choices[0].message.content
+    expected = answer(server, VERSIONS[0]).choices[0].message.content
     with running_gateway([down, server.url], deployments) as gateway:
         answers = [answer(gateway, STABLE).choices[0].message.content for _ in range(4)]
-        health = httpx.get(f"{gateway}/health").json()
+        health = httpx.get(f"{gateway.url}/health").json()
     assert answers == [expected] * 4
-    assert health["servers"] == {down: "down", server.url: "up"}
+    assert health == {"status": "ok", "servers_up": 1, "servers_down": 1}
 
 
-def test_a_malformed_request_is_a_400_in_the_openai_form(deployments: Engine) -> None:
+def test_malformed_deep_and_huge_bodies_are_400s_and_413s_in_the_openai_form(deployments: Engine) -> None:
     with running_gateway([f"http://127.0.0.1:{free_port()}"], deployments) as gateway:
-        response = httpx.post(f"{gateway}/v1/chat/completions", content=b"{not json")
-        missing = httpx.get(f"{gateway}/v1/no_such_endpoint")
-    assert response.status_code == 400
-    assert response.json()["error"]["message"] == "the request body is not valid JSON"
+        url, headers = f"{gateway.base_url}/chat/completions", bearer(gateway.api_key)
+        not_json = httpx.post(url, content=b"{not json", headers=headers)
+        deep = httpx.post(url, content=b"[" * 100_000 + b"]" * 100_000, headers=headers)
+        huge = httpx.post(url, content=b" " * (DEFAULT_MAX_REQUEST_BYTES + 1), headers=headers)
+        no_model = httpx.post(url, json={"messages": PROMPT}, headers=headers)
+        missing = httpx.get(f"{gateway.base_url}/no_such_endpoint", headers=headers)
+    assert not_json.status_code == 400
+    assert not_json.json()["error"]["message"] == "the request body is not valid JSON"
+    assert deep.status_code == 400  # not a 500 with a RecursionError
+    assert deep.json()["error"]["message"] == "the request body is nested too deeply"
+    assert (huge.status_code, huge.text) == (413, "Content Too Large")  # Starlette's, before the body is read
+    assert no_model.status_code == 400
     assert missing.status_code == 404 and set(missing.json()["error"]) == {"message", "type", "param", "code"}
 
 
 @pytest.mark.parametrize(
-    ("argv", "message"),
+    ("argv", "env", "message"),
     [
-        (["gateway"], "no model servers to route to"),
-        (["gateway", "--servers", "vllm:8000"], "vllm:8000: a server URL starts with http://"),
+        (["gateway"], {"TUNELOOP_API_KEYS": "k"}, "no model servers to route to"),
+        (["gateway", "--servers", "vllm:8000"], {"TUNELOOP_API_KEYS": "k"}, "vllm:8000: a server URL starts with"),
+        (["gateway", "--servers", "http://vllm:8000"], {}, "no API key: pass --api-key KEY or set TUNELOOP_API_KEYS"),
     ],
 )
-def test_the_command_refuses_bad_servers_plainly(db_url: str, argv: list[str], message: str) -> None:
-    result = CliRunner().invoke(cli, argv, env={"TUNELOOP_DATABASE_URL": db_url, "TUNELOOP_VLLM_URLS": "[]"})
+def test_the_command_refuses_bad_servers_and_no_key_plainly(
+    db_url: str, argv: list[str], env: dict[str, str], message: str
+) -> None:
+    env = {"TUNELOOP_DATABASE_URL": db_url, "TUNELOOP_VLLM_URLS": "[]", "TUNELOOP_API_KEYS": "", **env}
+    result = CliRunner().invoke(cli, argv, env=env)
     assert result.exit_code == 2
     assert message in result.output and "Traceback" not in result.output

@@ -5,9 +5,12 @@ flat errors and --max-loras 1. The text decoder under streaming is tested on its
 
 import asyncio
 import json
+import os
 import shutil
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +22,8 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from engine.serve.batching import AnswerStream, Finished, GenerationJob, ModelEntry, Sampling, TextDelta
+from engine.serve.protocol import DEFAULT_MAX_REQUEST_BYTES, BadRequestError
+from engine.serve.server import Renderer, chat_prompt_ids
 from engine.train.tiny import IM_END, TinySpec, build_tiny_model
 from tests.serving import ROOT, ServeProcess, make_adapter, running_server
 
@@ -55,7 +60,7 @@ def server(models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) ->
 
 
 def client(server: ServeProcess) -> openai.OpenAI:
-    return openai.OpenAI(base_url=server.base_url, api_key="x", max_retries=0)
+    return openai.OpenAI(base_url=server.base_url, api_key=server.api_key, max_retries=0)
 
 
 def chat(server: ServeProcess, model: str, question: str, **options) -> openai.types.chat.ChatCompletion:
@@ -69,11 +74,12 @@ def answer(server: ServeProcess, model: str, question: str, **options) -> str:
 
 
 def admin(server: ServeProcess, action: str, body: dict) -> httpx.Response:
-    return httpx.post(f"{server.base_url}/{action}_lora_adapter", json=body, timeout=60)
+    return httpx.post(f"{server.base_url}/{action}_lora_adapter", json=body, headers=server.headers, timeout=60)
 
 
 def listed(server: ServeProcess) -> dict[str, dict]:
-    return {card["id"]: card for card in httpx.get(f"{server.base_url}/models").json()["data"]}
+    models = httpx.get(f"{server.base_url}/models", headers=server.headers).json()
+    return {card["id"]: card for card in models["data"]}
 
 
 def stats(server: ServeProcess) -> dict:
@@ -93,7 +99,7 @@ def error_of(response: httpx.Response, error_format: str) -> dict:
 
 
 def test_models_lists_the_base_then_the_preloaded_adapters(server: ServeProcess, models: dict[str, Path]) -> None:
-    cards = httpx.get(f"{server.base_url}/models").json()
+    cards = httpx.get(f"{server.base_url}/models", headers=server.headers).json()
     assert cards["object"] == "list"
     base, *adapters = cards["data"]
     assert base | {"created": 0} == {
@@ -140,13 +146,16 @@ def check_admin_errors(server: ServeProcess, models: dict[str, Path], error_form
         ("unload", {}, 400, "lora_name"),
     ]
     types = {400: "BadRequestError", 404: "NotFoundError"}
+    invalid_user_input = ("has already been loaded", "must be provided")  # vLLM's own type for these two
     for action, body, status, words in cases:
         response = admin(server, action, body)
         assert response.status_code == status, (body, response.text)
         error = error_of(response, error_format)
-        assert (error["type"], error["code"], error["param"]) == (types[status], status, None)
+        kind = "InvalidUserInput" if words in invalid_user_input else types[status]
+        assert (error["type"], error["code"], error["param"]) == (kind, status, None)
         assert words in error["message"]
-    not_json = httpx.post(f"{server.base_url}/load_lora_adapter", content=b"{not json", timeout=10)
+    url = f"{server.base_url}/load_lora_adapter"
+    not_json = httpx.post(url, content=b"{not json", headers=server.headers, timeout=10)
     assert not_json.status_code == 400  # FastAPI's 422 becomes vLLM's 400
     assert error_of(not_json, error_format)["type"] == "BadRequestError"
 
@@ -154,42 +163,134 @@ def check_admin_errors(server: ServeProcess, models: dict[str, Path], error_form
 def test_admin_errors_nested(server: ServeProcess, models: dict[str, Path]) -> None:
     check_admin_errors(server, models, "nested", loaded=PRELOADED[0])
     foreign = admin(server, "load", {"lora_name": "x", "lora_path": str(models["foreign"])})  # shapes do not fit
-    assert foreign.status_code == 500
-    assert error_of(foreign, "nested")["type"] == "InternalServerError"
+    assert foreign.status_code == 400  # as vLLM answers a failed add_lora
+    assert error_of(foreign, "nested")["type"] == "BadRequestError"
     assert "size mismatch" in error_of(foreign, "nested")["message"]
     assert list(listed(server)) == [BASE_NAME, *PRELOADED]  # nothing failed halfway
 
 
-def test_admin_errors_flat_and_max_loras(models: dict[str, Path], tmp_path: Path) -> None:
+def test_admin_errors_flat_and_a_full_max_loras_evicts_the_least_recently_used(
+    models: dict[str, Path], tmp_path: Path
+) -> None:
+    """As in vLLM, loading past --max-loras evicts the least recently used adapter's weights rather than refusing:
+    it stays listed, and a request for it reads them again from its path."""
     args = ["--error-format", "flat", "--max-loras", "1"]
     with running_server(models["base"], tmp_path, args=args) as flat:
         base_answer = answer(flat, str(models["base"]), QUESTIONS["en"])
         # A failed first load (no PEFT model yet) leaves no layers of the adapter behind in the base.
-        assert admin(flat, "load", {"lora_name": "bad", "lora_path": str(models["foreign"])}).status_code == 500
+        assert admin(flat, "load", {"lora_name": "bad", "lora_path": str(models["foreign"])}).status_code == 400
         assert answer(flat, str(models["base"]), QUESTIONS["en"]) == base_answer
         assert admin(flat, "load", {"lora_name": "one", "lora_path": str(models["shop"])}).status_code == 200
         check_admin_errors(flat, models, "flat", loaded="one")
-        full = admin(flat, "load", {"lora_name": "two", "lora_path": str(models["travel"])})
-        assert full.status_code == 400
-        assert "unload one first" in error_of(full, "flat")["message"]
-        with pytest.raises(openai.NotFoundError, match="does not exist"):  # the openai client reads flat bodies too
-            chat(flat, "two", QUESTIONS["en"])
-        assert admin(flat, "unload", {"lora_name": "one"}).status_code == 200
+        one_answer = answer(flat, "one", QUESTIONS["en"])
+
         assert admin(flat, "load", {"lora_name": "two", "lora_path": str(models["travel"])}).status_code == 200
-        assert answer(flat, "two", QUESTIONS["en"]) != base_answer
+        assert list(listed(flat)) == [str(models["base"]), "one", "two"]  # "one" evicted, still listed
+        assert (stats(flat)["loaded_adapters"], stats(flat)["resident_adapters"]) == (2, 1)
+        two_answer = answer(flat, "two", QUESTIONS["en"])
+        assert len({base_answer, one_answer, two_answer}) == 3
+        assert answer(flat, "one", QUESTIONS["en"]) == one_answer  # read again from its path, evicting "two"
+        assert answer(flat, "two", QUESTIONS["en"]) == two_answer
+        assert stats(flat)["adapter_reloads"] == 2
         assert answer(flat, str(models["base"]), QUESTIONS["en"]) == base_answer  # named as vLLM does: --model
+        assert admin(flat, "unload", {"lora_name": "one"}).status_code == 200  # evicted or not, it unloads
+        with pytest.raises(openai.NotFoundError, match="does not exist"):  # the openai client reads flat bodies too
+            chat(flat, "one", QUESTIONS["en"])
+
+        # An evicted adapter whose files went away: a 500 that tells the caller nothing of paths or exceptions.
+        gone = shutil.copytree(models["bank"], tmp_path / "gone")
+        assert admin(flat, "load", {"lora_name": "gone", "lora_path": str(gone)}).status_code == 200
+        answer(flat, "two", QUESTIONS["en"])  # evicts "gone"
+        shutil.rmtree(gone)
+        failed = httpx.post(
+            f"{flat.base_url}/chat/completions",
+            json={"model": "gone", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2},
+            headers=flat.headers,
+            timeout=60,
+        )
+        assert failed.status_code == 500
+        assert error_of(failed, "flat")["message"] == "Loading the adapter failed; see the log."
+        assert str(gone) in flat.log.read_text()  # the cause is kept where the operator looks
+        assert answer(flat, "two", QUESTIONS["en"]) == two_answer
+
+
+RUN = {"cwd": ROOT, "capture_output": True, "text": True, "timeout": 120}
 
 
 def test_cli_errors_are_plain_messages(models: dict[str, Path]) -> None:
     command = [sys.executable, "-m", "bot.cli", "serve"]
-    missing = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    missing = subprocess.run(command, **RUN)
     assert missing.returncode == 2
     assert "--model is required" in missing.stderr
+    no_key = {**os.environ, "TUNELOOP_API_KEYS": ""}
+    keyless = subprocess.run([*command, "--model", str(models["base"])], env=no_key, **RUN)
+    assert keyless.returncode == 2
+    assert "no API key: pass --api-key KEY or set TUNELOOP_API_KEYS" in keyless.stderr
     bad_adapter = [*command, "--model", str(models["base"]), "--lora-modules", f"x={models['base']}/nowhere"]
-    failed = subprocess.run(bad_adapter, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    failed = subprocess.run(bad_adapter, env={**no_key, "TUNELOOP_API_KEYS": "k"}, **RUN)
     assert failed.returncode == 2
     assert "No adapter found" in failed.stderr
-    assert "Traceback" not in failed.stderr + failed.stdout
+    assert "Traceback" not in failed.stderr + failed.stdout + keyless.stderr + keyless.stdout
+
+
+# What the server refuses
+
+
+def test_without_the_key_nothing_is_loaded_listed_or_answered(server: ServeProcess, models: dict[str, Path]) -> None:
+    """The attack of issue 15: load your own weights under the name the next deployment will use. Refused without
+    the key (vLLM's 401 body), and with a wrong one; /health stays open, as in vLLM, for probes."""
+    body = {"lora_name": "shop-v2", "lora_path": str(models["other"])}
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": server.api_key}):
+        for path, payload in [("load_lora_adapter", body), ("unload_lora_adapter", {"lora_name": "shop"})]:
+            refused = httpx.post(f"{server.base_url}/{path}", json=payload, headers=headers, timeout=30)
+            assert (refused.status_code, refused.json()) == (401, {"error": "Unauthorized"})
+        assert httpx.get(f"{server.base_url}/models", headers=headers).status_code == 401
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=server.base_url, api_key="wrong", max_retries=0).models.list()
+    assert httpx.get(f"{server.url}/health").status_code == 200
+    assert list(listed(server)) == [BASE_NAME, *PRELOADED]
+    assert [httpx.get(f"{server.url}{path}").status_code for path in ("/docs", "/openapi.json")] == [404, 404]
+
+
+def test_a_seed_out_of_range_is_a_400_and_the_server_keeps_answering(server: ServeProcess) -> None:
+    # torch cannot seed with it: it used to raise on the generation thread, which died, and every request hung.
+    with pytest.raises(openai.BadRequestError, match="seed"):
+        chat(server, BASE_NAME, QUESTIONS["en"], temperature=1.0, seed=2**70)
+    assert answer(server, BASE_NAME, QUESTIONS["en"])
+
+
+def test_health_answers_while_a_huge_prompt_is_tokenized_and_bodies_over_the_cap_are_413(
+    server: ServeProcess,
+) -> None:
+    """Templating and tokenization run off the event loop: /health answers while a prompt of a few MB is being
+    tokenized (which takes seconds), and a body over the cap is refused before it is read."""
+    huge = {"model": BASE_NAME, "messages": [{"role": "user", "content": "你好 hello world " * 80_000}]}
+    done: list[httpx.Response] = []
+    sender = threading.Thread(
+        target=lambda: done.append(
+            httpx.post(f"{server.base_url}/chat/completions", json=huge, headers=server.headers, timeout=300)
+        )
+    )
+    sender.start()
+    try:
+        time.sleep(0.5)  # the upload is done in milliseconds; tokenizing it takes seconds
+        health = httpx.get(f"{server.url}/health", timeout=300)
+        answered_first = sender.is_alive()
+    finally:
+        sender.join()
+    assert health.status_code == 200
+    assert answered_first, "/health waited for the huge prompt"
+    refusal = done[0].json()["error"]["message"]  # too long for the context, or (a busy machine) too slow to tokenize
+    assert done[0].status_code == 400
+    assert "maximum context length" in refusal or "could not be prepared within" in refusal
+
+    over = httpx.post(
+        f"{server.base_url}/chat/completions",
+        content=b" " * (DEFAULT_MAX_REQUEST_BYTES + 1),
+        headers={**server.headers, "Content-Type": "application/json"},
+        timeout=60,
+    )
+    assert (over.status_code, over.text) == (413, "Content Too Large")  # Starlette's, before the body is read
 
 
 # OpenAI endpoints
@@ -204,7 +305,8 @@ def test_unknown_model_and_bad_requests(server: ServeProcess) -> None:
         chat(server, BASE_NAME, QUESTIONS["en"], n=2)
     with pytest.raises(openai.BadRequestError, match="maximum context length is 4096"):
         chat(server, BASE_NAME, QUESTIONS["en"], max_tokens=5000)
-    empty = httpx.post(f"{server.base_url}/chat/completions", json={"model": BASE_NAME, "messages": []})
+    body = {"model": BASE_NAME, "messages": []}
+    empty = httpx.post(f"{server.base_url}/chat/completions", json=body, headers=server.headers)
     assert empty.status_code == 400
     assert empty.json()["error"]["type"] == "BadRequestError"
 
@@ -301,7 +403,7 @@ def test_concurrent_requests_to_adapters_and_base_batch_and_match_one_at_a_time(
     assert len(set(alone)) == len(alone)  # the adapters and the base each answer differently
 
     async def all_at_once() -> list[str]:
-        async_client = openai.AsyncOpenAI(base_url=server.base_url, api_key="x", max_retries=0)
+        async_client = openai.AsyncOpenAI(base_url=server.base_url, api_key=server.api_key, max_retries=0)
         replies = await asyncio.gather(
             *(
                 async_client.chat.completions.create(
@@ -326,7 +428,7 @@ def test_seeded_sampling_repeats_whatever_runs_beside_it(server: ServeProcess) -
     sampled = {"temperature": 1.0, "top_p": 0.9, "seed": 1234}
 
     async def beside_greedy() -> str:
-        async_client = openai.AsyncOpenAI(base_url=server.base_url, api_key="x", max_retries=0)
+        async_client = openai.AsyncOpenAI(base_url=server.base_url, api_key=server.api_key, max_retries=0)
         messages = [{"role": "user", "content": QUESTIONS["en"]}]
         seeded, _ = await asyncio.gather(
             async_client.chat.completions.create(model="bank", messages=messages, max_tokens=MAX_TOKENS, **sampled),
@@ -385,3 +487,32 @@ def test_streamed_text_never_splits_a_character_and_holds_back_stop_strings(mode
     events = stream_text(tokenizer, byte_tokens(tokenizer, text), max_new_tokens=7)  # 退货 and one byte of 请
     assert "".join(e.text for e in events if isinstance(e, TextDelta)) == "退货\ufffd"
     assert events[-1].reason == "length"
+
+
+def test_a_chat_template_that_loops_is_cut_off_and_holds_its_slot_until_it_ends(models: dict[str, Path]) -> None:
+    """Templating runs in the renderer's threads, each answered within its time limit: a template that loops
+    gets a 400 in time, and, since a thread cannot be stopped, its slot stays taken until it really ends, so a
+    flood of such requests cannot start ever more threads."""
+    tokenizer = AutoTokenizer.from_pretrained(models["base"])
+    tokenizer.chat_template = (
+        "{% for i in range(3000) %}{% for j in range(3000) %}{% endfor %}{% endfor %}{{ messages[0]['content'] }}"
+    )
+    entry = ModelEntry("looping", models["base"], tokenizer, frozenset(), False)
+    renderer = Renderer(threads=1, timeout_s=0.2)
+    messages = [{"role": "user", "content": "hi"}]
+
+    async def twice() -> tuple[list[BaseException | None], int]:
+        outcomes = []
+        for _ in range(2):
+            try:
+                await renderer.run(lambda: chat_prompt_ids(entry, messages))
+                outcomes.append(None)
+            except BadRequestError as error:
+                outcomes.append(error)
+        busy_threads = sum(thread.name == "tuneloop-render" for thread in threading.enumerate())
+        return outcomes, busy_threads
+
+    outcomes, busy_threads = asyncio.run(twice())
+    assert all(isinstance(outcome, BadRequestError) for outcome in outcomes)
+    assert "could not be prepared within 0.2 s" in outcomes[0].message
+    assert busy_threads == 1  # the second request waited for the one slot instead of starting a thread

@@ -129,3 +129,18 @@ def test_server_url_options() -> None:
         parse_server_url("http://a:1#max-lora-rank=big")
     with pytest.raises(ValueError, match="starts with http"):
         parse_server_url("gpu-1:8000")
+
+
+def test_the_key_is_sent_as_a_bearer_token_and_a_refusal_names_the_setting(server: ScriptedServer) -> None:
+    server.script(Reply(200, "Success"), Reply(401, json.dumps({"error": "Unauthorized"}), "application/json"))
+    with VLLMClient(server.url, api_key="vllm-key") as client:
+        client.load_adapter("cs-v1", "/adapters/cs/cs-v1")
+        with pytest.raises(VLLMError) as caught:
+            client.models()
+    assert [request.authorization for request in server.requests] == ["Bearer vllm-key"] * 2
+    assert caught.value.status == 401
+    assert "refused the API key it was sent; set TUNELOOP_VLLM_API_KEY to the server's --api-key" in str(caught.value)
+    server.script(Reply(401, json.dumps({"error": "Unauthorized"}), "application/json"))
+    with VLLMClient(server.url) as keyless, pytest.raises(VLLMError, match="wants an API key; set TUNELOOP_VLLM"):
+        keyless.models()
+    assert server.requests[-1].authorization is None

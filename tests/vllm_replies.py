@@ -26,6 +26,7 @@ class Request:
     method: str
     path: str
     body: dict | None
+    authorization: str | None = None
 
 
 def nested_error(message: str, kind: str, status: int = 400) -> Reply:
@@ -66,7 +67,8 @@ class ScriptedServer:
             def _answer(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length) if length else b""
-                scripted.requests.append(Request(self.command, self.path, json.loads(raw) if raw else None))
+                body = json.loads(raw) if raw else None
+                scripted.requests.append(Request(self.command, self.path, body, self.headers.get("Authorization")))
                 reply = scripted.replies.pop(0) if scripted.replies else Reply(404, "no reply scripted")
                 time.sleep(reply.delay_s)
                 data = reply.body.encode("utf-8")

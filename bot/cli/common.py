@@ -30,6 +30,15 @@ errors = Console(stderr=True, soft_wrap=True)
 ProjectOption = Annotated[str, typer.Option("--project", "-p", help="Project name, e.g. customer_service.")]
 DatasetOption = Annotated[str, typer.Option("--dataset", help="Dataset within the project.")]
 VersionOption = Annotated[int | None, typer.Option("--version", "-v", help="Dataset version; latest if unset.")]
+ApiKeyOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        help="A key clients send as 'Authorization: Bearer KEY'; repeat for more. TUNELOOP_API_KEYS if unset."
+    ),
+]
+MaxRequestBytesOption = Annotated[
+    int, typer.Option(min=1, help="Largest request body accepted; larger ones get a 413.")
+]
 
 EXIT_NOT_FOUND = 1
 EXIT_INVALID_DATA = 2

@@ -16,7 +16,7 @@ from engine.data.export import EXPORT_FORMATS
 from storage.models import Judgement, Project
 
 if TYPE_CHECKING:
-    pass
+    from engine.serve.local import LocalServer
 
 DEMO_RECIPE = Path(__file__).resolve().parents[2] / "examples" / "recipes" / "tiny_demo.yaml"
 
@@ -80,6 +80,7 @@ def loop_on_workers(project: str, recipe: Path, model: Path, questions: Path, ou
     env = {
         "TUNELOOP_REDIS_URL": redis_url,
         "TUNELOOP_VLLM_URLS": json.dumps([f"{server.url}#max-lora-rank={loaded.lora_rank}"]),
+        "TUNELOOP_VLLM_API_KEY": server.api_key,  # the key start_local_server generated for it
     }
     saved = {name: os.environ.get(name) for name in env}
     os.environ.update(env)
@@ -88,7 +89,7 @@ def loop_on_workers(project: str, recipe: Path, model: Path, questions: Path, ou
     console.print(f"tuneloop serve at {server.url}; a gpu and a cpu worker (logs in {out})")
     try:
         _iterations(project, recipe, model)
-        ask(project, server.url, questions)
+        ask(project, server, questions)
     finally:
         for worker in workers:
             stop_process(worker)
@@ -184,7 +185,7 @@ def follow(run: int, state: str, mark: str) -> None:
     console.print(f"run {run} is {state}")
 
 
-def ask(project: str, server: str, questions: Path) -> None:
+def ask(project: str, server: "LocalServer", questions: Path) -> None:
     """Ask the project's stable name a test question with the OpenAI client, through the gateway."""
     from openai import OpenAI
 
@@ -192,10 +193,10 @@ def ask(project: str, server: str, questions: Path) -> None:
     from engine.database import get_engine
     from engine.serve.local import local_gateway
 
-    with local_gateway([server], get_engine()) as gateway:
+    with local_gateway([server.url], get_engine(), upstream_api_key=server.api_key) as gateway:
         sample = next(sample for _, sample in load_file(questions).samples)
         prompt = [m.model_dump(exclude_none=True) for m in sample.messages[: sample.last_assistant_index()]]
-        reply = OpenAI(base_url=gateway.base_url, api_key="demo").chat.completions.create(
+        reply = OpenAI(base_url=gateway.base_url, api_key=gateway.api_key).chat.completions.create(
             model=project, messages=prompt, max_tokens=64, temperature=0
         )
     console.print(f"asked {reply.model} through the gateway: {prompt[-1]['content']}", highlight=False)

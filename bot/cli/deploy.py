@@ -4,6 +4,7 @@ project's stable name, and back."""
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from bot.cli.act import act
@@ -107,6 +108,8 @@ def sync_command(
         console.print(f"loaded {version} on {url}")
     for url, version in outcome.unloaded:
         console.print(f"unloaded {version} from {url}")
+    for sentence in outcome.replaced:
+        errors.print(f"[yellow]warning:[/yellow] {escape(sentence)}")
     if not outcome.changed and not outcome.problems:
         console.print("the servers already match the deployments; nothing changed")
     if outcome.problems:

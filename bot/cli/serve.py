@@ -2,7 +2,9 @@
 
 Flags are vLLM's names. `--lora-modules` is given once per adapter (`--lora-modules a=/p --lora-modules b=/q`),
 where vLLM also takes several after one flag. Runtime LoRA loading and unloading is always allowed here; vLLM
-allows it only with VLLM_ALLOW_RUNTIME_LORA_UPDATING=True in its environment."""
+allows it only with VLLM_ALLOW_RUNTIME_LORA_UPDATING=True in its environment. An API key is required (--api-key,
+or TUNELOOP_API_KEYS, which keeps it out of the process list): every /v1 request, the admin endpoints included,
+must carry it as `Authorization: Bearer KEY`."""
 
 import json
 import os
@@ -12,8 +14,17 @@ from typing import Annotated
 
 import typer
 
-from bot.cli.common import EXIT_INVALID_DATA, console, errors, fail, quiet_training_libraries
-from engine.serve.protocol import ErrorFormat
+from bot.cli.common import (
+    EXIT_INVALID_DATA,
+    ApiKeyOption,
+    MaxRequestBytesOption,
+    console,
+    errors,
+    fail,
+    quiet_training_libraries,
+)
+from engine.serve.protocol import DEFAULT_MAX_REQUEST_BYTES, DEFAULT_RENDER_TIMEOUT_S, ErrorFormat
+from engine.settings import get_settings
 
 app = typer.Typer(
     help="Serve a base model and its LoRA adapters over OpenAI's API and vLLM's LoRA admin API.",
@@ -59,6 +70,11 @@ def serve(
         ErrorFormat, typer.Option(help="Error bodies as new vLLM ({'error': {...}}) or older vLLM (flat).")
     ] = ErrorFormat.NESTED,
     device: Annotated[Device | None, typer.Option(help="Where the model runs (default: cuda if present).")] = None,
+    api_key: ApiKeyOption = None,
+    max_request_bytes: MaxRequestBytesOption = DEFAULT_MAX_REQUEST_BYTES,
+    render_timeout: Annotated[
+        float, typer.Option(min=0.001, help="Seconds a prompt may take to template and tokenize before a 400.")
+    ] = DEFAULT_RENDER_TIMEOUT_S,
 ) -> None:
     """Serve a base model and its LoRA adapters: OpenAI chat and completions, vLLM's LoRA admin endpoints."""
     if ctx.invoked_subcommand is not None:
@@ -68,6 +84,12 @@ def serve(
         raise typer.Exit(EXIT_INVALID_DATA)
     if not (model / "config.json").is_file():
         fail(f"{model} is not a saved model folder (no config.json)")
+    keys = api_key or [key.get_secret_value() for key in get_settings().api_keys]
+    if not keys:
+        fail(
+            "no API key: pass --api-key KEY or set TUNELOOP_API_KEYS (every /v1 request, loading adapters included, "
+            "must carry it as 'Authorization: Bearer KEY'; deploys send TUNELOOP_VLLM_API_KEY)"
+        )
     modules = [parse_lora_module(value) for value in lora_modules or []]
     if len({name for name, _ in modules}) < len(modules):
         fail("--lora-modules: each adapter needs its own name")
@@ -95,4 +117,13 @@ def serve(
             fail(f"--lora-modules {name}={path}: {error.message}")
     adapters = ", ".join(served.adapters) or "none yet"
     console.print(f"serving {served.base.name} on http://{host}:{port}/v1 (adapters: {adapters})")
-    serve_forever(served, host=host, port=port, max_batch_size=max_batch_size, error_format=error_format)
+    serve_forever(
+        served,
+        host=host,
+        port=port,
+        api_keys=keys,
+        max_batch_size=max_batch_size,
+        error_format=error_format,
+        max_request_bytes=max_request_bytes,
+        render_timeout_s=render_timeout,
+    )

@@ -68,7 +68,6 @@ from engine.database import DatabaseNotReadyError
 from engine.projects import NotFoundError, ProjectNameError, get_or_create_project, get_project, list_projects
 from engine.reviews import ReviewError, record_review, review_summary, start_next_iteration
 from engine.runs import (
-    ENDED,
     RunError,
     approve_run,
     cancel_run,
@@ -145,19 +144,16 @@ class Core:
         """Carry out `action` for `actor`; raises UserError (the sentence to show) when it cannot be done."""
         handler = _HANDLERS[type(action)]
         language = DEFAULT_LANGUAGE
-        project_id: int | None = None
         try:
             with session_scope(self.engine) as session:
                 context = Context(self, session, actor, self.language_for(session, actor))
-                language = context.language
                 try:
                     return handler(context, action)
                 finally:
                     language = context.language
-                    project_id = _project_id(session, action)
         except UserError as error:
             if error.refused:
-                permissions.audit_refusal(self.engine, actor, action.kind, project_id, str(error))
+                self.audit_refusal(action, actor, str(error))
             raise
         except DataError as error:
             raise UserError("\n".join([error.headline, *(str(p) for p in error.problems[:10])])) from None
@@ -165,6 +161,11 @@ class Core:
             # The core checked who may first; the engine's own refusals are its backstop and say why themselves.
             sentence = str(error) or say(language, "error.internal", kind=type(error).__name__)
             raise UserError(sentence, not_found=isinstance(error, NotFoundError)) from None
+
+    def audit_refusal(self, action: Action, actor: Actor, reason: str) -> None:
+        """Keep a refusal on record, in its own transaction: the refused action's own work was rolled back."""
+        with session_scope(self.engine) as session:
+            permissions.record_refusal(session, actor, action.kind, _project_id(session, action), reason)
 
     async def perform_async(self, action: Action, actor: Actor) -> list[Message]:
         """`perform` off the event loop: the database and the queues are reached from a thread."""
@@ -588,29 +589,17 @@ def _approve(context: Context, action: Approve) -> list[Message]:
     actor, session = context.actor, context.session
     permissions.require(project, actor, "approver", context.language)
     override = (action.override or "").strip() or None
+    approval: dict[str, Any] = {
+        "platform": actor.platform,
+        "override_reason": override,
+        "groups": actor.group_identities,
+    }
     if is_queued_run(session, action.run):
-        job = context.on_queues(
-            lambda pool: approve_and_enqueue(
-                session,
-                pool,
-                action.run,
-                actor.identity,
-                platform=actor.platform,
-                override_reason=override,
-                groups=actor.group_identities,
-            )
-        )
+        job = context.on_queues(lambda pool: approve_and_enqueue(session, pool, action.run, actor.identity, **approval))
         lines = [say(context.language, "approval.override", reason=override)] if override else []
         text = say(context.language, "approval.queued", run=run.id, who=actor.name, job=job.arq_job_id)
         return [Message(text, lines=lines, run_id=run.id), run_card(session, run, context.language)]
-    approve_run(
-        session,
-        action.run,
-        actor.identity,
-        platform=actor.platform,
-        override_reason=override,
-        groups=actor.group_identities,
-    )
+    approve_run(session, action.run, actor.identity, **approval)
     session.commit()
     approved = Message(say(context.language, "approval.deploying", run=run.id, who=actor.name), run_id=run.id)
     try:
@@ -705,4 +694,3 @@ _HANDLERS: dict[type, Callable[[Context, Any], list[Message]]] = {
     DeployUnapproved: _deploy_unapproved,
     Rollback: _rollback,
 }
-assert ENDED  # the run states the engine ends in; a card shows no buttons for them

@@ -6,14 +6,12 @@ A project lists people as identities: `slack:U123`, `telegram:42`, a group or ch
 `telegram:-1001234`, or a terminal user's plain name. An empty list lets anyone.
 """
 
-from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from bot.core.catalogue import say
 from bot.core.errors import UserError
 from bot.core.identity import Actor
 from engine.projects import is_listed
-from storage.db import session_scope
 from storage.models import AuditEvent, Project
 
 ROLES = ("requester", "reviewer", "approver")
@@ -59,13 +57,8 @@ def require_any(
     require(project, actor, roles[0], language, doing=doing, **values)
 
 
-def audit_refusal(engine: Engine, actor: Actor, action: str, project_id: int | None, reason: str) -> None:
-    """Keep a refusal on record, in its own transaction: the refused action's own work was rolled back."""
-    with session_scope(engine) as session:
-        record_refusal(session, actor, action, project_id, reason)
-
-
 def record_refusal(session: Session, actor: Actor, action: str, project_id: int | None, reason: str) -> None:
+    """An audit event `refused.<action>` naming who was refused and why."""
     session.add(
         AuditEvent(
             actor=actor.identity,

@@ -35,25 +35,8 @@ def button(language: str, label: str, action: Action, style: Style = "default", 
 
 
 def state_word(language: str, state: str) -> str:
-    return say(language, f"state.{state}") if f"state.{state}" in _STATE_KEYS else state
-
-
-_STATE_KEYS = {
-    f"state.{s}"
-    for s in (
-        "queued",
-        "preparing",
-        "training",
-        "evaluating",
-        "reviewing",
-        "awaiting_approval",
-        "deploying",
-        "deployed",
-        "failed",
-        "cancelled",
-        "done",
-    )
-}
+    """A run state in words (`waiting for review`), or as it is when the catalogue has no words for it."""
+    return say(language, f"state.{state}") if f"state.{state}" in CATALOGUE else state
 
 
 def run_buttons(run: Run, project: str, language: str, gate_passed: bool | None) -> list[Button]:

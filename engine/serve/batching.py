@@ -22,8 +22,8 @@ import json
 import logging
 import threading
 import time
-from collections import deque
-from collections.abc import Callable, Sequence
+from collections import OrderedDict, deque
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -38,7 +38,7 @@ from transformers import (
     StoppingCriteriaList,
 )
 
-from engine.serve.protocol import BadRequestError, NotFoundError, ServeError, ServerStats, now
+from engine.serve.protocol import BadRequestError, InvalidUserInputError, NotFoundError, ServeError, ServerStats, now
 from engine.train.eos import eos_ids
 from engine.train.prepare import PrepareError, end_of_turn_token
 
@@ -240,7 +240,10 @@ class ServedModel:
         self.max_model_len: int = self.model.config.max_position_embeddings
         self.max_lora_rank = max_lora_rank
         self.max_loras = max_loras
-        self.adapters: dict[str, ModelEntry] = {}
+        self.adapters: dict[str, ModelEntry] = {}  # every loaded name, listed whether or not its weights are in memory
+        # The names whose weights are in the model (at most max_loras), least recently used first.
+        self.resident: OrderedDict[str, None] = OrderedDict()
+        self.reloads = 0  # weights read again for a request after they were evicted
 
     def resolve(self, name: str) -> ModelEntry:
         if name == self.base.name:
@@ -250,11 +253,13 @@ class ServedModel:
         raise NotFoundError(f"The model `{name}` does not exist.")
 
     def load_adapter(self, name: str, path: str) -> ModelEntry:
-        """vLLM's checks, in vLLM's order and words, then the weights into the PEFT model."""
+        """vLLM's checks, in vLLM's order and words, then the weights into the PEFT model. As in vLLM, a full
+        `max_loras` evicts the least recently used adapter's weights: it stays listed, and a request for it reads
+        them again from its path."""
         if not name or not path:
-            raise BadRequestError("Both 'lora_name' and 'lora_path' must be provided.")
+            raise InvalidUserInputError("Both 'lora_name' and 'lora_path' must be provided.")
         if name in self.adapters:
-            raise BadRequestError(f"The lora adapter '{name}' has already been loaded.")
+            raise InvalidUserInputError(f"The lora adapter '{name}' has already been loaded.")
         if name in (self.base.name, BASE_ADAPTER):
             raise BadRequestError(f"'{name}' names the base model; choose another lora_name.")
         directory = Path(path)
@@ -270,31 +275,55 @@ class ServedModel:
             raise BadRequestError(f"Loading lora {name} failed: a {config['peft_type']} adapter, not LoRA")
         if rank > self.max_lora_rank:
             raise BadRequestError(f"LoRA rank {rank} is greater than max_lora_rank {self.max_lora_rank}.")
-        if len(self.adapters) >= self.max_loras:
-            raise BadRequestError(
-                f"Cannot load lora {name}: {len(self.adapters)} adapters are loaded, the most --max-loras allows; "
-                "unload one first."
-            )
         try:
             entry = self._adapter_entry(name, directory, rank)
-            self._load_weights(name, directory)
-        except Exception as error:
-            raise ServeError(f"Loading lora {name} failed: {error}") from error
+            self._make_resident(entry, keep=())
+        except Exception as error:  # vLLM answers a failed add_lora (shapes that do not fit...) with a 400
+            raise BadRequestError(f"Loading lora {name} failed: {error}") from error
         self.adapters[name] = entry
         logger.info("Loaded new LoRA adapter: name '%s', path '%s', rank %d", name, path, rank)
         return entry
 
     def unload_adapter(self, name: str) -> None:
         if not name:
-            raise BadRequestError("'lora_name' needs to be provided to unload a LoRA adapter.")
+            raise InvalidUserInputError("'lora_name' needs to be provided to unload a LoRA adapter.")
         if name not in self.adapters:
             raise NotFoundError(f"The lora adapter '{name}' cannot be found.")
-        if len(self.adapters) == 1:
+        if name in self.resident:
+            self._drop_weights(name)
+        del self.adapters[name]
+        logger.info("Removed LoRA adapter: name '%s'", name)
+
+    def make_resident(self, entries: Sequence[ModelEntry]) -> None:
+        """The weights of every adapter in a batch in memory (read again where they were evicted), each marked as
+        just used. The batch holds at most `max_loras` adapters (the scheduler sees to it)."""
+        names = {entry.name for entry in entries if entry.adapter}
+        for name in names:
+            if name not in self.adapters:
+                raise NotFoundError(f"The model `{name}` does not exist.")
+            if name in self.resident:
+                self.resident.move_to_end(name)
+            else:
+                self._make_resident(self.adapters[name], keep=names)
+                self.reloads += 1
+                logger.info("Reloaded evicted LoRA adapter '%s' from '%s'", name, self.adapters[name].path)
+
+    def _make_resident(self, entry: ModelEntry, keep: Collection[str]) -> None:
+        """Load `entry`'s weights, first evicting the least recently used adapters not in `keep` while full."""
+        for victim in [name for name in self.resident if name not in keep]:
+            if len(self.resident) < self.max_loras:
+                break
+            self._drop_weights(victim)
+            logger.info("Evicted LoRA adapter '%s' (max_loras %d); it reloads when asked for", victim, self.max_loras)
+        self._load_weights(entry.name, entry.path)
+        self.resident[entry.name] = None
+
+    def _drop_weights(self, name: str) -> None:
+        if len(self.resident) == 1:
             self.model = self.model.unload()  # a PEFT model cannot run with no adapter: back to the bare base
         else:
             self.model.delete_adapter(name)
-        del self.adapters[name]
-        logger.info("Removed LoRA adapter: name '%s'", name)
+        del self.resident[name]
 
     def _adapter_entry(self, name: str, directory: Path, rank: int) -> ModelEntry:
         """The adapter's own tokenizer and generation config where training saved them, else the base's."""
@@ -336,17 +365,26 @@ class ServedModel:
     def generate(self, jobs: Sequence[GenerationJob]) -> None:
         """Generate for a batch of jobs that sample alike, in one `generate` call; events go to each job."""
         rows = [AnswerStream(job) for job in jobs]
+        try:
+            self.make_resident([job.model for job in jobs])
+        except Exception as error:  # an evicted adapter whose files are gone, or one unloaded meanwhile
+            logger.exception("cannot put the batch's adapters in memory")
+            # The cause may name files: it stays in the log.
+            failure = error if isinstance(error, ServeError) else ServeError("Loading the adapter failed; see the log.")
+            for row in rows:
+                row.fail(failure)
+            return
         width = max(len(job.prompt_ids) for job in jobs)
         input_ids = [[self.pad_token_id] * (width - len(job.prompt_ids)) + job.prompt_ids for job in jobs]
         attention_mask = [[0] * (width - len(job.prompt_ids)) + [1] * len(job.prompt_ids) for job in jobs]
         sampling = jobs[0].sampling
         options: dict[str, Any] = {}
-        if self.adapters:
+        if self.resident:
             options["adapter_names"] = [job.model.name if job.model.adapter else BASE_ADAPTER for job in jobs]
-        if sampling.seed is not None and not sampling.greedy:
-            torch.manual_seed(sampling.seed)
         device = self.model.device
         try:
+            if sampling.seed is not None and not sampling.greedy:
+                torch.manual_seed(sampling.seed)
             with torch.inference_mode():
                 self.model.generate(
                     input_ids=torch.tensor(input_ids, device=device),
@@ -357,10 +395,10 @@ class ServedModel:
                     stopping_criteria=StoppingCriteriaList([StreamRows(rows)]),
                     **options,
                 )
-        except Exception as error:
+        except Exception:
             logger.exception("generation failed")
             for row in rows:
-                row.fail(ServeError(f"generation failed: {error}"))
+                row.fail(ServeError("Generation failed; see the server's log."))
             return
         for row in rows:  # every row ends by its own limit, which is at most generate's; a guard all the same
             row.close()
@@ -428,12 +466,19 @@ class BatchScheduler:
                 return first
             self._ready.wait_for(lambda: self._companions(first) >= self.max_batch_size - 1, timeout=self.window_s)
             batch, kept = [first], deque()
+            adapters = {first.model.name} if first.model.adapter else set()
             while self._pending and len(batch) < self.max_batch_size:
                 item = self._pending.popleft()
                 if isinstance(item, _Call):
                     self._pending.appendleft(item)
                     break
-                (batch if item.batches_with(first) else kept).append(item)
+                # No more adapters in one batch than fit in memory at once (vLLM's --max-loras).
+                new_adapter = item.model.adapter and item.model.name not in adapters
+                if item.batches_with(first) and not (new_adapter and len(adapters) >= self.served.max_loras):
+                    batch.append(item)
+                    adapters |= {item.model.name} if item.model.adapter else set()
+                else:
+                    kept.append(item)
             self._pending.extendleft(reversed(kept))
             return batch
 

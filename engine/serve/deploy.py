@@ -11,6 +11,11 @@ Version numbers count the distinct adapters (by sha256) the project has ever tri
 deployed again get their old name back, new files the next number, and a number is never given to other weights,
 not even after a failed attempt, whose copy the engine may not have freed (vllm#54839).
 
+Trust. A version name listed on a server is taken for ours only when the server lists it from the published copy
+(`adapters_dir/PROJECT/VERSION`) and that copy still has the recorded sha256 (`publish` checks it). Anything else
+under one of our names (someone who reached a server's admin API loaded other weights as the next version, say) is
+unloaded and ours loaded in its place, and the outcome says so: a deployment never promotes weights it did not load.
+
 Desired state: per project, the active deployment and the KEEP_PREVIOUS deployments before it (the chain of
 `previous_deployment_id`, which is where rollback goes) stay loaded on every server, so that rollback is instant;
 any other version of the project is unloaded. Adapters tuneloop did not name are never touched.
@@ -61,11 +66,12 @@ class DeployOutcome:
 class SyncReport:
     loaded: list[tuple[str, str]] = field(default_factory=list)  # (server, version name)
     unloaded: list[tuple[str, str]] = field(default_factory=list)
+    replaced: list[str] = field(default_factory=list)  # versions found with other weights, each a sentence
     problems: list[str] = field(default_factory=list)
 
     @property
     def changed(self) -> bool:
-        return bool(self.loaded or self.unloaded)
+        return bool(self.loaded or self.unloaded or self.replaced)
 
 
 def deploy_run(
@@ -118,7 +124,7 @@ def deploy_run(
                 raise DeployError("\n".join(problems))
             destination = version_path(project.name, version)
             publish(files.path, destination, adapter.sha256)
-            answers = _load_everywhere(clients, version, destination)
+            answers, replaced = _load_everywhere(clients, version, destination)
         except (DeployError, OSError) as error:
             deployment.status, deployment.error = "failed", str(error)
             _audit(session, approved_by, platform, "deploy.failed", deployment, {**detail, "error": str(error)})
@@ -135,7 +141,7 @@ def deploy_run(
         previous = active.version_name if active else None
         _audit(session, approved_by, platform, "deploy.promote", deployment, {**detail, "previous": previous})
         session.flush()
-        warnings = _prune(session, project, clients)
+        warnings = replaced + _prune(session, project, clients)
     kept = f"; {previous} stays loaded for rollback" if previous else ""
     message = f"{project.name} now serves {version} (run {run_id}) on {len(answers)} server(s){kept}"
     return DeployOutcome(deployment, changed=True, message=message, answers=answers, warnings=warnings)
@@ -163,7 +169,7 @@ def rollback(
         destination = version_path(project, previous.version_name)
         try:
             publish(Path(adapter.path), destination, adapter.sha256)
-            answers = _load_everywhere(clients, previous.version_name, destination)
+            answers, replaced = _load_everywhere(clients, previous.version_name, destination)
         except OSError as error:
             raise DeployError(f"cannot put {previous.version_name}'s files in place: {error}") from None
         active.status, previous.status = "rolled_back", "active"
@@ -171,7 +177,7 @@ def rollback(
         detail = {"from": active.version_name, "to": previous.version_name, "from_deployment": active.id}
         _audit(session, by, platform, "deploy.rollback", previous, detail)
         session.flush()
-        warnings = _prune(session, row, clients)
+        warnings = replaced + _prune(session, row, clients)
     message = f"{project} serves {previous.version_name} again (rolled back from {active.version_name})"
     return DeployOutcome(previous, changed=True, message=message, answers=answers, warnings=warnings)
 
@@ -233,7 +239,9 @@ def version_path(project: str, version: str) -> Path:
 
 def smoke_answer(client: VLLMClient, model: str) -> str:
     """`model`'s answer to a short test prompt, through the OpenAI API the clients use."""
-    api = openai.OpenAI(base_url=client.base_url, api_key="EMPTY", timeout=client.timeout, max_retries=0)
+    api = openai.OpenAI(
+        base_url=client.base_url, api_key=client.api_key or "EMPTY", timeout=client.timeout, max_retries=0
+    )
     try:
         reply = api.chat.completions.create(
             model=model,
@@ -250,21 +258,26 @@ def smoke_answer(client: VLLMClient, model: str) -> str:
     return reply.choices[0].message.content or ""
 
 
-def _load_everywhere(clients: list[VLLMClient], version: str, path: Path) -> dict[str, str]:
-    """Load `version` on every server that lacks it and check each answers; all or none: on any failure, unload it
-    from the servers this call loaded it on and raise DeployError."""
+def _load_everywhere(clients: list[VLLMClient], version: str, path: Path) -> tuple[dict[str, str], list[str]]:
+    """Load `version` from `path` on every server that lacks it, or lists it from elsewhere, and check each answers:
+    (server → answer, a sentence per version replaced). All or none: on any failure, unload it from the servers this
+    call loaded it on and raise DeployError."""
     loaded_here: list[VLLMClient] = []
+    replaced: list[str] = []
     try:
         for client in clients:
             try:
-                if version not in _listed(client):
+                listing = _listing(client)
+                impostor = _unload_impostor(client, version, path, listing)
+                if impostor or version not in listing:
                     client.load_adapter(version, str(path))
                     loaded_here.append(client)
-                if version not in _listed(client):
-                    raise DeployError(f"{client.url} accepted {version} but does not list it among its models")
+                replaced += [impostor] if impostor else []
+                if _listing(client).get(version) != str(path):
+                    raise DeployError(f"{client.url} accepted {version} but does not list it from {path}")
             except VLLMError as error:
                 raise DeployError(_explain_load(client, version, path, error)) from None
-        return {client.url: smoke_answer(client, version) for client in clients}
+        return {client.url: smoke_answer(client, version) for client in clients}, replaced
     except DeployError as error:
         undone, stuck = [], []
         for client in loaded_here:
@@ -277,6 +290,19 @@ def _load_everywhere(clients: list[VLLMClient], version: str, path: Path) -> dic
         if stuck:
             note += f"\ncould not unload {version} from {', '.join(stuck)}: `tuneloop serve sync` retries"
         raise DeployError(f"{error}{note}") from None
+
+
+def _unload_impostor(client: VLLMClient, version: str, path: Path, listing: dict[str, str | None]) -> str | None:
+    """Unload `version` where the server lists it from anywhere but its published copy `path`; a sentence saying
+    so, or None when the server does not list it or lists ours."""
+    if version not in listing or listing[version] == str(path):
+        return None
+    client.unload_adapter(version)
+    return (
+        f"{client.url} listed {version} from {listing[version]}, not from its published copy {path}: those weights "
+        "were not tuneloop's, so they were unloaded and the published copy loaded in their place (who else can "
+        "reach this server's admin API?)"
+    )
 
 
 def _explain_load(client: VLLMClient, version: str, path: Path, error: VLLMError) -> str:
@@ -321,24 +347,27 @@ def _converge(session: Session, project: Project, client: VLLMClient, report: Sy
     desired = {d.version_name: d for d in desired_deployments(session, project.id)}  # type: ignore[arg-type]
     ours = set(session.exec(select(Deployment.version_name).where(Deployment.project_id == project.id)).all())
     try:
-        listed = _listed(client)
+        listing = _listing(client)
     except VLLMError as error:
         report.problems.append(f"cannot ask {client.url} what it serves: {error}")
         return
     for version, deployment in desired.items():
-        if not load or version in listed:
+        if not load:
             continue
         adapter = _adapter(session, deployment)
         path = version_path(project.name, version)
         try:
-            publish(Path(adapter.path), path, adapter.sha256)
-            client.load_adapter(version, str(path))
-            report.loaded.append((client.url, version))
+            publish(Path(adapter.path), path, adapter.sha256)  # also checks the published copy is still the same
+            impostor = _unload_impostor(client, version, path, listing)
+            if impostor or version not in listing:
+                client.load_adapter(version, str(path))
+                report.loaded.append((client.url, version))
+            report.replaced += [impostor] if impostor else []
         except DeployError as error:
             report.problems.append(f"cannot load {version} on {client.url}: {error}")
         except VLLMError as error:
             report.problems.append(_explain_load(client, version, path, error))
-    for version in sorted((listed & ours) - desired.keys()):
+    for version in sorted((listing.keys() & ours) - desired.keys()):
         try:
             client.unload_adapter(version)
             report.unloaded.append((client.url, version))
@@ -346,8 +375,9 @@ def _converge(session: Session, project: Project, client: VLLMClient, report: Sy
             report.problems.append(f"cannot unload {version} from {client.url}: {error}")
 
 
-def _listed(client: VLLMClient) -> set[str]:
-    return {model.id for model in client.models()}
+def _listing(client: VLLMClient) -> dict[str, str | None]:
+    """Each name the server lists, with the path it loaded it from (`root`)."""
+    return {model.id: model.root for model in client.models()}
 
 
 @contextmanager
@@ -359,8 +389,9 @@ def _clients(servers: Sequence[str] | None) -> Iterator[list[VLLMClient]]:
             "or pass --server URL"
         )
     with ExitStack() as stack:
+        key = get_settings().vllm_api_key
         try:
-            clients = [stack.enter_context(VLLMClient(url)) for url in urls]
+            clients = [stack.enter_context(VLLMClient(url, api_key=key and key.get_secret_value())) for url in urls]
         except ValueError as error:
             raise DeployError(str(error)) from None
         yield clients

@@ -10,6 +10,14 @@ deployment), not from a copy held in memory. A promotion or a rollback is one co
 the very next request, on every gateway at once, with no cache to invalidate, no message to miss and no window where
 two gateways disagree. The query (on indexed columns) costs far less than the generation it routes.
 
+What it serves, and to whom. Every /v1 request needs one of the gateway's API keys (engine/serve/guards.py); the
+gateway then calls the replicas with its own key for them (vLLM's --api-key), never the client's. A request is
+forwarded only for a name the database resolves (a stable name, or a version kept deployed) or, when configured,
+the base model's name; anything else is a 404 here, so an adapter nobody deployed is never reachable. Only chat and
+completions are routed: the LoRA admin endpoints do not exist here. Callers see no replica URL, file path or
+traceback: /v1/models lists the stable names from the database, /health counts replicas, and a 503 says what kind
+of thing failed while the log says where.
+
 Requests go round-robin over the replicas. A replica that refuses a connection is tried last for a while; a refused
 connection means the request never arrived, so the next replica can take it. Responses stream back as they come
 (server-sent events included), with the `model` field saying the name the client asked for.
@@ -18,12 +26,13 @@ connection means the request never arrived, so the next replica can take it. Res
 import asyncio
 import itertools
 import json
+import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import httpx
 from fastapi import FastAPI, Request
@@ -35,22 +44,27 @@ from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException
 
 from engine.serve.deploy import list_deployments, resolve_model_name
+from engine.serve.guards import ApiKeyMiddleware, bearer
+from engine.serve.protocol import DEFAULT_MAX_REQUEST_BYTES
 from engine.serve.vllm import parse_server_url
+
+logger = logging.getLogger("tuneloop.gateway")
 
 # How long a replica that refused a connection waits behind the others before it is tried first again.
 DOWN_FOR_S = 10.0
 # Generation can take minutes, so only connecting is bounded; a replica that is down fails at once anyway.
 UPSTREAM_TIMEOUT = httpx.Timeout(None, connect=5.0)
 PROBE_TIMEOUT = httpx.Timeout(5.0)
-# What a client's request carries that a replica needs; the rest (host, length, hop-by-hop) is the gateway's own.
-FORWARDED_REQUEST_HEADERS = ("authorization", "content-type", "accept", "x-request-id")
+# What a client's request carries that a replica needs; the rest (host, length, hop-by-hop, the client's key) is not
+# the replica's business.
+FORWARDED_REQUEST_HEADERS = ("content-type", "accept", "x-request-id")
 FORWARDED_RESPONSE_HEADERS = ("content-type", "x-request-id")
 
 Result = TypeVar("Result")
 
 
 class NoServerError(Exception):
-    """No replica accepted the connection; the message names each one and why."""
+    """No replica accepted the connection; the message names each one and why (for the log, not the caller)."""
 
 
 def openai_error(status: int, message: str, kind: str, code: str | None = None) -> JSONResponse:
@@ -128,8 +142,8 @@ async def relay(upstream: httpx.Response, rename_to: str | None) -> Response:
     try:
         content = await upstream.aread()
     except httpx.HTTPError as error:
-        message = f"{upstream.request.url.host} stopped answering mid-reply ({error or type(error).__name__})"
-        return openai_error(502, message, "server_error", "bad_gateway")
+        logger.warning("%s stopped answering mid-reply: %r", upstream.request.url, error)
+        return openai_error(502, "the model server stopped answering mid-reply", "server_error", "bad_gateway")
     finally:
         await upstream.aclose()
     try:
@@ -147,10 +161,19 @@ def unix_time(moment: datetime) -> int:
     return int(moment.replace(tzinfo=moment.tzinfo or UTC).timestamp())
 
 
-def create_app(servers: Sequence[str], engine: Engine) -> FastAPI:
+def create_app(
+    servers: Sequence[str],
+    engine: Engine,
+    *,
+    api_keys: Sequence[str],
+    upstream_api_key: str | None = None,
+    base_model: str | None = None,
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+) -> FastAPI:
     """The gateway's ASGI app, routing to `servers` (vLLM or `tuneloop serve` root URLs, as in
-    TUNELOOP_VLLM_URLS) with names from `engine`'s database. Raises ValueError for an empty list or a URL that is
-    not one."""
+    TUNELOOP_VLLM_URLS) with names from `engine`'s database. Clients must send one of `api_keys`; the replicas
+    are sent `upstream_api_key`; `base_model`, when given, is the one name besides deployed ones let through.
+    Raises ValueError for an empty list, a URL that is not one, or no keys."""
     replicas = Replicas([parse_server_url(url)[0] for url in servers])
     if not replicas.urls:
         raise ValueError("no model servers to route to")
@@ -164,7 +187,15 @@ def create_app(servers: Sequence[str], engine: Engine) -> FastAPI:
         async with httpx.AsyncClient(timeout=UPSTREAM_TIMEOUT, limits=limits) as client:
             yield
 
-    app = FastAPI(title="tuneloop gateway", lifespan=lifespan)
+    app = FastAPI(
+        title="tuneloop gateway",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+        max_body_size=max_request_bytes,
+    )
+    app.add_middleware(ApiKeyMiddleware, keys=list(api_keys))
 
     def in_session(work: Callable[[Session], Result]) -> Result:
         with Session(engine) as session:
@@ -178,27 +209,41 @@ def create_app(servers: Sequence[str], engine: Engine) -> FastAPI:
         content = await request.body()
         try:
             body = json.loads(content)
+        except RecursionError:
+            return openai_error(400, "the request body is nested too deeply", "invalid_request_error")
         except ValueError:
             return openai_error(400, "the request body is not valid JSON", "invalid_request_error")
         if not isinstance(body, dict):
             return openai_error(400, "the request body must be a JSON object", "invalid_request_error")
         asked = body.get("model")
+        if not isinstance(asked, str):
+            return openai_error(400, "`model` must be the name of a model, a string", "invalid_request_error")
+        try:
+            served = await asyncio.to_thread(in_session, lambda session: resolve_model_name(session, asked))
+        except SQLAlchemyError as error:
+            logger.warning("cannot resolve model %r: %r", asked, error)
+            message = f"cannot resolve model '{asked}': the database is unavailable ({type(error).__name__})"
+            return openai_error(503, message, "server_error", "database_unavailable")
         rename_to = None
-        if isinstance(asked, str):
-            try:
-                served = await asyncio.to_thread(in_session, lambda session: resolve_model_name(session, asked))
-            except SQLAlchemyError as error:
-                message = f"cannot resolve model '{asked}': the database is unavailable ({type(error).__name__})"
-                return openai_error(503, message, "server_error", "database_unavailable")
-            if served is not None and served != asked:
-                body["model"], rename_to = served, asked
-                content = json.dumps(body, ensure_ascii=False).encode()
+        if served is None:
+            if asked != base_model:
+                message = f"The model `{asked}` does not exist."
+                return openai_error(404, message, "invalid_request_error", "model_not_found")
+        elif served != asked:
+            body["model"], rename_to = served, asked
+            content = json.dumps(body, ensure_ascii=False).encode()
         headers = {key: request.headers[key] for key in FORWARDED_REQUEST_HEADERS if key in request.headers}
         headers["accept-encoding"] = "identity"  # bodies pass through as they are, so they must not be compressed
+        headers.update(bearer(upstream_api_key))
         try:
             upstream = await send_to_a_replica(client, replicas, path, headers, content)
         except NoServerError as error:
-            return openai_error(503, str(error), "server_error", "no_server_available")
+            logger.warning("%s", error)
+            return openai_error(503, "no model server answered", "server_error", "no_server_available")
+        if upstream.status_code == 401:  # the gateway's own key for the replicas, not the client's, was refused
+            await upstream.aclose()
+            logger.error("a model server refused the gateway's key: set TUNELOOP_VLLM_API_KEY to its --api-key")
+            return openai_error(502, "the model server refused the gateway", "server_error", "bad_gateway")
         return await relay(upstream, rename_to)
 
     @app.post("/v1/chat/completions")
@@ -209,44 +254,30 @@ def create_app(servers: Sequence[str], engine: Engine) -> FastAPI:
     async def completions(request: Request) -> Response:
         return await route(request, "/v1/completions")
 
-    async def listed_models(url: str) -> list[dict[str, Any]] | None:
-        try:
-            response = await client.get(f"{url}/v1/models", timeout=PROBE_TIMEOUT)
-            response.raise_for_status()
-            cards = response.json()["data"]
-        except (httpx.HTTPError, ValueError, KeyError, TypeError):
-            replicas.mark(url, up=False)
-            return None
-        replicas.mark(url, up=True)
-        return cards
-
     @app.get("/v1/models")
     async def models() -> Response:
-        """What the replicas serve, and each active stable name (`root` its version, `parent` the base)."""
-        listings = await asyncio.gather(*(listed_models(url) for url in replicas.urls))
-        if all(listing is None for listing in listings):
-            return openai_error(503, "no model server answered: " + ", ".join(replicas.urls), "server_error")
-        cards = {card["id"]: card for listing in listings if listing for card in listing}
+        """Each active stable name (`root`: the version it serves) and the base model when it is let through."""
         try:
             deployed = await asyncio.to_thread(in_session, list_deployments)
         except SQLAlchemyError as error:
+            logger.warning("cannot list deployed models: %r", error)
             message = f"cannot list deployed models: the database is unavailable ({type(error).__name__})"
             return openai_error(503, message, "server_error", "database_unavailable")
-        for deployment, adapter in deployed:
-            if deployment.status != "active":
-                continue
-            # The version's own card where a replica lists it (its `parent` is the base as served), else the record's.
-            version = cards.get(deployment.version_name) or {
-                "object": "model",
-                "owned_by": "tuneloop",
-                "parent": adapter.base_model,
-            }
-            cards[deployment.model_name] = version | {
+        cards = [
+            {
                 "id": deployment.model_name,
-                "root": deployment.version_name,
+                "object": "model",
                 "created": unix_time(deployment.created_at),  # when this version was deployed
+                "owned_by": "tuneloop",
+                "root": deployment.version_name,
+                "parent": base_model,
             }
-        return JSONResponse({"object": "list", "data": list(cards.values())})
+            for deployment, _ in deployed
+            if deployment.status == "active"
+        ]
+        if base_model is not None:
+            cards.append({"id": base_model, "object": "model", "owned_by": "tuneloop", "root": base_model})
+        return JSONResponse({"object": "list", "data": cards})
 
     async def probe(url: str) -> bool:
         try:
@@ -258,10 +289,12 @@ def create_app(servers: Sequence[str], engine: Engine) -> FastAPI:
 
     @app.get("/health")
     async def health() -> Response:
-        """200 while at least one replica is healthy, with each replica's state; 503 when none is."""
-        states = dict(zip(replicas.urls, await asyncio.gather(*(probe(url) for url in replicas.urls)), strict=True))
-        if not any(states.values()):
-            return openai_error(503, "no model server is healthy: " + ", ".join(states), "server_error")
-        return JSONResponse({"status": "ok", "servers": {url: "up" if up else "down" for url, up in states.items()}})
+        """200 while at least one replica is healthy, with how many are up; 503 when none is."""
+        states = await asyncio.gather(*(probe(url) for url in replicas.urls))
+        up = sum(states)
+        if not up:
+            logger.warning("no model server is healthy: %s", ", ".join(replicas.urls))
+            return openai_error(503, "no model server is healthy", "server_error", "no_server_available")
+        return JSONResponse({"status": "ok", "servers_up": up, "servers_down": len(states) - up})
 
     return app

@@ -12,6 +12,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+# The request body cap of `tuneloop serve` and the gateway: far above any context window's worth of text (128k tokens
+# is well under 1 MiB), far below what stalls a server.
+DEFAULT_MAX_REQUEST_BYTES = 4 * 1024 * 1024
+# How long a prompt may take to template and tokenize: a real chat template renders a context window in milliseconds.
+DEFAULT_RENDER_TIMEOUT_S = 10.0
+
 
 class ErrorFormat(StrEnum):
     """`nested`: {"error": {...}}, vLLM since v0.10 (and OpenAI). `flat`: {"object": "error", ...}, older vLLM."""
@@ -34,6 +40,12 @@ class ServeError(Exception):
 class BadRequestError(ServeError):
     status_code = 400
     error_type = "BadRequestError"
+
+
+class InvalidUserInputError(BadRequestError):
+    """vLLM's type for a LoRA admin request missing a name or path, or naming an adapter already loaded."""
+
+    error_type = "InvalidUserInput"
 
 
 class NotFoundError(ServeError):
@@ -105,7 +117,7 @@ class SamplingRequest(BaseModel):
     max_tokens: int | None = Field(default=None, ge=1)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=-(2**63), le=2**63 - 1)  # vLLM's range: a 64-bit integer
     stop: str | list[str] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -239,3 +251,5 @@ class ServerStats(BaseModel):
     batches: int = 0
     largest_batch: int = 0
     loaded_adapters: int = 0
+    resident_adapters: int = 0  # of the loaded, those whose weights are in memory (at most --max-loras)
+    adapter_reloads: int = 0  # evicted adapters read again for a request

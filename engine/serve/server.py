@@ -9,21 +9,32 @@ LoRA admin protocol, so that what deploys to vLLM deploys here (a laptop, CI, th
     POST /v1/completions          OpenAI completions, the same
     GET  /stats                   ours, not vLLM's: requests, generate calls (batches), largest batch
 
-vLLM allows the two admin endpoints only with VLLM_ALLOW_RUNTIME_LORA_UPDATING=True; here they are always on.
-Errors are vLLM's bodies and status codes (400 bad input, 404 unknown model or adapter, 500 the rest), in
-the nested or flat shape (`--error-format`); request validation errors are 400s in that shape, not 422s.
+vLLM allows the two admin endpoints only with VLLM_ALLOW_RUNTIME_LORA_UPDATING=True; here they are always on, and,
+like every /v1 path, they need an API key (engine/serve/guards.py: Bearer, vLLM's --api-key behaviour).
+Errors are vLLM's bodies and status codes (400 bad input, 404 unknown model or adapter, 413 a body over the cap,
+500 the rest, without its text, which goes to the log), in the nested or flat shape (`--error-format`); request
+validation errors are 400s in that shape, not 422s.
+
+The event loop only moves bytes: chat templating and tokenization run in threads of their own (`Renderer`), a few
+at a time and each within a time limit, and generation runs on the scheduler's thread, so one huge prompt or a
+template that loops does not hold up /health or anyone else's request.
 """
 
 import asyncio
+import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterator, Callable, Sequence
+from http import HTTPStatus
 from pathlib import Path
+from typing import TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from pydantic import BaseModel
+from starlette.exceptions import HTTPException
 
 from engine.serve.batching import (
     BatchScheduler,
@@ -34,7 +45,10 @@ from engine.serve.batching import (
     ServedModel,
     TextDelta,
 )
+from engine.serve.guards import ApiKeyMiddleware
 from engine.serve.protocol import (
+    DEFAULT_MAX_REQUEST_BYTES,
+    DEFAULT_RENDER_TIMEOUT_S,
     AssistantMessage,
     BadRequestError,
     ChatCompletionChoice,
@@ -60,6 +74,9 @@ from engine.serve.protocol import (
 )
 
 logger = logging.getLogger("tuneloop.serve")
+Result = TypeVar("Result")
+
+RENDERERS = 4  # templating and tokenization threads at once
 
 # vLLM's words for a tokenizer without a chat template
 NO_CHAT_TEMPLATE = (
@@ -68,9 +85,61 @@ NO_CHAT_TEMPLATE = (
 )
 
 
-def create_app(scheduler: BatchScheduler, error_format: ErrorFormat = ErrorFormat.NESTED) -> FastAPI:
+class Renderer:
+    """Runs chat templating and tokenization off the event loop: at most `threads` at once, each answered within
+    `timeout_s`. A thread cannot be stopped, so one past its time keeps its slot until it really ends, and a flood of
+    looping templates waits for slots (and times out) instead of starting ever more threads."""
+
+    def __init__(self, threads: int = RENDERERS, timeout_s: float = DEFAULT_RENDER_TIMEOUT_S) -> None:
+        self.threads = threads
+        self.timeout_s = timeout_s
+        self._slots: asyncio.Semaphore | None = None  # made on the server's own event loop
+
+    async def run(self, work: Callable[[], Result]) -> Result:
+        loop = asyncio.get_running_loop()
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self.threads)
+        slots, done = self._slots, loop.create_future()
+
+        def finish(result: Result | None, error: BaseException | None) -> None:  # on the loop
+            slots.release()
+            if not done.done():
+                done.set_exception(error) if error is not None else done.set_result(result)
+
+        def target() -> None:  # on the thread
+            try:
+                outcome: tuple[Result | None, BaseException | None] = (work(), None)
+            except BaseException as error:
+                outcome = (None, error)
+            with contextlib.suppress(RuntimeError):  # the server is shutting down and its loop is gone
+                loop.call_soon_threadsafe(finish, *outcome)
+
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                await slots.acquire()
+                threading.Thread(target=target, name="tuneloop-render", daemon=True).start()
+                return await done
+        except TimeoutError:
+            raise BadRequestError(
+                f"The prompt could not be prepared within {self.timeout_s:g} s (chat template and tokenizer)."
+            ) from None
+
+
+def create_app(
+    scheduler: BatchScheduler,
+    error_format: ErrorFormat = ErrorFormat.NESTED,
+    *,
+    api_keys: Sequence[str],
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+    renderer: Renderer | None = None,
+) -> FastAPI:
+    """The server's ASGI app; every /v1 request needs one of `api_keys` (at least one)."""
     served = scheduler.served
-    app = FastAPI(title="tuneloop serve", docs_url=None, redoc_url=None)
+    render = renderer or Renderer()
+    app = FastAPI(
+        title="tuneloop serve", docs_url=None, redoc_url=None, openapi_url=None, max_body_size=max_request_bytes
+    )
+    app.add_middleware(ApiKeyMiddleware, keys=list(api_keys))
 
     def error_response(message: str, error_type: str, status_code: int) -> JSONResponse:
         return JSONResponse(error_body(message, error_type, status_code, error_format), status_code=status_code)
@@ -83,9 +152,16 @@ def create_app(scheduler: BatchScheduler, error_format: ErrorFormat = ErrorForma
     async def invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
         return error_response(validation_message(error), "BadRequestError", 400)
 
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, error: HTTPException) -> JSONResponse:
+        kind = HTTPStatus(error.status_code).phrase.replace(" ", "")
+        return error_response(str(error.detail), kind, error.status_code)
+
     @app.exception_handler(Exception)
     async def internal_error(request: Request, error: Exception) -> JSONResponse:
-        return error_response(f"{type(error).__name__}: {error}", "InternalServerError", 500)
+        # The text of an unexpected error may name files or internals: it goes to the log, not to the caller.
+        logger.error("%s %s failed", request.method, request.url.path, exc_info=error)
+        return error_response("Internal server error; see the server's log.", "InternalServerError", 500)
 
     @app.get("/health")
     async def health() -> Response:
@@ -111,12 +187,18 @@ def create_app(scheduler: BatchScheduler, error_format: ErrorFormat = ErrorForma
 
     @app.get("/stats")
     async def stats() -> ServerStats:
-        return scheduler.stats.model_copy(update={"loaded_adapters": len(served.adapters)})
+        counts = {
+            "loaded_adapters": len(served.adapters),
+            "resident_adapters": len(served.resident),
+            "adapter_reloads": served.reloads,
+        }
+        return scheduler.stats.model_copy(update=counts)
 
     @app.post("/v1/chat/completions", response_model=None)
     async def chat_completions(body: ChatCompletionRequest) -> ChatCompletionResponse | StreamingResponse:
         entry = served.resolve(body.model)
-        prompt_ids = chat_prompt_ids(entry, [message.template_dict() for message in body.messages])
+        messages = [message.template_dict() for message in body.messages]
+        prompt_ids = await render.run(lambda: chat_prompt_ids(entry, messages))
         job = submit(scheduler, entry, prompt_ids, body, body.completion_limit())
         if body.stream:
             return event_stream(chat_chunks(job, body, error_format))
@@ -134,7 +216,8 @@ def create_app(scheduler: BatchScheduler, error_format: ErrorFormat = ErrorForma
     @app.post("/v1/completions", response_model=None)
     async def completions(body: CompletionRequest) -> CompletionResponse | StreamingResponse:
         entry = served.resolve(body.model)
-        prompt_ids = entry.tokenizer(body.prompt_text())["input_ids"]  # special tokens as the tokenizer adds them
+        text = body.prompt_text()
+        prompt_ids = await render.run(lambda: entry.tokenizer(text)["input_ids"])  # special tokens as it adds them
         job = submit(scheduler, entry, prompt_ids, body, body.completion_limit())
         if body.stream:
             return event_stream(completion_chunks(job, body, error_format))
@@ -297,11 +380,20 @@ def serve_forever(
     *,
     host: str,
     port: int,
+    api_keys: Sequence[str],
     max_batch_size: int = 8,
     error_format: ErrorFormat = ErrorFormat.NESTED,
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+    render_timeout_s: float = DEFAULT_RENDER_TIMEOUT_S,
 ) -> None:
     import uvicorn
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    app = create_app(BatchScheduler(served, max_batch_size=max_batch_size), error_format)
+    app = create_app(
+        BatchScheduler(served, max_batch_size=max_batch_size),
+        error_format,
+        api_keys=api_keys,
+        max_request_bytes=max_request_bytes,
+        renderer=Renderer(timeout_s=render_timeout_s),
+    )
     uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=5)

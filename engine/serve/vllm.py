@@ -10,6 +10,9 @@ the older flat `{"object": "error", "message", "type", ...}`, else "http" for a 
 proxy's 502 page), "framework" for the web framework's own `{"detail": ...}` (no such route, a malformed body),
 "connection", "timeout" or "protocol" (a reply that is not what the protocol says).
 
+Requests carry `Authorization: Bearer KEY` when the client has a key (vLLM's --api-key, TUNELOOP_VLLM_API_KEY);
+a server that refuses it answers 401, a VLLMError like any other.
+
 A server is named by its root URL; a trailing `/v1` is accepted too. vLLM does not report its
 `--max-lora-rank`, so it can be given in the URL's fragment, which is never sent:
 `http://gpu-1:8000#max-lora-rank=64`. Unset, it is vLLM's default, 16.
@@ -20,6 +23,8 @@ from dataclasses import dataclass
 from urllib.parse import parse_qs, urldefrag
 
 import httpx
+
+from engine.serve.guards import bearer
 
 DEFAULT_MAX_LORA_RANK = 16  # vLLM's own default for --max-lora-rank
 DEFAULT_TIMEOUT_S = 60.0  # loading an adapter reads its weights and may take a while
@@ -42,12 +47,19 @@ class ServedModel:
 
 
 class VLLMClient:
-    def __init__(self, url: str, timeout: float = DEFAULT_TIMEOUT_S, max_lora_rank: int | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        timeout: float = DEFAULT_TIMEOUT_S,
+        max_lora_rank: int | None = None,
+        api_key: str | None = None,
+    ) -> None:
         self.url, self.max_lora_rank = parse_server_url(url)
         if max_lora_rank is not None:
             self.max_lora_rank = max_lora_rank
         self.timeout = timeout
-        self._http = httpx.Client(base_url=self.url, timeout=timeout)
+        self.api_key = api_key
+        self._http = httpx.Client(base_url=self.url, timeout=timeout, headers=bearer(api_key))
 
     @property
     def base_url(self) -> str:
@@ -90,7 +102,11 @@ class VLLMClient:
         if reply.is_success:
             return reply
         message, kind = error_from_body(reply.text)
-        raise VLLMError(reply.status_code, message or reply.reason_phrase or "no message", kind)
+        message = message or reply.reason_phrase or "no message"
+        if reply.status_code == 401:
+            given = "refused the API key it was sent" if self.api_key else "wants an API key"
+            message = f"{message}: {self.url} {given}; set TUNELOOP_VLLM_API_KEY to the server's --api-key"
+        raise VLLMError(reply.status_code, message, kind)
 
 
 def error_from_body(body: str) -> tuple[str, str]:
