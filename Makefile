@@ -12,7 +12,8 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install -q --upgrade pip
 	# The CPU build where one is on disk (CI), the normal build elsewhere; later deps accept it as is.
 	$(BIN)/pip install -q -c constraints.txt torch
-	$(BIN)/pip install -q -c constraints.txt -e ".[dev]"
+	# slack: the Slack face and its tests (bolt, slack-sdk, aiohttp)
+	$(BIN)/pip install -q -c constraints.txt -e ".[dev,slack]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -35,6 +36,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/train.py
 	$(BIN)/python bench/eval.py
 	$(BIN)/python bench/serve.py
+	$(BIN)/python bench/bot.py
 
 # After changing pyproject.toml's dependencies: resolve them all again, then run the tests on what it pinned.
 lock: $(STAMP)

@@ -350,6 +350,7 @@ class ChatAction(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     key: str = Field(max_length=24, unique=True)
     action: dict = Field(sa_column=Column(JSON, nullable=False))
+    asks: str | None = Field(default=None, sa_column=Column(Text))  # the prompt for text the action needs first
     created_at: datetime = _created()
 
 
@@ -363,4 +364,22 @@ class ChatUser(SQLModel, table=True):
     platform: str = Field(max_length=20)
     user_id: str = Field(max_length=100)
     language: str | None = Field(default=None, max_length=10)
+    created_at: datetime = _created()
+
+
+class Conversation(SQLModel, table=True):
+    """Where a run lives in one chat platform: the channel, the thread its messages go to, the card message kept up
+    to date, and the messages whose buttons are replaced when they no longer apply; a restarted bot finds them here.
+    `buttons` holds {"id": message id, "title": its text}."""
+
+    __tablename__ = "conversations"
+    __table_args__ = (UniqueConstraint("platform", "run_id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: int = Field(foreign_key="runs.id", index=True)
+    platform: str = Field(max_length=20)
+    channel: str = Field(max_length=100)
+    thread: str | None = Field(default=None, max_length=100)
+    card: str | None = Field(default=None, max_length=100)
+    buttons: list | None = _json()
     created_at: datetime = _created()

@@ -6,6 +6,7 @@ actions carried out from inside a running event loop as the chat faces will."""
 
 import asyncio
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 import redis
@@ -51,18 +52,25 @@ OPS = Actor("cli", "ops")
 CORE_REDIS_DB = 12  # a logical database of these tests' own: arq job ids such as 2:train:1 are global in one
 
 
-@pytest.fixture
-def core(db_engine: Engine, redis_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Core]:
-    """The core on the test database, its queues in a Redis database of this module's own."""
-    url = redis_url.rsplit("/", 1)[0] + f"/{CORE_REDIS_DB}"
+@contextmanager
+def core_on(engine: Engine, redis_url: str, database: int, monkeypatch: pytest.MonkeyPatch) -> Iterator[Core]:
+    """The core on `engine`, its queues in Redis database `database` (emptied before and after)."""
+    url = redis_url.rsplit("/", 1)[0] + f"/{database}"
     client = redis.Redis.from_url(url)
     client.flushdb()
     monkeypatch.setenv("TUNELOOP_REDIS_URL", url)
     get_settings.cache_clear()
-    yield Core(db_engine, get_settings())
+    yield Core(engine, get_settings())
     client.flushdb()
     client.close()
     get_settings.cache_clear()
+
+
+@pytest.fixture
+def core(db_engine: Engine, redis_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Core]:
+    """The core on the test database, its queues in a Redis database of this module's own."""
+    with core_on(db_engine, redis_url, CORE_REDIS_DB, monkeypatch) as core:
+        yield core
 
 
 @pytest.fixture

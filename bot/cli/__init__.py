@@ -4,12 +4,29 @@ Each command group lives in its own module; this one only assembles them."""
 
 import typer
 
-from bot.cli import data, db, demo, deploy, evaluate, follow, gateway, model, project, runs, serve, synth, train, work
+from bot.cli import (
+    chatbots,
+    data,
+    db,
+    demo,
+    deploy,
+    evaluate,
+    follow,
+    gateway,
+    model,
+    project,
+    runs,
+    serve,
+    synth,
+    train,
+    work,
+)
 
 app = typer.Typer(
     help="tuneloop: the fine-tuning loop as one conversation.", no_args_is_help=True, add_completion=False
 )
 app.add_typer(db.app, name="db")
+app.add_typer(chatbots.app, name="bot")
 app.add_typer(project.app, name="project")
 data.app.command("synth")(synth.synth)
 app.add_typer(data.app, name="data")

@@ -4,4 +4,8 @@ A face (the terminal, Slack, Telegram) turns what a person typed or pressed into
 text; a button carries a stored action under a short key), calls `perform` with the `Actor` who asked, and renders
 the `Message`s it gets back. Business rules, permissions, the catalogue of sentences in English and Chinese and the
 rendering of events, histories, reports and review cards live here; the engine under it stays the authority on runs.
+
+A chat face also plugs a `Sender` (post, update) into an `outbox.Outbox` (pacing, retry-after, coalesced edits),
+posts an action's answers with `conversations.deliver` (a run's card opens its thread, kept in `conversations`),
+and runs an `event_relay.EventRelay` on the event stream to keep each run's card and thread up to date.
 """

@@ -193,3 +193,13 @@ def dump_action(action: Action) -> dict[str, Any]:
 
 def load_action(data: dict[str, Any]) -> Action:
     return ACTION.validate_python(data)
+
+
+def with_text(action: Action, text: str) -> Action:
+    """The action of a button that asked for text, with the text given: a Fix's corrected answer, an override's
+    reason."""
+    if isinstance(action, Review):
+        return action.model_copy(update={"answer": text})
+    if isinstance(action, Approve):
+        return action.model_copy(update={"override": text})
+    raise ValueError(f"a {action.kind} takes no text")

@@ -215,15 +215,22 @@ class Core:
                 for button in message.buttons:
                     if button.key is None:
                         button.key = secrets.token_urlsafe(12)  # 16 characters, unguessable
-                        session.add(ChatAction(key=button.key, action=dump_action(button.action)))
+                        stored = ChatAction(
+                            key=button.key, action=dump_action(button.action), asks=button.asks_for_text
+                        )
+                        session.add(stored)
         return messages
 
     def action_for_key(self, key: str) -> Action:
+        return self.button_for_key(key)[0]
+
+    def button_for_key(self, key: str) -> tuple[Action, str | None]:
+        """A pressed button's action, and the prompt for the text it needs first (None: it needs none)."""
         with session_scope(self.engine) as session:
             stored = session.exec(select(ChatAction).where(ChatAction.key == key)).first()
         if stored is None:
             raise UserError(say(DEFAULT_LANGUAGE, "error.internal", kind="unknown button"))
-        return load_action(stored.action)
+        return load_action(stored.action), stored.asks
 
 
 def _project_id(session: Session, action: Action) -> int | None:
@@ -390,6 +397,8 @@ def _start_run(context: Context, action: StartRun) -> list[Message]:
         )
     )
     stage = say(context.language, "stage.preparation" if preparing else "stage.training")
+    for message in messages:
+        message.run_id = run.id  # what the import found belongs in the run's thread
     messages.append(
         Message(say(context.language, "run.queued", run=run.id, project=project.name, stage=stage), run_id=run.id)
     )

@@ -365,6 +365,14 @@ def progress_text(event: Event) -> str:
     return ", ".join(parts)
 
 
+def progress_bar(done: int, total: int | None, width: int = 20) -> str:
+    """`▓▓▓▓▓░░░░░ 50%`: how far a stage is, in plain text any chat shows; without a total, just the count."""
+    if not total:
+        return str(done)
+    filled = min(width, round(width * done / total))
+    return "▓" * filled + "░" * (width - filled) + f" {min(done / total, 1.0):.0%}"
+
+
 def help_message(topic: str | None, language: str) -> Message:
     if topic is not None and topic not in COMMANDS:
         return Message(

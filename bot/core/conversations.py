@@ -1,0 +1,116 @@
+"""Where each run lives in a chat, and how a face's answers reach it: a run's card opens a thread the first time it
+is posted and is edited in place afterwards; anything else about a run is posted in that thread; the rest goes
+where it was asked. Kept in the `conversations` table, so a restarted bot edits the same card and replaces the
+same stale buttons. Every face (Slack, Telegram) delivers through here with its own Sender."""
+
+import asyncio
+from dataclasses import dataclass
+
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, select
+
+from bot.core.messages import Message
+from bot.core.outbox import Outbox
+from bot.core.perform import Core
+from storage.db import session_scope
+from storage.models import Conversation
+
+
+@dataclass(frozen=True)
+class Place:
+    """A run's conversation as read from the table."""
+
+    id: int
+    run_id: int
+    channel: str
+    thread: str | None
+    card: str | None
+
+
+def find(engine: Engine, platform: str, run_id: int) -> Place | None:
+    with Session(engine) as session:
+        row = session.exec(
+            select(Conversation).where(Conversation.platform == platform, Conversation.run_id == run_id)
+        ).first()
+        return _place(row) if row is not None else None
+
+
+def open_conversation(engine: Engine, platform: str, run_id: int, channel: str, thread: str, card: str) -> Place:
+    """Record that `run_id` lives in `thread` of `channel` with its card `card`; the one already recorded wins."""
+    try:
+        with session_scope(engine) as session:
+            row = Conversation(run_id=run_id, platform=platform, channel=channel, thread=thread, card=card, buttons=[])
+            session.add(row)
+            session.flush()
+            return _place(row)
+    except IntegrityError:
+        found = find(engine, platform, run_id)
+        assert found is not None
+        return found
+
+
+def keep_buttons(engine: Engine, conversation_id: int, message_id: str, title: str) -> None:
+    """Remember a posted message whose buttons will go stale when the run moves on."""
+    with session_scope(engine) as session:
+        row = session.get(Conversation, conversation_id)
+        assert row is not None
+        row.buttons = [*(row.buttons or []), {"id": message_id, "title": title}]
+        session.add(row)
+
+
+def take_buttons(engine: Engine, conversation_id: int) -> list[dict]:
+    """The messages holding buttons, forgotten as they are returned (their buttons are about to be replaced)."""
+    with session_scope(engine) as session:
+        row = session.get(Conversation, conversation_id)
+        assert row is not None
+        held, row.buttons = list(row.buttons or []), []
+        session.add(row)
+        return held
+
+
+def _place(row: Conversation) -> Place:
+    assert row.id is not None
+    return Place(row.id, row.run_id, row.channel, row.thread, row.card)
+
+
+async def deliver(core: Core, outbox: Outbox, messages: list[Message], channel: str, thread: str | None) -> None:
+    """Post an action's answers, asked in `thread` of `channel`: a run's card opens its thread (or, once there is
+    one, edits the card in place, and is shown where asked too when that is another channel); other messages about
+    a run with a thread go into it; the rest where asked."""
+    platform = outbox.sender.platform
+    await asyncio.to_thread(core.store_buttons, messages)
+    places: dict[int, Place | None] = {}
+    for message in messages:
+        if message.run_id is not None and message.run_id not in places:
+            places[message.run_id] = await asyncio.to_thread(find, core.engine, platform, message.run_id)
+    cards = [message for message in messages if message.kind == "card" and message.run_id is not None]
+    card_ids = {id(card) for card in cards}
+    for card in cards:  # first, so that the other answers about that run land in its new thread
+        place = places[card.run_id]  # type: ignore[index]
+        if place is None:
+            card_id = await outbox.post(channel, None, card)
+            places[card.run_id] = await asyncio.to_thread(  # type: ignore[index]
+                open_conversation, core.engine, platform, card.run_id, channel, card_id, card_id
+            )
+        elif place.card is not None:
+            outbox.edit(place.channel, place.card, card)
+    for message in messages:
+        if id(message) in card_ids:
+            place = places[message.run_id]  # type: ignore[index]
+            if place is not None and place.channel != channel:
+                await outbox.post(channel, thread, message)  # asked from elsewhere: shown there too
+            continue
+        place = places.get(message.run_id) if message.run_id is not None else None
+        await post(core, outbox, message, place, channel, thread)
+
+
+async def post(
+    core: Core, outbox: Outbox, message: Message, place: Place | None, channel: str, thread: str | None
+) -> str:
+    """Post `message` in its run's thread when it has one, else in `thread` of `channel`; its buttons remembered."""
+    where, into = (place.channel, place.thread) if place is not None else (channel, thread)
+    message_id = await outbox.post(where, into, message)
+    if place is not None and message.buttons:
+        await asyncio.to_thread(keep_buttons, core.engine, place.id, message_id, message.title)
+    return message_id
