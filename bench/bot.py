@@ -43,8 +43,8 @@ from bot.core.perform import Core  # noqa: E402
 from bot.slack.app import SlackFace  # noqa: E402
 from bot.slack.sender import SlackSender  # noqa: E402
 from bot.slack.serve import BACKLOG, web_client  # noqa: E402
-from engine.event_stream import EventConsumer, stream_sink  # noqa: E402
 from engine.events import progress_event  # noqa: E402
+from engine.events.stream import EventConsumer, stream_sink  # noqa: E402
 from engine.settings import get_settings  # noqa: E402
 from storage.db import make_engine, session_scope  # noqa: E402
 from storage.migrate import upgrade  # noqa: E402

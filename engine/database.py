@@ -4,8 +4,8 @@ from functools import cache
 
 from sqlalchemy.engine import Engine
 
-from engine.event_stream import relay_moves_of
-from engine.projects import warn_about_project_names
+from engine.events.stream import relay_moves_of
+from engine.loop.projects import warn_about_project_names
 from engine.settings import Settings, get_settings, shown_url
 from storage.db import make_engine
 from storage.migrate import current, head, upgrade

@@ -131,7 +131,7 @@ class Run(SQLModel, table=True):
     error: str | None = Field(default=None, sa_column=Column(Text))
     gate_override_reason: str | None = Field(default=None, sa_column=Column(Text))
     artifact_prefix: str | None = None
-    # What the run prepares before it trains (synthesis, filter, split), as engine.prepare.PreparePlan holds it
+    # What the run prepares before it trains (synthesis, filter, split), as engine.loop.prepare.PreparePlan holds it
     plan: dict | None = _json()
     created_at: datetime = _created()
     updated_at: datetime | None = _when()
@@ -310,7 +310,7 @@ class RunEvent(SQLModel, table=True):
     payload: dict | None = _json()
     created_at: datetime = _created()
     # When it reached the stream; None: not yet (a run's move, written with the move, or Redis was away). Workers
-    # relay such events (engine.event_stream.relay_events).
+    # relay such events (engine.events.stream.relay_events).
     streamed_at: datetime | None = Field(default=None, sa_column=Column(DateTime(timezone=True), index=True))
 
 

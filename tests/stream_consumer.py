@@ -11,8 +11,8 @@ from pathlib import Path
 
 import redis
 
-from engine.event_stream import EventConsumer, StreamEvent
 from engine.events import Event
+from engine.events.stream import EventConsumer, StreamEvent
 
 
 def main() -> None:

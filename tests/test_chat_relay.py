@@ -21,8 +21,8 @@ from bot.core.identity import Actor
 from bot.core.messages import Message
 from bot.core.outbox import Outbox, RateLimited, Undeliverable
 from bot.core.perform import Core
-from engine.event_stream import EventConsumer, stream_sink
 from engine.events import Event, progress_event
+from engine.events.stream import EventConsumer, stream_sink
 from engine.settings import get_settings
 from storage.models import Conversation
 from tests.test_reviews import build

@@ -75,9 +75,9 @@ def core(db_engine: Engine, redis_url: str, monkeypatch: pytest.MonkeyPatch) -> 
 
 @pytest.fixture
 def deploys(monkeypatch: pytest.MonkeyPatch) -> FakeDeploy:
-    """Deployment stands in: an approval's (engine.runs) and the operator's way around it (engine.serve.deploy)."""
+    """Deployment stands in: an approval's (engine.loop.runs) and the operator's way around it (engine.serve.deploy)."""
     fake = FakeDeploy()
-    monkeypatch.setattr("engine.runs.deploy_run", fake)
+    monkeypatch.setattr("engine.loop.runs.deploy_run", fake)
     monkeypatch.setattr("engine.serve.deploy.deploy_run", fake)
     return fake
 

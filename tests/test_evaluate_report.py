@@ -36,7 +36,7 @@ from engine.evaluate.results import (
 from engine.evaluate.stability import STABILITY_SETTINGS
 from engine.evaluate.weakest import judge_scores, weakest_samples
 from engine.llm import Usage
-from engine.reviews import IterationComparison
+from engine.loop.reviews import IterationComparison
 from storage.models import Metric
 from tests.evaluation_data import generated_sample
 

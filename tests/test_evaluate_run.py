@@ -29,7 +29,7 @@ from engine.evaluate.run import (
     report_for_run,
 )
 from engine.events import Event
-from engine.runs import StageStopped
+from engine.loop.runs import StageStopped
 from engine.settings import get_settings
 from engine.train.recipe import Recipe
 from engine.train.sft import train

@@ -15,10 +15,10 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
 from engine.database import get_engine
-from engine.event_log import run_events
-from engine.event_stream import DEFAULT_STREAM, Announcer, decode, relay_events
 from engine.events import Event, progress_event
-from engine.runs import approve_run, get_run, run_history, transition
+from engine.events.log import run_events
+from engine.events.stream import DEFAULT_STREAM, Announcer, decode, relay_events
+from engine.loop.runs import approve_run, get_run, run_history, transition
 from engine.settings import get_settings
 from storage.db import make_engine, session_scope
 from storage.migrate import upgrade

@@ -14,8 +14,8 @@ import redis
 from typer.testing import CliRunner
 
 from bot.cli import app
-from engine.event_stream import EventConsumer, decode, encode, fan_out, stream_sink
 from engine.events import Event, progress_event
+from engine.events.stream import EventConsumer, decode, encode, fan_out, stream_sink
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 runner = CliRunner()
@@ -176,7 +176,7 @@ def test_a_malformed_entry_is_skipped_and_acknowledged(
     client.xadd(stream, {"id": "x", "run": "7", "project": "客服", "type": "warning", "payload": "{", "time": "now"})
     stream_sink(client, stream=stream)(warning(1))
 
-    with caplog.at_level(logging.WARNING, logger="engine.event_stream"):
+    with caplog.at_level(logging.WARNING, logger="engine.events.stream"):
         assert collect(consumer) == [warning(1)]
 
     assert client.xpending(stream, "slack")["pending"] == 0

@@ -16,7 +16,7 @@ from bot.cli import app
 from engine.data import pipeline
 from engine.data.pipeline import import_file
 from engine.data.versions import load_entries, resolve_version
-from engine.projects import get_or_create_project
+from engine.loop.projects import get_or_create_project
 from storage.models import Project
 
 runner = CliRunner()

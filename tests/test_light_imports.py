@@ -11,8 +11,8 @@ LIGHT = (
     "engine.evaluate.judge",
     "engine.evaluate.metric_judge",
     "engine.evaluate.run",
-    "engine.runs",
-    "engine.reviews",
+    "engine.loop.runs",
+    "engine.loop.reviews",
     "engine.work.jobs",
     "engine.work.stages",
 )

@@ -1,5 +1,5 @@
-"""A run's preparation stages (engine/prepare.py) on SQLite and PostgreSQL, through the real pipeline: a slice of the
-example dataset imported, filtered and split; synthesis against the scripted OpenAI server (tests/openai_server.py).
+"""A run's preparation stages (engine/loop/prepare.py) on SQLite and PostgreSQL, through the real pipeline: a slice of
+the example dataset imported, filtered and split; synthesis against the scripted OpenAI server (tests/openai_server.py).
 Retries end on the versions the first attempt made, failures fail the run naming the stage, a cancelled run stays
 cancelled."""
 
@@ -15,7 +15,7 @@ from sqlmodel import Session, col, func, select
 from engine.data.pipeline import filter_version, import_file
 from engine.data.versions import load_entries
 from engine.events import Event
-from engine.prepare import (
+from engine.loop.prepare import (
     PrepareError,
     PreparePlan,
     plan_of,
@@ -23,8 +23,8 @@ from engine.prepare import (
     stages_of,
     synthesize_for_run,
 )
-from engine.projects import get_or_create_project
-from engine.runs import RunCancelled, RunError, cancel_run, transition
+from engine.loop.projects import get_or_create_project
+from engine.loop.runs import RunCancelled, RunError, cancel_run, transition
 from engine.settings import get_settings
 from storage.db import session_scope
 from storage.models import AuditEvent, DatasetVersion, Run, SynthBatch

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from bot.cli import app
 from engine.database import get_engine
-from engine.projects import ProjectNameError, configure_project, get_or_create_project, get_project
+from engine.loop.projects import ProjectNameError, configure_project, get_or_create_project, get_project
 from storage.db import session_scope
 from storage.migrate import upgrade
 from storage.models import Project
@@ -71,7 +71,7 @@ def test_an_old_database_keeps_its_bad_names_working_and_names_them(
         session.add_all([Project(name="shop-v1"), Project(name="shop")])
         session.commit()
     old.dispose()
-    with caplog.at_level(logging.WARNING, logger="engine.projects"):
+    with caplog.at_level(logging.WARNING, logger="engine.loop.projects"):
         engine = get_engine()
     assert "'shop-v1'" in caplog.text and "'shop'" not in caplog.text.replace("'shop-v1'", "")
     with session_scope(engine) as session:

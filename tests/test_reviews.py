@@ -9,8 +9,8 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, func, select
 
 from engine.data.versions import Entry, get_or_create_dataset, load_entries, save_version
-from engine.projects import get_or_create_project
-from engine.reviews import (
+from engine.loop.projects import get_or_create_project
+from engine.loop.reviews import (
     ReviewError,
     iteration_comparison,
     record_review,

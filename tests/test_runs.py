@@ -14,10 +14,10 @@ from sqlmodel import Session, col, select
 from transformers import TrainerCallback
 from typer.testing import CliRunner
 
-import engine.runs
+import engine.loop.runs
 from bot.cli import app
-from engine.projects import get_or_create_project
-from engine.runs import (
+from engine.loop.projects import get_or_create_project
+from engine.loop.runs import (
     STATES,
     TRANSITIONS,
     ApprovalRefused,
@@ -67,7 +67,7 @@ class FakeDeploy:
 @pytest.fixture
 def deploys(monkeypatch: pytest.MonkeyPatch) -> FakeDeploy:
     fake = FakeDeploy()
-    monkeypatch.setattr(engine.runs, "deploy_run", fake)
+    monkeypatch.setattr(engine.loop.runs, "deploy_run", fake)
     return fake
 
 
@@ -160,14 +160,14 @@ def test_the_same_approval_sent_twice_at_once_deploys_once(
 ) -> None:
     run_id = add_run(db_engine, "awaiting_approval")
     both_checked = threading.Barrier(2, timeout=30)
-    latest = engine.runs.latest_evaluation
+    latest = engine.loop.runs.latest_evaluation
 
     def checked_together(session: Session, run: int) -> Evaluation | None:
         found = latest(session, run)
         both_checked.wait()  # both approvals have read the run as awaiting approval before either moves it
         return found
 
-    monkeypatch.setattr(engine.runs, "latest_evaluation", checked_together)
+    monkeypatch.setattr(engine.loop.runs, "latest_evaluation", checked_together)
     outcomes: list[str] = []
 
     def approve(name: str) -> None:

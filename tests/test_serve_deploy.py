@@ -17,7 +17,7 @@ from sqlmodel import Session, select
 from typer.testing import CliRunner
 
 from bot.cli import app as cli
-from engine.projects import NotFoundError, get_or_create_project
+from engine.loop.projects import NotFoundError, get_or_create_project
 from engine.serve.adapters import adapter_digest, publish
 from engine.serve.deploy import (
     DeployError,

@@ -33,8 +33,8 @@ from bot.slack import blocks
 from bot.slack.app import SlackFace
 from bot.slack.sender import SlackSender
 from bot.slack.serve import serve, web_client
-from engine.event_stream import stream_sink
 from engine.events import Event
+from engine.events.stream import stream_sink
 from storage.db import session_scope
 from storage.models import Conversation, DatasetVersion, Judgement, Project, Review, Run
 from tests.slack_server import SlackServer
@@ -320,7 +320,9 @@ def test_fix_asks_for_the_answer_in_a_modal_and_an_empty_one_is_refused_on_its_i
     assert not any(block["type"] == "actions" for block in first.blocks)  # replaced once the answer came
 
 
-@pytest.mark.usefixtures("deploys")  # deployment stands in: engine.runs.deploy_run answers "shop now serves shop-v1"
+@pytest.mark.usefixtures(
+    "deploys"
+)  # deployment stands in: engine.loop.runs.deploy_run answers "shop now serves shop-v1"
 def test_deploying_over_a_failed_gate_asks_an_approver_for_the_reason(core: Core, slack: SlackServer) -> None:
     world = build(core.engine)  # its gate failed
 

@@ -38,7 +38,7 @@ from engine.data.synth import (
 from engine.data.versions import Entry, get_or_create_dataset, load_entries, resolve_version, save_version
 from engine.events import Event, ignore_events
 from engine.llm import estimate_cost, parse_retry_after, retry_delay
-from engine.projects import get_or_create_project
+from engine.loop.projects import get_or_create_project
 from engine.settings import Settings, get_settings
 from storage.db import make_engine, session_scope
 from storage.migrate import upgrade

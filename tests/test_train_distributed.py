@@ -189,7 +189,7 @@ def test_resume_with_processes_continues_the_same_run(tmp_path: Path, monkeypatc
     """`--resume RUN --processes N` launches the processes on RUN itself (they resume from its checkpoint)."""
     add_dataset(qa_entries([("q?", "a.")]))
     with Session(get_engine()) as session:
-        from engine.projects import get_project
+        from engine.loop.projects import get_project
 
         run = sft.start_run(session, get_project(session, "shop"), None, parse_recipe({"model_name_or_path": "m"}))
         run.state = "failed"

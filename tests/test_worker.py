@@ -25,9 +25,9 @@ from typer.testing import CliRunner
 
 from bot.cli import app
 from engine.database import get_engine
-from engine.event_stream import DEFAULT_STREAM, decode
-from engine.projects import get_or_create_project
-from engine.runs import fail_run, transition
+from engine.events.stream import DEFAULT_STREAM, decode
+from engine.loop.projects import get_or_create_project
+from engine.loop.runs import fail_run, transition
 from engine.settings import get_settings
 from engine.train.tiny import build_tiny_model
 from engine.work.jobs import queue_name

@@ -7,7 +7,7 @@ from sqlalchemy.engine import Engine
 from engine.data.sample import Sample
 from engine.data.versions import Entry, get_or_create_dataset, save_version
 from engine.database import get_engine
-from engine.projects import get_or_create_project
+from engine.loop.projects import get_or_create_project
 from storage.db import session_scope
 
 # A shop assistant's answers, short enough for a tiny model to memorise in seconds.

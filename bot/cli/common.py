@@ -18,7 +18,7 @@ from engine.data.errors import DataError
 from engine.data.split import SplitError
 from engine.database import DatabaseNotReadyError, get_engine
 from engine.events import EventSink
-from engine.projects import NotFoundError, ProjectNameError
+from engine.loop.projects import NotFoundError, ProjectNameError
 from storage.db import ConflictError, session_scope
 
 if TYPE_CHECKING:
@@ -72,7 +72,7 @@ def announcing(show: EventSink) -> Iterator[EventSink]:
     event stream when Redis answers, so that a run started here is followed (`tuneloop follow`, the chat front
     ends) and its story read back (`tuneloop run show`) like one a worker runs. What did not reach the stream (Redis
     away for a moment) is relayed at the end, as a worker would; the run's moves relay themselves as they commit."""
-    from engine.event_stream import Announcer, fan_out, relay_events
+    from engine.events.stream import Announcer, fan_out, relay_events
 
     with redis_client() as client:
         announcer = Announcer(get_engine(), client)

@@ -108,7 +108,7 @@ def _iterations(project: str, recipe: Path, model: Path) -> None:
     """Iteration 1, the reviews, iteration 2 and the approval, through the same actions a chat face calls."""
     from bot.cli.act import act
     from bot.core.actions import Approve, Retrain, Review, ShowReport, ShowReview, ShowReviewSummary, StartRun
-    from engine.runs import latest_evaluation
+    from engine.loop.runs import latest_evaluation
     from engine.serve.deploy import list_deployments
 
     with open_session() as session:
@@ -155,7 +155,7 @@ def stream_mark() -> str:
     and shows none of an earlier demo's runs that had the same numbers."""
     import redis
 
-    from engine.event_stream import last_entry_id
+    from engine.events.stream import last_entry_id
     from engine.settings import get_settings
 
     with redis.Redis.from_url(get_settings().redis_url) as client:
@@ -166,8 +166,8 @@ def follow(run: int, state: str, mark: str) -> None:
     """Print the run's events after `mark` until the database says it reached `state`; fail if it ended otherwise."""
     import redis
 
-    from engine.event_stream import follow_run
-    from engine.runs import get_run
+    from engine.events.stream import follow_run
+    from engine.loop.runs import get_run
     from engine.settings import get_settings
 
     def current() -> str:

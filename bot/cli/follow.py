@@ -8,8 +8,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 
 from bot.cli.act import print_event
 from bot.cli.common import console, errors, fail
-from engine.event_stream import DEFAULT_STREAM, follow_run, is_final
 from engine.events import Event
+from engine.events.stream import DEFAULT_STREAM, follow_run, is_final
 from engine.settings import get_settings
 
 EXIT_RUN_FAILED = 1

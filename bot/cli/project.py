@@ -11,7 +11,7 @@ from bot.cli.act import act
 from bot.cli.common import console, fail, open_session
 from bot.core.actions import ConfigureProject
 from bot.core.grammar import parse_names
-from engine.projects import list_projects
+from engine.loop.projects import list_projects
 
 app = typer.Typer(help="Projects: a named assistant, its base model, tokenizer and people.", no_args_is_help=True)
 

@@ -20,7 +20,7 @@ from engine.data.versions import DEFAULT_DATASET
 from engine.database import DatabaseNotReadyError, get_engine
 from engine.events import Event
 from engine.files import write_atomic_text
-from engine.projects import NotFoundError, ProjectNameError
+from engine.loop.projects import NotFoundError, ProjectNameError
 from engine.settings import get_settings
 
 EXIT_INTERRUPTED = 130

@@ -22,8 +22,8 @@ from bot.core.messages import Message
 from bot.core.outbox import Outbox, Undeliverable
 from bot.core.perform import Core
 from bot.core.render import event_message, progress_bar, progress_text, rollback_buttons, run_card
-from engine.event_stream import EventConsumer
 from engine.events import Event
+from engine.events.stream import EventConsumer
 from storage.models import Project, Run
 
 # The moves people are told of in the thread; the others show on the card only.

@@ -65,9 +65,9 @@ from bot.core.render import (
 from engine.data.errors import DataError
 from engine.data.split import SplitError
 from engine.database import DatabaseNotReadyError
-from engine.projects import NotFoundError, ProjectNameError, get_or_create_project, get_project, list_projects
-from engine.reviews import ReviewError, record_review, review_summary, start_next_iteration
-from engine.runs import (
+from engine.loop.projects import NotFoundError, ProjectNameError, get_or_create_project, get_project, list_projects
+from engine.loop.reviews import ReviewError, record_review, review_summary, start_next_iteration
+from engine.loop.runs import (
     RunError,
     approve_run,
     cancel_run,
@@ -331,7 +331,7 @@ def _start_run(context: Context, action: StartRun) -> list[Message]:
     from engine.data.filters import FilterConfig
     from engine.data.pipeline import import_file
     from engine.data.split import SplitConfig
-    from engine.prepare import PreparePlan, SynthPlan
+    from engine.loop.prepare import PreparePlan, SynthPlan
     from engine.work.jobs import submit_run
 
     session, actor = context.session, context.actor

@@ -11,7 +11,7 @@ from sqlmodel import Session
 from bot.core.catalogue import say
 from bot.core.errors import UserError
 from bot.core.identity import Actor
-from engine.projects import is_listed
+from engine.loop.projects import is_listed
 from storage.models import AuditEvent, Project
 
 ROLES = ("requester", "reviewer", "approver")

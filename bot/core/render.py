@@ -22,8 +22,8 @@ from bot.core.grammar import COMMANDS, START_USAGE, spell
 from bot.core.messages import Button, Message, Style
 from engine.artifacts import get_artifact_store
 from engine.events import Event
-from engine.reviews import ReviewSummary, iteration_comparison
-from engine.runs import RunHistory, latest_evaluation
+from engine.loop.reviews import ReviewSummary, iteration_comparison
+from engine.loop.runs import RunHistory, latest_evaluation
 from storage.models import Artifact, DatasetVersion, Evaluation, Job, Judgement, Metric, Project, Run
 
 TIME = "%Y-%m-%d %H:%M"

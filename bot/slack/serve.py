@@ -15,7 +15,7 @@ from bot.core.outbox import Outbox
 from bot.core.perform import Core
 from bot.slack.app import SlackFace
 from bot.slack.sender import SlackSender
-from engine.event_stream import EventConsumer
+from engine.events.stream import EventConsumer
 
 SLACK_API_URL = "https://slack.com/api/"
 GROUP = "slack"  # the consumer group of every Slack bot on the stream

@@ -31,7 +31,7 @@ from engine.data.versions import (
     version_label,
 )
 from engine.files import write_atomic_text
-from engine.projects import get_or_create_project
+from engine.loop.projects import get_or_create_project
 from engine.settings import get_settings
 from storage.artifacts import ArtifactStore, StoredArtifact, project_key, record_artifact
 from storage.db import commit_retrying

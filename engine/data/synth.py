@@ -51,7 +51,7 @@ from engine.data.versions import (
 )
 from engine.events import Event, EventSink, ignore_events, progress_event
 from engine.llm import Budget, BudgetReached, ChatCaller, EndpointRefused, Reply, RequestFailed, RetryPolicy, Usage
-from engine.projects import get_or_create_project
+from engine.loop.projects import get_or_create_project
 from engine.settings import Settings, get_settings
 from storage.db import session_scope
 from storage.models import SynthBatch

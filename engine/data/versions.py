@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from sqlmodel import Session, col, select
 
 from engine.data.sample import Message, Sample
-from engine.projects import NotFoundError, get_project
+from engine.loop.projects import NotFoundError, get_project
 from storage.models import AuditEvent, Dataset, DatasetVersion, Project
 from storage.models import Sample as SampleRow
 

@@ -37,7 +37,7 @@ from engine.evaluate.metric_judge import METRIC_JUDGE_TITLE
 from engine.evaluate.results import ForgettingReport, Generation, PassStats, ReferenceMetrics, StabilityReport
 from engine.evaluate.text import language_of
 from engine.evaluate.weakest import WeakestReport, shorten
-from engine.reviews import IterationComparison
+from engine.loop.reviews import IterationComparison
 from engine.train.charts import write_loss_curve
 from storage.models import Metric
 

@@ -50,8 +50,8 @@ from engine.evaluate.results import (
 from engine.evaluate.weakest import WeakestReport, judge_scores, weakest_samples
 from engine.events import Event, EventSink, ignore_events
 from engine.files import write_atomic_text
-from engine.reviews import iteration_comparison
-from engine.runs import (
+from engine.loop.reviews import iteration_comparison
+from engine.loop.runs import (
     IllegalTransition,
     RunCancelled,
     StageStopped,

@@ -38,7 +38,7 @@ from pathlib import Path
 import openai
 from sqlmodel import Session, col, select
 
-from engine.projects import NotFoundError, get_project
+from engine.loop.projects import NotFoundError, get_project
 from engine.serve.adapters import AdapterFiles, DeployError, compatibility_problems, publish, read_adapter_files
 from engine.serve.vllm import VLLMClient, VLLMError
 from engine.settings import get_settings

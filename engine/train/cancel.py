@@ -1,6 +1,6 @@
-"""Stopping a training run that was cancelled (engine/runs.py `cancel_run`) at its next step.
+"""Stopping a training run that was cancelled (engine/loop/runs.py `cancel_run`) at its next step.
 
-Kept apart from engine/runs.py, which the terminal loads for every command: this one needs transformers."""
+Kept apart from engine/loop/runs.py, which the terminal loads for every command: this one needs transformers."""
 
 from typing import Any
 

@@ -18,8 +18,8 @@ from sqlmodel import Session, col, select
 
 from engine.data.versions import DEFAULT_DATASET, resolve_version
 from engine.events import Event, EventSink, ignore_events
-from engine.projects import get_project
-from engine.runs import fail_run, worker_actor
+from engine.loop.projects import get_project
+from engine.loop.runs import fail_run, worker_actor
 from engine.train.distributed import DistributedError, check_distributed, deepspeed_config
 from engine.train.eos import EosCheck
 from engine.train.recipe import Recipe

@@ -38,8 +38,8 @@ from trl import SFTConfig, SFTTrainer
 from engine.artifacts import get_artifact_store
 from engine.data.versions import DEFAULT_DATASET, load_entries, resolve_version
 from engine.events import Event, EventSink, ignore_events
-from engine.projects import get_project
-from engine.runs import IllegalTransition, StageStopped, fail_run, transition, worker_actor
+from engine.loop.projects import get_project
+from engine.loop.runs import IllegalTransition, StageStopped, fail_run, transition, worker_actor
 from engine.train.cancel import CancelCallback
 from engine.train.charts import write_loss_curve
 from engine.train.distributed import DistributedError, check_distributed, deepspeed_config

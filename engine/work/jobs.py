@@ -8,7 +8,7 @@ made only when the previous one ended failed or lost (its worker went silent); a
 last checkpoint because `train(..., run_id=...)` does. A stage that lost its worker `stage_max_lost` times fails the
 run instead of being tried forever (a stage that kills its worker, out of memory say, would otherwise loop).
 
-The stages of a run, in order: synthesize and prepare (only when the run's plan asks: engine.prepare) while it is
+The stages of a run, in order: synthesize and prepare (only when the run's plan asks: engine.loop.prepare) while it is
 queued or preparing, train, then generate, judge and report while it is evaluating; deploy once it is approved."""
 
 from collections.abc import Sequence
@@ -21,9 +21,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from engine.data.versions import DEFAULT_DATASET, resolve_version
-from engine.prepare import PreparePlan, plan_of, stages_of
-from engine.projects import get_project, is_listed
-from engine.runs import RunError, approve_run, fail_run, get_run, last_retried_at, retry_run, worker_actor
+from engine.loop.prepare import PreparePlan, plan_of, stages_of
+from engine.loop.projects import get_project, is_listed
+from engine.loop.runs import RunError, approve_run, fail_run, get_run, last_retried_at, retry_run, worker_actor
 from engine.settings import Settings, get_settings
 from engine.train.recipe import Recipe
 from storage.models import Job, Run
@@ -206,7 +206,7 @@ async def submit_run(
 async def retry_and_enqueue(
     session: Session, redis: ArqRedis, run_id: int, by: str, *, platform: str | None = None
 ) -> Job | None:
-    """Retry a failed run (engine.runs.retry_run) and queue the stage it goes on from."""
+    """Retry a failed run (engine.loop.runs.retry_run) and queue the stage it goes on from."""
     retry_run(session, run_id, by, platform=platform)
     session.commit()
     stage = next_stage(session, get_run(session, run_id))
@@ -223,7 +223,7 @@ async def approve_and_enqueue(
     override_reason: str | None = None,
     groups: Sequence[str] = (),
 ) -> Job:
-    """Approve the run (engine.runs.approve_run) and put its deployment on the cpu queue."""
+    """Approve the run (engine.loop.runs.approve_run) and put its deployment on the cpu queue."""
     approve_run(session, run_id, approver, platform=platform, override_reason=override_reason, groups=groups)
     session.commit()
     return await enqueue_stage(session, redis, run_id, "deploy")

@@ -3,7 +3,7 @@
 A job claims its Job row (one conditional UPDATE, so two workers never both run it), runs its stage in a thread only
 if the run still calls for that stage, keeps a heartbeat in the row meanwhile, records how it ended, and queues the
 stage that comes next (prepare → train → generate → judge → report). Every event a stage announces is kept in the
-database and appended to the stream (engine.event_stream.Announcer).
+database and appended to the stream (engine.events.stream.Announcer).
 
 A stage that raises is recorded, not retried: the run is failed (or cancelled) in the database and a retry is a
 person's decision. A stage that is stopped does not fail its run: on a worker's shutdown the job re-raises so that
@@ -24,9 +24,9 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from engine.database import get_engine
-from engine.event_stream import Announcer, fan_out
 from engine.events import Event, EventSink
-from engine.runs import RunError, StageStopped, fail_run, get_run, stop_if_cancelled, worker_actor
+from engine.events.stream import Announcer, fan_out
+from engine.loop.runs import RunError, StageStopped, fail_run, get_run, stop_if_cancelled, worker_actor
 from engine.settings import get_settings
 from engine.work.jobs import enqueue_stage, next_stage
 from storage.models import AuditEvent, Job, Project, utcnow
@@ -229,13 +229,13 @@ def _project_of(session: Session, run_id: int) -> Project:
 
 
 def _synthesize(session: Session, run_id: int, events: EventSink, stopping: Stopping) -> None:
-    from engine.prepare import synthesize_for_run
+    from engine.loop.prepare import synthesize_for_run
 
     synthesize_for_run(session, run_id, events=events, stop=stopping.lost)
 
 
 def _prepare(session: Session, run_id: int, events: EventSink, stopping: Stopping) -> None:
-    from engine.prepare import prepare_for_run
+    from engine.loop.prepare import prepare_for_run
 
     prepare_for_run(session, run_id, events=events, stop=stopping.lost)
 
@@ -268,7 +268,7 @@ def _report(session: Session, run_id: int, events: EventSink, stopping: Stopping
 
 
 def _deploy(session: Session, run_id: int, events: EventSink, stopping: Stopping) -> None:
-    from engine.runs import deploy_approved
+    from engine.loop.runs import deploy_approved
 
     try:
         deploy_approved(session, run_id, _approver(session, run_id), platform="worker")

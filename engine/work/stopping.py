@@ -7,7 +7,7 @@ from typing import Any
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-from engine.runs import StageStopped
+from engine.loop.runs import StageStopped
 
 
 class WorkerStopping(StageStopped):

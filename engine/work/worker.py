@@ -18,7 +18,7 @@ from arq.worker import func
 from sqlmodel import Session
 
 from engine.database import get_engine
-from engine.event_stream import relay_client, relay_events
+from engine.events.stream import relay_client, relay_events
 from engine.settings import Settings, get_settings
 from engine.work import stages
 from engine.work.connection import JOB_CODEC

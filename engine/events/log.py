@@ -2,7 +2,7 @@
 trimmed or wiped, while a run's story must stay readable after the fact (`tuneloop run show`).
 
 Every event is kept with the time it reached the stream, or none when it did not (Redis away); a run's moves are
-kept by the move itself (engine.runs.transition). Workers relay what has not reached the stream yet.
+kept by the move itself (engine.loop.runs.transition). Workers relay what has not reached the stream yet.
 
 Events are written by a thread of their own, in order: a stage often announces while its own transaction is open,
 and on SQLite a second writer would wait for that transaction (and hold the stage's heartbeat back with it).

@@ -16,12 +16,13 @@ for a front end that wants only what comes after it first connects.
 Progress is coalesced twice: the producer appends at most one progress event per (run, stage) every
 `interval` seconds, and a consumer hands its handler only the latest progress of each (run, stage) in a batch.
 
-A run's moves announce themselves: `engine.runs.transition` keeps the move's event in the move's transaction and marks
-the session, and when that session commits on the configured database (engine.database.get_engine), the kept events
-not yet on the stream are relayed to the configured Redis at once (`relay_committed_moves`). When Redis is away the
-commit goes on after at most `RELAY_TIMEOUT_S` and the workers' periodic relay sends them once it is back. A relay
-claims the rows it sends (`relay_events`), so of two relays at once only one sends an event; a repeat can still
-reach the stream (a relay that appended and died before recording it), and followers and consumers skip it by id.
+A run's moves announce themselves: `engine.loop.runs.transition` keeps the move's event in the move's transaction
+and marks the session, and when that session commits on the configured database (engine.database.get_engine), the
+kept events not yet on the stream are relayed to the configured Redis at once (`relay_committed_moves`). When Redis
+is away the commit goes on after at most `RELAY_TIMEOUT_S` and the workers' periodic relay sends them once it is
+back. A relay claims the rows it sends (`relay_events`), so of two relays at once only one sends an event; a repeat
+can still reach the stream (a relay that appended and died before recording it), and followers and consumers skip it
+by id.
 """
 
 import json
@@ -43,8 +44,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session as OrmSession
 from sqlmodel import Session, col, select
 
-from engine.event_log import EventKeeper
 from engine.events import Event, EventSink, EventType
+from engine.events.log import EventKeeper
 from engine.settings import get_settings
 from storage.models import RunEvent, utcnow
 
@@ -127,7 +128,7 @@ def stream_sink(
 
 
 class Announcer:
-    """How the engine announces a run's events: each kept in the database (engine.event_log) when there is an
+    """How the engine announces a run's events: each kept in the database (engine.events.log) when there is an
     `engine`, and appended to the stream when there is a `client`, under one id; progress coalesced first.
     `close()` when done: it waits for the events still being written to the database."""
 

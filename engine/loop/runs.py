@@ -17,7 +17,7 @@ Every move is one conditional UPDATE (`... WHERE id = :id AND state = :from`): o
 run at once exactly one changes the row, and the other is told who won, so an approval sent twice deploys once.
 Every move is audited (action "run.<state>") with who caused it: a person's name, "worker:<host>" or "system";
 and announced: a "stage" event (stage "run", the new state) kept in the same transaction and relayed to the event
-stream when it commits (engine.event_stream.relay_committed_moves; the workers' periodic relay catches up when Redis
+stream when it commits (engine.events.stream.relay_committed_moves; the workers' periodic relay catches up when Redis
 was away), so front ends hear of approvals and deployments too. A caller only commits.
 Functions take the caller's session and never commit: a move and its audit event land together when it commits.
 """
@@ -33,9 +33,9 @@ from sqlalchemy import func, update
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import Session, col, select
 
-from engine.event_log import run_events
-from engine.event_stream import announce_moves_at_commit
-from engine.projects import NotFoundError, is_listed
+from engine.events.log import run_events
+from engine.events.stream import announce_moves_at_commit
+from engine.loop.projects import NotFoundError, is_listed
 from engine.serve.adapters import DeployError
 from engine.serve.deploy import DeployOutcome, deploy_run
 from storage.models import (

@@ -35,7 +35,7 @@ from sqlmodel import Session, col, select
 
 from engine.data.sample import Message, Sample
 from engine.data.versions import Entry, load_entries, save_version
-from engine.projects import is_listed
+from engine.loop.projects import is_listed
 from storage.models import AuditEvent, Dataset, DatasetVersion, Evaluation, Judgement, Project, Review, Run
 from storage.models import Sample as SampleRow
 

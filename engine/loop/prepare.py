@@ -33,8 +33,8 @@ from engine.data.split import SplitConfig
 from engine.data.synth import SynthError, SynthRequest, synthesize_blocking
 from engine.data.versions import DEFAULT_DATASET, VersionChange
 from engine.events import Event, EventSink, ignore_events
-from engine.projects import NotFoundError
-from engine.runs import (
+from engine.loop.projects import NotFoundError
+from engine.loop.runs import (
     RunCancelled,
     RunError,
     StageStopped,
