@@ -86,8 +86,8 @@ CATALOGUE: dict[str, tuple[str, str]] = {
     "runs.row": ("run {run} · {project} #{iteration} · {state}", "运行 {run} · {project} 第 {iteration} 轮 · {state}"),
     "run.cancelled": ("Run {run} cancelled by {who}.", "运行 {run} 已被 {who} 取消。"),
     "run.retried": (
-        "Run {run} retried by {who}: it goes on from {stage}.",
-        "运行 {run} 已由 {who} 重试：从{stage}继续。",
+        "Run {run} retried by {who}, now {stage}; {job} queued.",
+        "运行 {run} 已由 {who} 重试，当前{stage}；任务 {job} 已排队。",
     ),
     "run.retried_inline": (
         "Run {run} was not run by workers: retry it on the terminal with 'tuneloop train --resume {run}'.",
@@ -169,8 +169,8 @@ CATALOGUE: dict[str, tuple[str, str]] = {
         "运行 {run} 等待审批（审批人：{approvers}）。",
     ),
     "approval.queued": (
-        "Run {run} approved by {who}; its deployment is queued.",
-        "运行 {run} 已由 {who} 批准，部署已排队。",
+        "Run {run} approved by {who}; deployment queued as job {job}.",
+        "运行 {run} 已由 {who} 批准，部署任务 {job} 已排队。",
     ),
     "approval.deploying": ("Run {run} approved by {who}; deploying.", "运行 {run} 已由 {who} 批准，正在部署。"),
     "approval.override": ("Approved over its failed gate: {reason}", "越过未通过的门槛批准：{reason}"),
