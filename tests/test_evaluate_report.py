@@ -1,7 +1,7 @@
 """The evaluation report: files written atomically, an HTML page that needs nothing from the network, user
 text (Chinese, `<script>`, pipes, backticks) shown as text and intact, a failed gate's reasons in every
-face, the metric judge named as such, sections that were not measured saying so, and a bounded chat
-message. Every input is built without a model."""
+face, the metric judge named as such, and sections that were not measured saying so. Every input is built
+without a model."""
 
 import base64
 import io
@@ -24,7 +24,7 @@ from engine.evaluate.judge import Judgement, JudgeResult, SampleJudgement, aggre
 from engine.evaluate.judge_prompts import DEFAULT_RUBRIC, PROMPT_VERSION
 from engine.evaluate.metric_judge import METRIC_JUDGE_TITLE, metric_judge
 from engine.evaluate.reference import reference_metrics
-from engine.evaluate.report import CHAT_LIMIT, ReportInputs, chat_summary, render_html, render_markdown, write_report
+from engine.evaluate.report import ReportInputs, render_html, render_markdown, write_report
 from engine.evaluate.results import (
     ForgettingReport,
     Generation,
@@ -226,9 +226,8 @@ def test_chinese_text_and_weak_sub_scenarios_appear_intact(tmp_path: Path) -> No
     inputs = llm_inputs()
     files = write_report(inputs, tmp_path)
     markdown, html = files.markdown.read_text(encoding="utf-8"), files.html.read_text(encoding="utf-8")
-    chat = chat_summary(inputs)
     weak_line = "退货 questions: mean 3.0 over 2 samples, 1 below 4.0"
-    for text in (markdown, html, chat):
+    for text in (markdown, html):
         assert weak_line in text
         assert "物流 questions: mean 3.0 over 1 sample, 1 below 4.0" in text
         assert "untagged questions" not in text  # 5.0: not weak
@@ -244,12 +243,12 @@ def test_chinese_text_and_weak_sub_scenarios_appear_intact(tmp_path: Path) -> No
 def test_a_failed_gate_gives_its_reasons_in_every_face() -> None:
     inputs = llm_inputs()
     assert not inputs.gate.passed and len(inputs.gate.reasons) == 2  # overall 3.5 < 4.0, invalid 6.2% > 5%
-    markdown, html, chat = render_markdown(inputs), render_html(inputs, {}), chat_summary(inputs)
+    markdown, html = render_markdown(inputs), render_html(inputs, {})
     for reason in inputs.gate.reasons:
-        assert reason in markdown and escape(reason) in html and reason in chat
-    assert "Gate failed" in chat and "| overall | 3.50 | \\>= 4.00 | failed |" in markdown
+        assert reason in markdown and escape(reason) in html
+    assert "| overall | 3.50 | \\>= 4.00 | failed |" in markdown
     passed = llm_inputs(gate=decide(GateInputs(overall_mean=4.5, win_rate=0.75, invalid_rate=0.0)))
-    assert "Gate passed" in chat_summary(passed) and "Why it failed" not in render_markdown(passed)
+    assert "Why it failed" not in render_markdown(passed)
 
 
 def test_llm_judge_numbers() -> None:
@@ -269,14 +268,14 @@ def test_llm_judge_numbers() -> None:
 
 def test_metric_judge_is_named_and_pairwise_not_measured() -> None:
     inputs = metric_inputs()
-    markdown, html, chat = render_markdown(inputs), render_html(inputs, {}), chat_summary(inputs)
+    markdown, html = render_markdown(inputs), render_html(inputs, {})
     title, first_line = markdown.splitlines()[0], markdown.splitlines()[2]
     assert title == "# Evaluation of customer\\_service run 7 (iteration 2), scored by the metric judge"
     assert first_line.startswith("Metric judge (no LLM judge configured)")
-    assert escape(METRIC_JUDGE_TITLE) in html and METRIC_JUDGE_TITLE in chat
+    assert escape(METRIC_JUDGE_TITLE) in html
     assert "scored by the metric judge</title>" in html
     assert "Pairwise win/loss/tie rate and position consistency: not measured" in markdown
-    assert "Pairwise" not in chat and "judge-model" not in markdown
+    assert "judge-model" not in markdown
     assert "| rouge\\_l |" in markdown and "| chrf |" in markdown  # the metric judge's dimensions
 
 
@@ -285,10 +284,9 @@ def test_sections_not_measured_are_stated_and_measured_ones_shown() -> None:
     assert "Forgetting was not measured" in bare
     assert "Reviews of the judge's scores are not recorded yet" in bare
     assert "Stability was not measured" in bare
-    assert "Forgetting: not measured" in chat_summary(llm_inputs())
 
     inputs = llm_inputs(stability=stability_pair(), forgetting=forgetting(), agreement=agreement())
-    full, chat = render_markdown(inputs), chat_summary(inputs)
+    full = render_markdown(inputs)
     assert "| base | 0.950 | 50.0% |" in full and "| tuned | 0.705 | 50.0% |" in full
     assert "| 耳机坏了能退吗？ | 0.410 | 0.900 | 3 of 3 |" in full  # least stable, tuned beside base
     assert "| zh | 100.0% | 0.0% |" in full and "| en | 100.0% | 100.0% |" in full
@@ -296,25 +294,6 @@ def test_sections_not_measured_are_stated_and_measured_ones_shown() -> None:
     assert "| zh-arith-1 | zh | 7加5等于多少？ | 12 / 十二 | 答案是十三。 | 答案是十二。 |" in full
     line = "The judge agreed with reviewers on 4 of 5 reviewed samples (80%); it was too kind on 1."
     assert line in full and "| 退货运费谁出？ | 4.0 | fix | 王律师 |" in full
-    assert "Forgetting probe: base 100.0% → tuned 50.0% (drop 50.0%)" in chat
-    assert f"Judge trust: {line}" in chat
-
-
-def test_chat_summary_is_bounded_and_plain() -> None:
-    inputs = llm_inputs()
-    chat = chat_summary(inputs)
-    assert chat.startswith("**Evaluation of customer_service run 7 (iteration 2)**\n")
-    assert "Overall score: base 2.00 → tuned 3.50" in chat and "Invalid judgements: 6.2%" in chat
-    assert "|" not in chat and "<" not in chat and len(chat) <= CHAT_LIMIT
-
-    many = [
-        generated_sample(i, f"问题{i}", "参考", "基座", "微调", [f"很长的子场景名称{i:02d}" * 3]) for i in range(60)
-    ]
-    weakest = weakest_samples(many, dict.fromkeys(range(60), 1.0))
-    crowded = chat_summary(llm_inputs(project="客服" * 200, weakest=weakest))
-    assert len(crowded) <= CHAT_LIMIT
-    assert "很长的子场景名称00" in crowded and re.search(r"• … and \d+ more in the report\n$", crowded)
-    assert all(reason in crowded for reason in inputs.gate.reasons)
 
 
 def test_a_judge_without_any_valid_grade_still_reports(tmp_path: Path) -> None:
@@ -363,16 +342,10 @@ def test_the_report_compares_iteration_k_with_k_minus_1(tmp_path: Path) -> None:
     )
     inputs = llm_inputs(comparison=comparison)
     files = write_report(inputs, tmp_path)
-    markdown, html, chat = (
-        files.markdown.read_text(encoding="utf-8"),
-        files.html.read_text(encoding="utf-8"),
-        chat_summary(inputs),
-    )
+    markdown, html = files.markdown.read_text(encoding="utf-8"), files.html.read_text(encoding="utf-8")
     assert "## Compared with iteration 1" in markdown and "<h2>Compared with iteration 1</h2>" in html
     for line in ("overall 3.0 → 3.5 (+0.5)", "win rate 50% → 75% (+25 pts)", "退货: 2.5 → 3.0 (+0.5)"):
         assert f"- {line}" in markdown and f">{escape(line)}</li>" in html
-    assert "Since iteration 1: overall 3.0 → 3.5 (+0.5); win rate 50% → 75% (+25 pts)" in chat
-    assert len(chat) <= CHAT_LIMIT
     # the first iteration has nothing to compare with, and says nothing about it
     first = llm_inputs()
-    assert "Compared with iteration" not in render_markdown(first) and "Since iteration" not in chat_summary(first)
+    assert "Compared with iteration" not in render_markdown(first)

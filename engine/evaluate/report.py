@@ -1,12 +1,10 @@
 """The evaluation report: what a reviewer reads before keeping, fixing or deploying a tuned model.
 
-One content, three faces:
+One content, two faces (the chat faces render the evaluation from its database row, bot/core/render.py):
 
     report.md     Markdown, for the artifact store and anything that renders Markdown
     report.html   one self-contained page: inline CSS, the charts as base64 PNGs, no external URL at all,
                   so it opens offline, from an attachment or from a mail
-    chat_summary  a short Markdown message for the chat thread: the gate, the key numbers and the weak
-                  sub-scenarios, no tables (Slack and Telegram do not render them)
 
 The report is built once as a list of plain-text blocks (`_blocks`), and each renderer escapes every text
 as it writes it: questions, answers, tags, reasons and the project name are user data, often Chinese, and
@@ -28,7 +26,6 @@ from html import escape
 from pathlib import Path
 from typing import Literal
 
-from engine.data.report import md_escape
 from engine.evaluate.agreement import JudgeAgreement
 from engine.evaluate.charts import dimension_chart, score_distribution_chart
 from engine.evaluate.gate import GateDecision
@@ -47,7 +44,6 @@ CHART_CAPTIONS = {
     "dimensions": "Mean score per dimension, base vs tuned",
     "loss": "Training loss",
 }
-CHAT_LIMIT = 1500  # characters of chat_summary: one message, read without scrolling
 CELL_CHARS = 120  # a question or an answer shortened to a table cell
 PERCENT_CHECKS = frozenset({"win_rate", "invalid_rate", "forgetting"})
 # Reference metrics: key, label, how a value is shown.
@@ -570,65 +566,6 @@ def render_html(inputs: ReportInputs, charts: Mapping[str, Path]) -> str:
         '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
         f"<title>{escape(report_title(inputs))}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n{body}\n</body>\n</html>\n"
     )
-
-
-# --- chat ------------------------------------------------------------------------------------------
-
-
-def _chat_text(text: str, limit: int) -> str:
-    # Slack shows backslash escapes literally: no backslashes, only what cannot open markup (as the data report).
-    return md_escape(shorten(text, limit))
-
-
-def chat_summary(inputs: ReportInputs) -> str:
-    """A short Markdown message for the chat thread: the gate, the key numbers and the weak sub-scenarios, at
-    most CHAT_LIMIT characters (weak sub-scenarios that do not fit are counted, not listed)."""
-    judge, gate, metrics = inputs.judge, inputs.gate, inputs.metrics
-    lines = [f"**{_chat_text(report_title(inputs), 160)}**", _chat_text(_judge_line(inputs), 160), ""]
-    if gate.passed:
-        lines.append(f"**{gate.headline}**")
-    else:
-        lines.append("**Gate failed:**")
-        lines += [f"• {_chat_text(reason, 240)}" for reason in gate.reasons]
-    base, tuned = judge.means.get("base", {}), judge.means.get("tuned", {})
-    lines += ["", f"Overall score: base {_value(base.get('overall'))} → tuned {_value(tuned.get('overall'))}"]
-    if inputs.judge_kind == "llm":
-        if judge.pairs:
-            lines.append(
-                f"Pairwise: won {_share(judge.win_rate)}, lost {_share(judge.loss_rate)}, tied "
-                f"{_share(judge.tie_rate)} (position consistency {_share(judge.position_consistency)})"
-            )
-        lines.append(f"Invalid judgements: {_share(judge.invalid_rate)}")
-    lines.append(
-        f"ROUGE-L {_value(metrics.base.get('rouge_l'), '{:.3f}')} → {_value(metrics.tuned.get('rouge_l'), '{:.3f}')}"
-        f" · chrF {_value(metrics.base.get('chrf'), '{:.1f}')} → {_value(metrics.tuned.get('chrf'), '{:.1f}')}"
-    )
-    forgetting = inputs.forgetting
-    if forgetting is None:
-        lines.append("Forgetting: not measured")
-    else:
-        lines.append(
-            f"Forgetting probe: base {_share(forgetting.base_score)} → tuned {_share(forgetting.tuned_score)}"
-            f" (drop {_share(forgetting.drop)})"
-        )
-    if inputs.agreement is not None:
-        lines.append(f"Judge trust: {_chat_text(inputs.agreement.line, 200)}")
-    if inputs.comparison is not None:
-        since = "; ".join(inputs.comparison.lines[:2])
-        lines.append(f"Since iteration {inputs.comparison.parent_iteration}: {_chat_text(since, 200)}")
-    weak = [_chat_text(line, 120) for line in inputs.weakest.summary]
-    if weak:
-        lines += ["", "Weak sub-scenarios:"]
-        for n, line in enumerate(weak):
-            rest = len(weak) - n - 1
-            more = [f"• … and {rest} more in the report"] if rest else []
-            if len("\n".join([*lines, f"• {line}", *more])) > CHAT_LIMIT:
-                lines.append(f"• … and {len(weak) - n} more in the report")
-                break
-            lines.append(f"• {line}")
-    elif inputs.weakest.tags:
-        lines += ["", f"No sub-scenario averages below {_value(inputs.weakest.threshold, '{:.1f}')}."]
-    return "\n".join(lines) + "\n"
 
 
 # --- files -----------------------------------------------------------------------------------------

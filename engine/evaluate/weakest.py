@@ -12,8 +12,7 @@ from `judge_scores`, or a metric judge's score) and gives
 
 A sample's sub-scenario is its first tag, "untagged" when it has none. A sample without a score (its
 judgement was invalid) is not ranked; the report counts it. Scores for indices not among the samples are
-ignored. `render_markdown` writes a short plain message for Slack or Telegram: no tables, no emphasis,
-sample texts shortened.
+ignored. The chat faces render them as review cards (bot/core/render.py).
 """
 
 import math
@@ -164,32 +163,3 @@ def shorten(text: str | None, limit: int = SNIPPET_CHARS) -> str:
     """One line of at most `limit` characters; backticks (code markup in every front end) become quotes."""
     flat = " ".join((text or "").split()).replace("`", "'")
     return flat if len(flat) <= limit else flat[: limit - 1].rstrip() + "…"
-
-
-def render_markdown(report: WeakestReport, limit: int = SNIPPET_CHARS) -> str:
-    """A short message for Slack or Telegram: where the model is weak, then the weakest samples by tag."""
-    shown = len(report.weakest)
-    lines = [f"Weakest samples: the {shown} lowest of {report.scored} scored (threshold {_num(report.threshold)})"]
-    if report.unscored:
-        n = len(report.unscored)
-        lines.append(
-            "1 sample had no valid score and is not ranked."
-            if n == 1
-            else f"{n} samples had no valid score and are not ranked."
-        )
-    lines.append("")
-    if report.summary:
-        lines.append("Where the model is weak:")
-        lines += [f"- {line}" for line in report.summary]
-    elif report.tags:
-        lines.append(f"No sub-scenario averages below {_num(report.threshold)}.")
-    for tag, group in report.groups.items():
-        lines += ["", f"{tag}:"]
-        for w in group:
-            lines.append(f"- #{w.index} score {_num(w.score)}: {shorten(w.question, limit)}")
-            lines.append(f"  tuned: {shorten(w.tuned_answer, limit)}")
-            lines.append(f"  base: {shorten(w.base_answer, limit)}")
-            lines.append(f"  reference: {shorten(w.reference, limit)}")
-            if w.reason:
-                lines.append(f"  judge: {shorten(w.reason, limit)}")
-    return "\n".join(lines).strip() + "\n"
