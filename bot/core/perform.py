@@ -83,7 +83,7 @@ from engine.serve.adapters import DeployError
 from engine.settings import Settings, get_settings
 from engine.train.recipe import DEFAULT_RECIPE, RecipeError, load_recipe
 from storage.db import ConflictError, session_scope
-from storage.models import AuditEvent, ChatAction, ChatUser, Judgement, Project, Run
+from storage.models import AuditEvent, ChatAction, ChatUser, Evaluation, Judgement, Project, Run
 from storage.models import Review as ReviewRow
 
 Result = TypeVar("Result")
@@ -505,14 +505,12 @@ def _latest_verdicts(session: Session, judgement_ids: list[int]) -> dict[int, st
 
 def _review(context: Context, action: Review) -> list[Message]:
     run, project = context.run(action.run)
-    judgement = context.session.get(Judgement, action.judgement)
-    evaluation_run = None
-    if judgement is not None:
-        from storage.models import Evaluation
-
-        evaluation = context.session.get(Evaluation, judgement.evaluation_id)
-        evaluation_run = evaluation.run_id if evaluation else None
-    if evaluation_run != run.id:
+    judged_in = context.session.exec(
+        select(Evaluation.run_id)
+        .join(Judgement, col(Judgement.evaluation_id) == col(Evaluation.id))
+        .where(Judgement.id == action.judgement)
+    ).first()
+    if judged_in != run.id:
         raise UserError(say(context.language, "review.not_of_run", id=action.judgement, run=run.id))
     if action.verdict == "fix" and not (action.answer or "").strip():
         raise UserError(say(context.language, "review.fix_needs_answer", run=run.id, id=action.judgement))
