@@ -23,8 +23,8 @@ from bot.core.messages import Button, Message, Style
 from engine.artifacts import get_artifact_store
 from engine.events import Event
 from engine.loop.reviews import ReviewSummary, iteration_comparison
-from engine.loop.runs import RunHistory, latest_evaluation
-from storage.models import Artifact, DatasetVersion, Evaluation, Job, Judgement, Metric, Project, Run
+from engine.loop.runs import RunHistory, last_loss, latest_evaluation
+from storage.models import Artifact, DatasetVersion, Evaluation, Job, Judgement, Project, Run
 
 TIME = "%Y-%m-%d %H:%M"
 QUOTE_LIMIT = 600  # characters of a question or answer on a review card: a card is read, not scrolled
@@ -91,11 +91,7 @@ def run_card(session: Session, run: Run, language: str) -> Message:
     job = session.exec(select(Job).where(Job.run_id == run.id).order_by(col(Job.id).desc())).first()
     if job is not None and run.state in ("preparing", "training", "evaluating") and job.status == "running":
         fields.append((say(language, "run.progress"), f"{job.stage} {job.progress:.0%}"))
-    loss = session.exec(
-        select(Metric.loss)
-        .where(Metric.run_id == run.id, col(Metric.loss).is_not(None))
-        .order_by(col(Metric.step).desc())
-    ).first()
+    loss = last_loss(session, run.id)
     if loss is not None:
         fields.append((say(language, "run.loss"), f"{loss:.4f}"))
     evaluation = latest_evaluation(session, run.id)

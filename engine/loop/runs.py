@@ -379,6 +379,15 @@ class RunHistory:
     events: list[RunEvent]  # what the engine announced, progress aside, oldest first
 
 
+def last_loss(session: Session, run_id: int) -> float | None:
+    """The training loss the run reported last; None before its first logged step."""
+    return session.exec(
+        select(Metric.loss)
+        .where(Metric.run_id == run_id, col(Metric.loss).is_not(None))
+        .order_by(col(Metric.step).desc(), col(Metric.id).desc())
+    ).first()
+
+
 def run_history(session: Session, run_id: int) -> RunHistory:
     """Everything the database knows about a run, read back after the fact."""
     run = get_run(session, run_id)
@@ -392,11 +401,6 @@ def run_history(session: Session, run_id: int) -> RunHistory:
     ).all()
     jobs = session.exec(select(Job).where(Job.run_id == run_id).order_by(col(Job.id))).all()
     metric_count = session.exec(select(func.count()).select_from(Metric).where(Metric.run_id == run_id)).one()
-    last_loss = session.exec(
-        select(Metric.loss)
-        .where(Metric.run_id == run_id, col(Metric.loss).is_not(None))
-        .order_by(col(Metric.step).desc(), col(Metric.id).desc())
-    ).first()
     evaluations = session.exec(select(Evaluation).where(Evaluation.run_id == run_id).order_by(col(Evaluation.id))).all()
     reviews = session.exec(
         select(Review)
@@ -414,7 +418,7 @@ def run_history(session: Session, run_id: int) -> RunHistory:
         list(transitions),
         list(jobs),
         metric_count,
-        last_loss,
+        last_loss(session, run_id),
         list(evaluations),
         list(reviews),
         list(deployments),
