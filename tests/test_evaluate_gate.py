@@ -1,6 +1,7 @@
 """The gate: a good result passes; each threshold fails alone with exactly its own plain reason; missing
-numbers (every judgement invalid) fail with a reason rather than crash; forgetting without a probe is listed
-as not measured and does not block; a project config with an unknown key is refused."""
+numbers (every judgement invalid) fail with a reason rather than crash; a gate cannot pass on nothing: a check
+not measured blocks it unless the project waived that check, and a tuned model no better than its base does not
+pass; a project config with an unknown key is refused."""
 
 import pytest
 from pydantic import ValidationError
@@ -9,7 +10,8 @@ from engine.evaluate.gate import GateConfig, GateInputs, decide, forgetting_drop
 from engine.evaluate.judge import Judgement, JudgeResult, SampleJudgement, aggregate
 from engine.llm import Usage
 
-GOOD = {"overall_mean": 4.3, "win_rate": 0.7, "invalid_rate": 0.01, "forgetting_drop": 0.02}
+GOOD = {"overall_mean": 4.3, "base_overall_mean": 3.1, "win_rate": 0.7, "invalid_rate": 0.01, "forgetting_drop": 0.02}
+CHECKS = ["overall", "gain_over_base", "win_rate", "invalid_rate", "forgetting"]
 
 
 def inputs(**changes: object) -> GateInputs:
@@ -19,7 +21,7 @@ def inputs(**changes: object) -> GateInputs:
 def test_a_good_result_passes_with_every_check_listed() -> None:
     decision = decide(inputs(), GateConfig())
     assert decision.passed and decision.reasons == [] and decision.notes == []
-    assert [c.name for c in decision.checks] == ["overall", "win_rate", "invalid_rate", "forgetting"]
+    assert [c.name for c in decision.checks] == CHECKS
     assert all(c.status == "passed" and c.passed and not c.blocks for c in decision.checks)
     overall = decision.check("overall")
     assert (overall.value, overall.op, overall.threshold) == (4.3, ">=", 4.0)
@@ -36,6 +38,12 @@ def test_thresholds_are_inclusive() -> None:
     ("changes", "name", "reason"),
     [
         ({"overall_mean": 3.6}, "overall", "overall score 3.6 is below the 4.0 the project requires"),
+        (
+            {"base_overall_mean": 4.3},
+            "gain_over_base",
+            "the tuned model scored +0.00 over its base (overall 4.3 against the base's 4.3): the project requires it"
+            " to be better than its base",
+        ),
         # 3.96 is not shown as "4.0 is below the 4.0"
         ({"overall_mean": 3.96}, "overall", "overall score 3.96 is below the 4.0 the project requires"),
         (
@@ -66,7 +74,7 @@ def test_each_failing_threshold_gives_exactly_its_reason(changes: dict, name: st
 
 
 def test_several_failures_give_their_reasons_in_check_order() -> None:
-    decision = decide(inputs(overall_mean=2.5, forgetting_drop=0.3))
+    decision = decide(inputs(overall_mean=3.5, forgetting_drop=0.3))
     assert [r.split()[0] for r in decision.reasons] == ["overall", "the"]
     assert len(decision.reasons) == 2 and "dropped by 30%" in decision.reasons[1]
 
@@ -85,22 +93,28 @@ def test_a_disabled_check_is_listed_and_does_not_block() -> None:
     assert decision.notes == ["the win rate over the base model is not checked for this project"]
 
 
-def test_forgetting_not_measured_is_listed_but_does_not_fail() -> None:
+def test_a_check_not_measured_blocks_the_gate() -> None:
     decision = decide(inputs(forgetting_drop=None))
     check = decision.check("forgetting")
-    assert decision.passed and decision.reasons == []
+    assert not decision.passed
     assert (check.status, check.value, check.threshold) == ("not_measured", None, 0.1)
-    assert not check.passed and not check.blocks
-    assert decision.notes == ["forgetting was not measured (no general-ability probe ran), so it was not checked"]
-
-
-def test_forgetting_can_be_required() -> None:
-    decision = decide(inputs(forgetting_drop=None), GateConfig(require_forgetting_probe=True))
-    assert not decision.passed and decision.check("forgetting").status == "failed"
+    assert not check.passed and check.blocks
     assert decision.reasons == [
-        "forgetting was not measured (no general-ability probe ran), and the project requires it to drop no more"
-        " than 10%"
+        "forgetting was not measured (no general-ability probe ran), and the gate does not pass on a check it did"
+        " not measure (a project may waive it)"
     ]
+
+
+def test_a_project_may_waive_a_check_and_the_decision_says_so() -> None:
+    decision = decide(inputs(forgetting_drop=None), GateConfig(waive=["forgetting"]))
+    assert decision.passed and decision.check("forgetting").status == "waived"
+    assert decision.notes == [
+        "forgetting was not measured (no general-ability probe ran); the project waived this check"
+    ]
+    # A waived check that was measured is still checked.
+    assert not decide(inputs(forgetting_drop=0.5), GateConfig(waive=["forgetting"])).passed
+    with pytest.raises(ValidationError):
+        GateConfig.model_validate({"waive": ["everything"]})
 
 
 def test_a_better_probe_score_passes() -> None:
@@ -114,9 +128,9 @@ def test_a_better_probe_score_passes() -> None:
 def test_missing_numbers_fail_with_a_reason() -> None:
     decision = decide(GateInputs(overall_mean=None, win_rate=None, invalid_rate=None, judge_kind="llm"))
     assert not decision.passed
-    assert [c.status for c in decision.checks] == ["failed", "failed", "failed", "not_measured"]
+    assert [c.status for c in decision.checks] == ["failed", "not_measured", "failed", "failed", "not_measured"]
     assert decision.reasons[0].startswith("no overall score could be computed")
-    assert len(decision.reasons) == 3
+    assert len(decision.reasons) == 5
     assert decide(inputs(overall_mean=float("nan"))).check("overall").status == "failed"
 
 
@@ -179,7 +193,7 @@ def test_from_judge_reads_the_aggregates() -> None:
     result = judge_result([judged(0, True, 4.5), judged(1, True, 4.0, "tie")])
     gate_inputs = GateInputs.from_judge(result, forgetting_drop=0.05)
     assert gate_inputs.judge_kind == "llm"
-    assert gate_inputs.overall_mean == pytest.approx(4.25)
+    assert gate_inputs.overall_mean == pytest.approx(4.25) and gate_inputs.base_overall_mean == pytest.approx(3.0)
     assert gate_inputs.win_rate == pytest.approx(0.5)
     assert gate_inputs.invalid_rate == 0.0 and gate_inputs.forgetting_drop == 0.05
     assert decide(gate_inputs).passed
@@ -190,12 +204,13 @@ def test_all_invalid_judgements_fail_with_a_reason() -> None:
     assert result.overall_mean is None and result.win_rate is None and result.invalid_rate == 1.0
     decision = decide(GateInputs.from_judge(result))
     assert not decision.passed
-    assert [c.name for c in decision.checks if c.blocks] == ["overall", "win_rate", "invalid_rate"]
+    blocking = ["overall", "gain_over_base", "win_rate", "invalid_rate", "forgetting"]
+    assert [c.name for c in decision.checks if c.blocks] == blocking
     assert decision.reasons[0] == (
         "no overall score could be computed (no valid score of the tuned model's answers), so the 4.0 the project"
         " requires is not met"
     )
-    assert decision.reasons[2] == "100% of the judge's judgements were invalid, more than the 5% the project allows"
+    assert decision.reasons[3] == "100% of the judge's judgements were invalid, more than the 5% the project allows"
 
 
 def test_no_judgements_at_all_is_missing_not_zero() -> None:
@@ -204,13 +219,34 @@ def test_no_judgements_at_all_is_missing_not_zero() -> None:
     assert "made no judgements" in decision.check("invalid_rate").message
 
 
-def test_the_metric_judge_does_not_need_pairwise_or_validity() -> None:
-    decision = decide(GateInputs(overall_mean=4.2, judge_kind="metric"))
-    assert decision.passed and decision.judge_kind == "metric"
-    assert [c.status for c in decision.checks] == ["passed", "not_measured", "not_measured", "not_measured"]
+def test_the_gate_does_not_pass_on_nothing() -> None:
+    """LLaMA-Factory's identity.json under the metric judge: tuned scored exactly as its base, and the win rate
+    and forgetting were not measured. That passed once; now each is a reason."""
+    decision = decide(GateInputs(overall_mean=4.2, base_overall_mean=4.2, judge_kind="metric"))
+    assert not decision.passed and decision.judge_kind == "metric"
+    statuses = [c.status for c in decision.checks]
+    assert statuses == ["passed", "failed", "not_measured", "not_applicable", "not_measured"]
+    assert [c.name for c in decision.checks if c.blocks] == ["gain_over_base", "win_rate", "forgetting"]
     assert decision.notes[0].startswith("scores come from reference metrics")
-    assert len(decision.notes) == 4
-    assert not decide(GateInputs(overall_mean=3.0, judge_kind="metric")).passed
+
+
+def test_the_metric_judge_passes_once_a_project_waives_what_it_cannot_measure() -> None:
+    config = GateConfig(waive=["win_rate"])
+    decision = decide(GateInputs(overall_mean=4.2, base_overall_mean=3.0, forgetting_drop=0.0, judge_kind="metric"))
+    assert not decision.passed and decision.reasons[0].startswith("the win rate over the base model was not measured")
+    waived = decide(
+        GateInputs(overall_mean=4.2, base_overall_mean=3.0, forgetting_drop=0.0, judge_kind="metric"), config
+    )
+    assert waived.passed and waived.check("win_rate").status == "waived"
+    assert any("the project waived this check" in note for note in waived.notes)
+    assert not decide(GateInputs(overall_mean=3.0, base_overall_mean=2.0, judge_kind="metric"), config).passed
+
+
+def test_a_tuned_model_no_better_than_its_base_passes_only_where_the_project_allows() -> None:
+    assert not decide(inputs(base_overall_mean=4.4)).passed
+    allowed = decide(inputs(base_overall_mean=4.4), GateConfig(min_gain_over_base=None))
+    assert allowed.passed and allowed.check("gain_over_base").status == "disabled"
+    assert not decide(inputs(), GateConfig(min_gain_over_base=1.5)).passed  # 4.3 - 3.1 = 1.2
 
 
 def test_config_from_a_dict_with_an_unknown_key_is_an_error() -> None:

@@ -59,9 +59,9 @@ def test_result_has_the_llm_judges_shape_and_aggregates() -> None:
 
 def test_feeds_the_gate_and_the_weakest_samples() -> None:
     result = judged()
-    decision = decide(GateInputs(overall_mean=result.overall_mean, judge_kind="metric"))
-    assert decision.check("win_rate").status == "not_measured"
-    assert decision.check("invalid_rate").status == "not_measured"
+    decision = decide(GateInputs.from_judge(result, judge_kind="metric"))
+    assert decision.check("win_rate").status == "not_measured"  # blocks the gate unless the project waives it
+    assert decision.check("invalid_rate").status == "not_applicable"
     assert decision.check("overall").status == "failed"  # mean of 5.0, ~4.3 and ~1.2 is below 4.0
 
     scores, reasons = judge_scores(result)

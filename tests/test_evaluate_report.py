@@ -141,7 +141,7 @@ def llm_inputs(**changes: object) -> ReportInputs:
         judge=judge,
         generation=Generation(list(SAMPLES), GenerationSettings(), PassStats(4, 80, 2.0, 4), PassStats(4, 60, 1.5, 4)),
         metrics=reference_metrics(SAMPLES),
-        gate=decide(GateInputs.from_judge(judge)),
+        gate=decide(GateInputs.from_judge(judge, forgetting_drop=0.0)),
         weakest=weakest_samples(SAMPLES, scores, reasons),
         loss_metrics=[
             Metric(run_id=7, step=s, loss=2.0 / s, eval_loss=2.2 / s if s % 5 == 0 else None) for s in range(1, 21)
@@ -160,7 +160,7 @@ def metric_inputs() -> ReportInputs:
         judge_kind="metric",
         judge=judge,
         metrics=metrics,
-        gate=decide(GateInputs(overall_mean=judge.overall_mean, judge_kind="metric")),
+        gate=decide(GateInputs.from_judge(judge, judge_kind="metric")),
         weakest=weakest_samples(SAMPLES, scores, reasons),
     )
 
@@ -247,7 +247,8 @@ def test_a_failed_gate_gives_its_reasons_in_every_face() -> None:
     for reason in inputs.gate.reasons:
         assert reason in markdown and escape(reason) in html
     assert "| overall | 3.50 | \\>= 4.00 | failed |" in markdown
-    passed = llm_inputs(gate=decide(GateInputs(overall_mean=4.5, win_rate=0.75, invalid_rate=0.0)))
+    measured = {"base_overall_mean": 2.0, "forgetting_drop": 0.0}
+    passed = llm_inputs(gate=decide(GateInputs(overall_mean=4.5, win_rate=0.75, invalid_rate=0.0, **measured)))
     assert "Why it failed" not in render_markdown(passed)
 
 

@@ -182,6 +182,7 @@ def test_offline_evaluation_uses_the_metric_judge_and_says_so(home: TrainedRun) 
 def test_llm_judge_against_the_scripted_server_passes_the_gate(
     home: TrainedRun, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    set_gate({"waive": ["forgetting"]})  # the quick evaluation runs no probe: the project says it need not
     with OpenAIServer(responder=reference_judge) as server:
         monkeypatch.setenv("TUNELOOP_JUDGE_BASE_URL", server.base_url)
         monkeypatch.setenv("TUNELOOP_JUDGE_API_KEY", "test")
@@ -199,6 +200,7 @@ def test_llm_judge_against_the_scripted_server_passes_the_gate(
     assert all(r.raw_reply and r.reason.startswith("与参考答案相似度") for r in rows)
     markdown = Path(outcome.report.markdown).read_text(encoding="utf-8")
     assert "judge-model" in markdown and "Gate passed" in markdown
+    assert "forgetting was not measured (no general-ability probe ran); the project waived this check" in markdown
 
 
 def test_the_gate_blocks_a_run_that_misses_it_and_says_why(home: TrainedRun, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -8,7 +8,14 @@ from rich.table import Table
 from bot.cli.act import print_event
 from bot.cli.common import announcing, console, fail, open_session, positional_or_old, quiet_training_libraries
 
-STATUS_STYLE = {"passed": "green", "failed": "red", "not_measured": "yellow", "disabled": "dim"}
+STATUS_STYLE = {
+    "passed": "green",
+    "failed": "red",
+    "not_measured": "red",
+    "waived": "yellow",
+    "not_applicable": "dim",
+    "disabled": "dim",
+}
 
 
 def eval_command(

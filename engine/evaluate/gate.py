@@ -3,20 +3,25 @@
 The seed's rule is "得分 ≥ 4.0? → deploy". The gate checks, with thresholds configurable per project
 (`GateConfig`, defaults from the evaluation issue):
 
-    overall     the tuned model's mean overall judge score            >= 4.0
-    win_rate    share of pairwise comparisons the tuned model won     >= 0.5
-    invalid     share of the judge's judgements that were invalid     <= 0.05
-    forgetting  fall of the general-ability probe score, as a share   <= 0.1
-                of the base model's probe score (`forgetting_drop`)
+    overall         the tuned model's mean overall judge score            >= 4.0
+    gain_over_base  the tuned model's mean overall score minus its base's  > 0.0
+    win_rate        share of pairwise comparisons the tuned model won     >= 0.5
+    invalid_rate    share of the judge's judgements that were invalid     <= 0.05
+    forgetting      fall of the general-ability probe score, as a share   <= 0.1
+                    of the base model's probe score (`forgetting_drop`)
 
-Every check ends in one of four statuses, and every one is listed in the decision:
+A gate cannot pass on nothing: every check that decides it must have been measured. A tuned model
+that scores no better than its base does not pass by default (`gain_over_base` is strict). Every check
+ends in one of these statuses, and every one is listed in the decision:
 
-    passed        measured and within its threshold
-    failed        measured and outside it, or missing where it must be measured: blocks the gate
-    not_measured  not measured and allowed to be: forgetting without a probe run (unless the config
-                  requires the probe), a win rate or invalid rate under the metric judge, which makes
-                  no pairwise comparisons and no judgements that could be invalid; does not block
-    disabled      the project set the threshold to None; does not block
+    passed          measured and within its threshold
+    failed          measured and outside it, or a value that could not be computed: blocks the gate
+    not_measured    not measured (no probe ran, the metric judge makes no pairwise comparisons): blocks
+                    the gate, unless the project waived the check
+    waived          not measured, and the project said in `waive` that it need not be: does not block;
+                    the decision's notes (and so the report) say so
+    not_applicable  invalid judgements under the metric judge, which makes none that could be invalid
+    disabled        the project set the threshold to None; does not block
 
 A missing value never passes silently and never raises: an overall score that could not be computed
 (every judgement invalid, no samples) fails with a reason saying so. The overall mean is on the judge's
@@ -33,7 +38,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from engine.evaluate.judge import JudgeResult
 
 JudgeKind = Literal["llm", "metric"]
-Status = Literal["passed", "failed", "not_measured", "disabled"]
+Status = Literal["passed", "failed", "not_measured", "waived", "not_applicable", "disabled"]
+CheckName = Literal["overall", "gain_over_base", "win_rate", "invalid_rate", "forgetting"]
 
 
 class GateConfig(BaseModel):
@@ -42,10 +48,11 @@ class GateConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     min_overall: float | None = Field(4.0, ge=1.0, le=5.0)  # mean overall judge score of the tuned model
+    min_gain_over_base: float | None = Field(0.0, ge=0.0, le=4.0)  # tuned minus base overall mean must exceed it
     min_win_rate: float | None = Field(0.5, ge=0.0, le=1.0)  # pairwise wins over the base model
     max_invalid_rate: float | None = Field(0.05, ge=0.0, le=1.0)  # invalid judgements
     max_forgetting_drop: float | None = Field(0.1, ge=0.0, le=1.0)  # probe score fall, share of the base's
-    require_forgetting_probe: bool = False  # True: forgetting not measured fails the gate
+    waive: list[CheckName] = Field(default_factory=list)  # checks that need not be measured (e.g. forgetting)
 
 
 class GateInputs(BaseModel):
@@ -54,12 +61,13 @@ class GateInputs(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     overall_mean: float | None = None
+    base_overall_mean: float | None = None
     win_rate: float | None = Field(None, ge=0.0, le=1.0)
     invalid_rate: float | None = Field(None, ge=0.0, le=1.0)
     forgetting_drop: float | None = None  # negative when the tuned model did better on the probe
     judge_kind: JudgeKind = "llm"
 
-    @field_validator("overall_mean", "win_rate", "invalid_rate", "forgetting_drop", mode="before")
+    @field_validator("overall_mean", "base_overall_mean", "win_rate", "invalid_rate", "forgetting_drop", mode="before")
     @classmethod
     def _nan_is_missing(cls, value: Any) -> Any:
         if isinstance(value, float) and not math.isfinite(value):
@@ -67,21 +75,26 @@ class GateInputs(BaseModel):
         return value
 
     @classmethod
-    def from_judge(cls, result: JudgeResult, forgetting_drop: float | None = None) -> "GateInputs":
-        """The LLM judge's aggregates; an invalid rate over no judgements at all is missing, not 0."""
+    def from_judge(
+        cls, result: JudgeResult, forgetting_drop: float | None = None, judge_kind: JudgeKind = "llm"
+    ) -> "GateInputs":
+        """A judge's aggregates. An invalid rate over no judgements at all is missing, not 0; the metric judge
+        has neither pairwise comparisons nor judgements that could be invalid."""
+        llm = judge_kind == "llm"
         return cls(
             overall_mean=result.overall_mean,
-            win_rate=result.win_rate,
-            invalid_rate=result.invalid_rate if result.judgements else None,
+            base_overall_mean=result.means.get("base", {}).get("overall"),
+            win_rate=result.win_rate if llm else None,
+            invalid_rate=result.invalid_rate if llm and result.judgements else None,
             forgetting_drop=forgetting_drop,
-            judge_kind="llm",
+            judge_kind=judge_kind,
         )
 
 
 class GateCheck(BaseModel):
-    name: str  # overall | win_rate | invalid_rate | forgetting
+    name: str  # overall | gain_over_base | win_rate | invalid_rate | forgetting
     value: float | None
-    op: Literal[">=", "<="]
+    op: Literal[">=", "<=", ">"]
     threshold: float | None
     status: Status
     message: str  # a plain sentence, whatever the status
@@ -92,7 +105,7 @@ class GateCheck(BaseModel):
 
     @property
     def blocks(self) -> bool:
-        return self.status == "failed"
+        return self.status in ("failed", "not_measured")
 
 
 class GateDecision(BaseModel):
@@ -100,7 +113,7 @@ class GateDecision(BaseModel):
     judge_kind: JudgeKind
     checks: list[GateCheck]
     reasons: list[str]  # why it failed: one sentence per failed check, in check order
-    notes: list[str]  # what was not checked, and how the scores were made
+    notes: list[str]  # what was not checked (waived, disabled, not applicable), and how the scores were made
 
     @property
     def headline(self) -> str:
@@ -135,9 +148,19 @@ def _fmt(value: float, threshold: float | None, *, percent: bool = False) -> str
 
 
 def _check(
-    name: str, value: float | None, op: Literal[">=", "<="], threshold: float | None, status: Status, message: str
+    name: str, value: float | None, op: Literal[">=", "<=", ">"], threshold: float | None, status: Status, message: str
 ):
     return GateCheck(name=name, value=value, op=op, threshold=threshold, status=status, message=message)
+
+
+def _unmeasured(
+    name: CheckName, op: Literal[">=", "<=", ">"], threshold: float, why: str, config: GateConfig
+) -> GateCheck:
+    """A check whose value was not measured: it blocks the gate unless the project waived it."""
+    if name in config.waive:
+        return _check(name, None, op, threshold, "waived", f"{why}; the project waived this check")
+    message = f"{why}, and the gate does not pass on a check it did not measure (a project may waive it)"
+    return _check(name, None, op, threshold, "not_measured", message)
 
 
 def _overall(inputs: GateInputs, config: GateConfig) -> GateCheck:
@@ -161,6 +184,24 @@ def _overall(inputs: GateInputs, config: GateConfig) -> GateCheck:
     )
 
 
+def _gain_over_base(inputs: GateInputs, config: GateConfig) -> GateCheck:
+    tuned, base, limit = inputs.overall_mean, inputs.base_overall_mean, config.min_gain_over_base
+    value = None if tuned is None or base is None else tuned - base
+    if limit is None:
+        message = "whether the tuned model scores better than its base is not checked for this project"
+        return _check("gain_over_base", value, ">", None, "disabled", message)
+    if value is None:
+        why = "the gain over the base model was not measured (no overall score of the base or the tuned model)"
+        return _unmeasured("gain_over_base", ">", limit, why, config)
+    shown, need = f"{value:+.2f}", "better than its base" if limit == 0 else f"more than {limit:.2f} above its base"
+    scores = f"overall {_fmt(tuned, base)} against the base's {_fmt(base, tuned)}"  # type: ignore[arg-type]
+    if value > limit:
+        message = f"the tuned model scored {shown} over its base ({scores}): it is {need}"
+        return _check("gain_over_base", value, ">", limit, "passed", message)
+    message = f"the tuned model scored {shown} over its base ({scores}): the project requires it to be {need}"
+    return _check("gain_over_base", value, ">", limit, "failed", message)
+
+
 def _win_rate(inputs: GateInputs, config: GateConfig) -> GateCheck:
     value, limit = inputs.win_rate, config.min_win_rate
     if limit is None:
@@ -175,10 +216,8 @@ def _win_rate(inputs: GateInputs, config: GateConfig) -> GateCheck:
     need = _fmt(limit, None, percent=True)
     if value is None:
         if inputs.judge_kind == "metric":
-            message = (
-                "the win rate over the base model was not measured: the metric judge does not compare answers pairwise"
-            )
-            return _check("win_rate", None, ">=", limit, "not_measured", message)
+            why = "the win rate over the base model was not measured: the metric judge does not compare answers"
+            return _unmeasured("win_rate", ">=", limit, why, config)
         message = (
             "no comparison of the tuned and base answers could be judged, "
             f"so the {need} win rate the project requires is not met"
@@ -205,8 +244,8 @@ def _invalid_rate(inputs: GateInputs, config: GateConfig) -> GateCheck:
     allowed = _fmt(limit, None, percent=True)
     if value is None:
         if inputs.judge_kind == "metric":
-            message = "invalid judgements were not measured: the metric judge makes no judgements that could be invalid"
-            return _check("invalid_rate", None, "<=", limit, "not_measured", message)
+            message = "invalid judgements do not apply: the metric judge makes no judgements that could be invalid"
+            return _check("invalid_rate", None, "<=", limit, "not_applicable", message)
         message = (
             "the judge made no judgements, "
             f"so the at most {allowed} invalid judgements the project allows cannot be confirmed"
@@ -228,14 +267,8 @@ def _forgetting(inputs: GateInputs, config: GateConfig) -> GateCheck:
         )
     allowed = _fmt(limit, None, percent=True)
     if value is None:
-        if config.require_forgetting_probe:
-            message = (
-                "forgetting was not measured (no general-ability probe ran), "
-                f"and the project requires it to drop no more than {allowed}"
-            )
-            return _check("forgetting", None, "<=", limit, "failed", message)
-        message = "forgetting was not measured (no general-ability probe ran), so it was not checked"
-        return _check("forgetting", None, "<=", limit, "not_measured", message)
+        why = "forgetting was not measured (no general-ability probe ran)"
+        return _unmeasured("forgetting", "<=", limit, why, config)
     if value <= limit:
         if value <= 0:
             message = f"the general-ability probe score did not drop against the base model (allowed: {allowed})"
@@ -259,11 +292,12 @@ def decide(inputs: GateInputs, config: GateConfig | None = None) -> GateDecision
     config = config or GateConfig()
     checks = [
         _overall(inputs, config),
+        _gain_over_base(inputs, config),
         _win_rate(inputs, config),
         _invalid_rate(inputs, config),
         _forgetting(inputs, config),
     ]
-    notes = [c.message for c in checks if c.status in ("not_measured", "disabled")]
+    notes = [c.message for c in checks if c.status in ("waived", "not_applicable", "disabled")]
     if inputs.judge_kind == "metric":
         notes.insert(0, "scores come from reference metrics (no LLM judge was configured), not from an LLM judge")
     return GateDecision(

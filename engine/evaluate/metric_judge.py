@@ -15,7 +15,8 @@ swings with one word (a missing 4-gram sends it towards 0), so it is shown as a 
 the overall score.
 
 Every grade is valid and there are no pairwise comparisons (`pairs` 0): the gate, told
-`judge_kind="metric"`, reports the win rate and the invalid rate as not measured.
+`judge_kind="metric"`, reports the win rate as not measured (blocking unless the project waives it) and
+invalid judgements as not applicable.
 """
 
 import time

@@ -467,10 +467,7 @@ def _assess(
     """The gate's decision, the weakest samples and how far this judge can be trusted."""
     drop = generated.forgetting.drop if generated.forgetting else None
     judge = judged.judge
-    if judged.kind == "llm":
-        inputs = GateInputs.from_judge(judge, drop)
-    else:
-        inputs = GateInputs(overall_mean=judge.overall_mean, forgetting_drop=drop, judge_kind="metric")
+    inputs = GateInputs.from_judge(judge, drop, judged.kind)
     threshold = config.min_overall if config.min_overall is not None else 4.0
     scores, reasons = judge_scores(judge)
     samples = generated.generation.samples
