@@ -200,7 +200,9 @@ def test_reviews_that_change_nothing_are_refused_to_retrain_on(db_engine: Engine
     versions, runs = count(db_engine, DatasetVersion), count(db_engine, Run)
     with session_scope(db_engine) as session, pytest.raises(ReviewError) as refused:
         start_next_iteration(session, world.run_id, by="lead")
-    assert str(refused.value) == f"no reviews change the data of run {world.run_id}; nothing to retrain on"
+    assert str(refused.value) == (
+        f"no reviews change the data of run {world.run_id}, and no sub-scenario is weak; nothing to retrain on"
+    )
     assert (count(db_engine, DatasetVersion), count(db_engine, Run)) == (versions, runs)
 
 
@@ -261,7 +263,10 @@ def test_fixed_test_answers_train_the_next_iteration_only_when_the_project_opts_
     review(db_engine, judgement_id=world.judgement_ids[0], reviewer="lead", verdict="fix", corrected_answer="可以退。")
     with session_scope(db_engine) as session:
         outcome = start_next_iteration(session, world.run_id, by="lead")
-    assert outcome.version.summary.endswith("1 reference improved, 1 fixed test sample added to train")
+    assert outcome.version.summary.endswith(
+        "1 reference improved, 1 fixed test sample added to train, "
+        "no synthesis endpoint: oversampling 退货 ×3 instead of new data"  # 退货 has a training sample now
+    )
     after = entries_of(db_engine, outcome.version.id)
     assert len(after) == len(TRAIN) + len(TEST) + 1
     learned = after[-1]
@@ -307,5 +312,5 @@ def test_iteration_k_is_compared_with_iteration_k_minus_1(db_engine: Engine) -> 
         "reference chrF 30.0 → 41.0 (+11.0)",
         "gate failed → passed",
         "物流: 4.0 → 3.5 (-0.5)",
-        "退货: 2.5 → 3.5 (+1.0)",
+        "退货: 2.5 → 3.5 (+1.0) · 1 fix",  # beside the score, what iteration 2 changed there
     ]

@@ -146,8 +146,8 @@ CATALOGUE: dict[str, tuple[str, str]] = {
         "已审核 {reviewed} 个：保留 {keep}，修正 {fix}，删除 {drop}。",
     ),
     "summary.no_change": (
-        "No review changes the data: nothing to retrain on yet.",
-        "审核没有改动数据：暂时无需重新训练。",
+        "No review changes the data and no sub-scenario is weak: nothing to retrain on yet.",
+        "审核没有改动数据，也没有薄弱的子场景：暂时无需重新训练。",
     ),
     "summary.change": ("Retrain would: {change}.", "重新训练将会：{change}。"),
     "change.fixed_answers": ("replace {n} training answers", "替换 {n} 条训练答案"),
@@ -158,6 +158,13 @@ CATALOGUE: dict[str, tuple[str, str]] = {
     "change.dropped.one": ("remove 1 sample", "删除 1 个样本"),
     "change.new_training_samples": ("add {n} fixed test samples to train", "把 {n} 个修正的测试样本加入训练集"),
     "change.new_training_samples.one": ("add 1 fixed test sample to train", "把 1 个修正的测试样本加入训练集"),
+    "change.targeted": ("add {n} new samples for {tags}", "为 {tags} 新增 {n} 个样本"),
+    "change.targeted.one": ("add 1 new sample for {tags}", "为 {tags} 新增 1 个样本"),
+    "change.oversample": (
+        "no synthesis endpoint: oversampling {factors} instead of new data",
+        "未配置合成端点：改为对 {factors} 过采样，而非新增数据",
+    ),
+    "word.and": (" and ", "和"),
     "retrain.started": (
         "Iteration {iteration} started as run {run} on dataset version {version}: {change}.",
         "第 {iteration} 轮已开始（运行 {run}，数据集第 {version} 版）：{change}。",

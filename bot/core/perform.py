@@ -540,7 +540,7 @@ def _review_summary(context: Context, action: ShowReviewSummary) -> list[Message
 
 
 def _retrain(context: Context, action: Retrain) -> list[Message]:
-    from engine.work.jobs import enqueue_stage
+    from engine.work.jobs import enqueue_stage, next_stage
 
     run, project = context.run(action.run)
     permissions.require_any(project, context.actor, ("reviewer", "requester"), context.language, doing="reviewer")
@@ -552,7 +552,8 @@ def _retrain(context: Context, action: Retrain) -> list[Message]:
     context.session.commit()
     next_run = following.run
     assert next_run.id is not None and following.summary is not None
-    context.on_queues(lambda pool: enqueue_stage(context.session, pool, next_run.id, "train"))  # type: ignore[arg-type]
+    first = next_stage(context.session, next_run) or "train"  # synthesize first when it targets new data
+    context.on_queues(lambda pool: enqueue_stage(context.session, pool, next_run.id, first))  # type: ignore[arg-type]
     text = say(
         context.language,
         "retrain.started",

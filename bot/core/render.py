@@ -22,6 +22,7 @@ from bot.core.grammar import COMMANDS, START_USAGE, spell
 from bot.core.messages import Button, Message, Style
 from engine.artifacts import get_artifact_store
 from engine.events import Event
+from engine.loop.prepare import TargetedData
 from engine.loop.reviews import ReviewSummary, iteration_comparison
 from engine.loop.runs import RunHistory, last_loss, latest_evaluation
 from storage.models import Artifact, DatasetVersion, Evaluation, Job, Judgement, Project, Run
@@ -278,18 +279,21 @@ def review_cards(run: Run, judgements: list[Judgement], latest: dict[int, str], 
 
 
 def summary_message(summary: ReviewSummary, run: Run, language: str) -> Message:
+    """What people reviewed and what Retrain would do, the data targeted at weak sub-scenarios included."""
     assert run.id is not None
     reviewed = sum(summary.verdicts.values())
     title = say(language, "summary.title", run=run.id)
-    if not reviewed:
-        return Message(title, lines=[say(language, "summary.nothing", run=run.id)], run_id=run.id)
-    counts = {verdict: summary.verdicts.get(verdict, 0) for verdict in ("keep", "fix", "drop")}
-    lines = [say(language, "summary.counts", reviewed=reviewed, **counts)]
+    if reviewed:
+        counts = {verdict: summary.verdicts.get(verdict, 0) for verdict in ("keep", "fix", "drop")}
+        lines = [say(language, "summary.counts", reviewed=reviewed, **counts)]
+    else:
+        lines = [say(language, "summary.nothing", run=run.id)]
     if summary.changes:
         lines.append(say(language, "summary.change", change=change_phrase(summary, language)))
         buttons = [button(language, "retrain", Retrain(run=run.id), "primary")]
     else:
-        lines.append(say(language, "summary.no_change"))
+        if reviewed:
+            lines.append(say(language, "summary.no_change"))
         buttons = []
     return Message(title, lines=lines, buttons=buttons, run_id=run.id)
 
@@ -300,7 +304,22 @@ def change_phrase(summary: ReviewSummary, language: str) -> str:
         for name in ("fixed_answers", "better_references", "dropped", "new_training_samples")
         if getattr(summary, name)
     ]
+    if summary.targeted:
+        parts.append(targeted_phrase(summary.targeted, language))
     return ("，" if language == "zh" else ", ").join(parts)
+
+
+def targeted_phrase(targeted: TargetedData, language: str) -> str:
+    """ "add 40 new samples for 退货 and 发票", or the fallback's "no synthesis endpoint: oversampling 退货 ×2 ..."."""
+    if targeted.mode == "oversample":
+        factors = ("，" if language == "zh" else ", ").join(f"{t.tag} ×{t.factor:.3g}" for t in targeted.tags)
+        return say(language, "change.oversample", factors=factors)
+    tags = [t.tag for t in targeted.tags]
+    named = tags[0] if len(tags) == 1 else ("、" if language == "zh" else ", ").join(tags[:-1])
+    if len(tags) > 1:
+        named += say(language, "word.and") + tags[-1]
+    entry = "change.targeted.one" if targeted.total == 1 else "change.targeted"
+    return say(language, entry, n=targeted.total, tags=named)
 
 
 def event_message(event: Event, language: str) -> Message | None:

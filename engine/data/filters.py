@@ -16,6 +16,8 @@ length does not "use up" a duplicate group and a masked sample is deduplicated a
                           shingle Jaccard >= `copy_threshold`)
     id_card, bank_card, phone, email, api_key, blocked_word
                           sensitive content; each rule's action is "drop", "mask" or "off"
+    copies_test_prompt    the question is a near copy (shingle Jaccard >= `test_prompt_threshold`) of
+                          a `held_out` sample's question: new data must leave the test split unseen
     exact_duplicate       same normalised text as an earlier sample or an `existing` one
     near_duplicate        shingle Jaccard >= `near_dup_threshold` with an `existing` sample or an
                           earlier kept sample of the batch
@@ -59,6 +61,7 @@ RULE_ORDER = (
     "repetitive_answer",
     "answer_copies_prompt",
     *SENSITIVE_RULES,
+    "copies_test_prompt",
     "exact_duplicate",
     "near_duplicate",
 )
@@ -115,6 +118,10 @@ class FilterConfig(BaseModel):
     # Duplicates.
     exact_dedup: bool = True
     near_dup_threshold: float | None = Field(default=0.9, gt=0.0, le=1.0)
+    # A question this close to a held-out (test) question is a copy of it: far below near_dup_threshold, since
+    # questions are short (a short Chinese question reworded by three characters scores ~0.55) and a reworded
+    # copy still leaks the test; a false alarm costs one new sample.
+    test_prompt_threshold: float = Field(default=0.5, gt=0.0, le=1.0)
 
 
 @dataclass(frozen=True)
@@ -426,16 +433,31 @@ def _mask_or_drop(sample: Sample, config: FilterConfig) -> tuple[Sample, Removal
     return sample, None, found
 
 
+def _remove_test_prompt_copies(
+    samples: Sequence[Sample], held_out: Sequence[Sample], threshold: float, removed: dict[int, Removal]
+) -> None:
+    index = NearDuplicateIndex(threshold)
+    index.add_many(range(len(held_out)), [s.prompt_text() for s in held_out])
+    order = [i for i in range(len(samples)) if i not in removed]
+    for i, hits in zip(order, index.query_many([samples[i].prompt_text() for i in order]), strict=True):
+        if hits:
+            key, sim = hits[0]
+            why = f"the question is a near copy of test sample #{key + 1}'s (similarity {sim:.2f} >= {threshold:.2f})"
+            removed[i] = Removal("copies_test_prompt", why)
+
+
 def apply_filters(
     samples: Sequence[Sample],
     config: FilterConfig,
     *,
     existing: Sequence[Sample] = (),
+    held_out: Sequence[Sample] = (),
     tokenizer: Any | None = None,
     numbers: Sequence[int] | None = None,
 ) -> FilterOutcome:
     """Run every rule (order in the module docstring) over `samples`; `existing` are samples
-    already in the dataset, kept as they are, that new samples must not duplicate.
+    already in the dataset, kept as they are, that new samples must not duplicate; `held_out` are
+    the test samples whose questions new samples must not copy.
 
     Reasons name a duplicated sample by `numbers[i]` (what the user knows it by, e.g. its position
     in the dataset version), by default its 1-based position in `samples`."""
@@ -456,6 +478,8 @@ def apply_filters(
         if removal is not None:
             removed[i] = removal
 
+    if held_out:
+        _remove_test_prompt_copies(out, held_out, config.test_prompt_threshold, removed)
     texts = {i: dedup_text(out[i]) for i in range(len(out)) if i not in removed}
     if config.exact_dedup:
         seen = {normalize_text(dedup_text(s)): k for k, s in reversed(list(enumerate(existing)))}

@@ -54,7 +54,7 @@ from engine.llm import Budget, BudgetReached, ChatCaller, EndpointRefused, Reply
 from engine.loop.projects import get_or_create_project
 from engine.settings import Settings, get_settings
 from storage.db import session_scope
-from storage.models import SynthBatch
+from storage.models import DatasetVersion, SynthBatch
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +84,8 @@ class SynthRequest:
     n: int = 100
     model: str | None = None  # settings.synth_model if None
     scenarios: dict[str, float] | None = None  # name -> weight, from the user
+    scenario_notes: dict[str, str] | None = None  # name -> what to cover, told to the model with the sub-scenario
+    wanted_answers: dict[str, list[str]] | None = None  # name -> answers people wrote (no questions): the bar
     use_existing_tags: bool = True  # else, or without tags, the model proposes the sub-scenarios
     scenario_count: int = 8
     personas: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_PERSONAS))
@@ -98,6 +100,8 @@ class SynthRequest:
     temperature: float = 0.9
     seed: int = 0
     dataset: str = DEFAULT_DATASET
+    parent_version: int | None = None  # the version the samples are added to; the dataset's latest if None
+    split: str | None = None  # the split the new samples join ("train" in a split dataset); none if None
     job: str | None = None
     concurrency: int | None = None  # settings.synth_concurrency if None
     budget: Budget = field(default_factory=Budget)
@@ -212,7 +216,7 @@ async def synthesize(
             project = get_or_create_project(session, project_name)
             dataset = get_or_create_dataset(session, project, request.dataset)
             project_id, dataset_name = project.id, dataset.name
-            parent = latest_version(session, project_name, request.dataset)
+            parent = _parent_version(session, project_name, request.dataset, request)
             tags = _tag_weights(load_entries(session, parent)) if parent else {}
             examples = _example_pool(session, project_name, request)
         assert project_id is not None
@@ -287,6 +291,11 @@ def default_job_name(project_name: str, model: str, request: SynthRequest) -> st
     return "auto-" + _job_hash(project_name, model, request)[:12]
 
 
+def synthesis_configured(settings: Settings) -> bool:
+    """Whether a synthesis endpoint is configured (what `make_client` needs)."""
+    return bool(settings.resolved_synth_base_url or settings.resolved_synth_api_key)
+
+
 def make_client(settings: Settings | None = None) -> AsyncOpenAI:
     """The synthesis client: TUNELOOP_SYNTH_* first, then OPENAI_BASE_URL / OPENAI_API_KEY."""
     settings = settings or get_settings()
@@ -325,7 +334,9 @@ async def _plan_scenarios(
         return scenarios, source
     reply: Reply | None = None
     if request.scenarios:
-        scenarios, source = [Scenario(k, float(v)) for k, v in request.scenarios.items() if v > 0], "user"
+        notes = request.scenario_notes or {}
+        scenarios = [Scenario(k, float(v), notes.get(k)) for k, v in request.scenarios.items() if v > 0]
+        source = "user"
     elif request.use_existing_tags and tags:
         scenarios, source = [Scenario(k, v) for k, v in tags.items()], "tags"
     else:
@@ -423,7 +434,12 @@ def plan_batches(
         ]
         shots = _pick_examples(examples, scenario.name, request.few_shot, random.Random(f"{request.seed}:{index}"))
         messages = batch_messages(
-            request.task, scenario.name, specs, scenario_description=scenario.description, examples=shots
+            request.task,
+            scenario.name,
+            specs,
+            scenario_description=scenario.description,
+            examples=shots,
+            wanted_answers=(request.wanted_answers or {}).get(scenario.name),
         )
         fingerprint = _fingerprint(
             {"v": PROMPT_VERSION, "model": model, "temperature": request.temperature, "messages": messages}
@@ -629,7 +645,7 @@ def _make_version(
     samples from an earlier (budget-stopped) attempt are replaced, so resuming never doubles them."""
     project = get_or_create_project(session, project_name)
     dataset = get_or_create_dataset(session, project, dataset_name)
-    parent = latest_version(session, project_name, dataset_name)
+    parent = _parent_version(session, project_name, dataset_name, request)
     entries = [e for e in load_entries(session, parent) if _job_of(e.sample) != job_key] if parent else []
 
     requested: Counter[str] = Counter()
@@ -662,7 +678,8 @@ def _make_version(
     config = request.filter_config or FilterConfig()
     tokenizer = load_tokenizer(project.tokenizer_path) if project.tokenizer_path else None
     existing = [e.sample for e in entries if e.in_use]
-    filtered = apply_filters(new, config, existing=existing, tokenizer=tokenizer)
+    held_out = [e.sample for e in entries if e.in_use and e.split == "test"]
+    filtered = apply_filters(new, config, existing=existing, held_out=held_out, tokenizer=tokenizer)
     kept_by: Counter[str] = Counter()
     added = []
     for position, sample in enumerate(filtered.samples):
@@ -671,7 +688,10 @@ def _make_version(
             kept_by[sample.tags[0]] += 1
         added.append(
             Entry(
-                sample, filter_rule=removal.rule if removal else None, filter_reason=removal.reason if removal else None
+                sample,
+                split=request.split,
+                filter_rule=removal.rule if removal else None,
+                filter_reason=removal.reason if removal else None,
             )
         )
 
@@ -802,10 +822,19 @@ def _tag_weights(entries: Sequence[Entry]) -> dict[str, float]:
 
 
 def _example_pool(session: Session, project_name: str, request: SynthRequest) -> list[Sample]:
+    """Few-shot examples from the seed version, never from its test split (the model would copy them)."""
     if request.seed_version is None or request.few_shot <= 0:
         return []
     version = resolve_version(session, project_name, request.dataset, request.seed_version)
-    return [e.sample for e in load_entries(session, version) if e.in_use]
+    return [e.sample for e in load_entries(session, version) if e.in_use and e.split != "test"]
+
+
+def _parent_version(
+    session: Session, project_name: str, dataset_name: str, request: SynthRequest
+) -> DatasetVersion | None:
+    if request.parent_version is None:
+        return latest_version(session, project_name, dataset_name)
+    return resolve_version(session, project_name, dataset_name, request.parent_version)
 
 
 def _job_of(sample: Sample) -> str | None:

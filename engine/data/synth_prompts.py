@@ -95,14 +95,22 @@ def batch_messages(
     *,
     scenario_description: str | None = None,
     examples: list[list[dict[str, Any]]] | None = None,
+    wanted_answers: list[str] | None = None,
 ) -> list[dict[str, str]]:
-    """Ask for one conversation per line of `plan` (persona, mood, difficulty, turns)."""
+    """Ask for one conversation per line of `plan` (persona, mood, difficulty, turns). `wanted_answers`
+    are answers people wrote for this sub-scenario, shown without their questions."""
     parts = [f"Task description:\n{task}", f"Sub-scenario: {scenario}"]
     if scenario_description:
         parts.append(f"About this sub-scenario: {scenario_description}")
     if examples:
         shown = "\n".join(json.dumps({"messages": e}, ensure_ascii=False) for e in examples)
         parts.append("Examples of the style and quality wanted (do not copy their content or wording):\n" + shown)
+    if wanted_answers:
+        shown = "\n".join(json.dumps(answer, ensure_ascii=False) for answer in wanted_answers)
+        parts.append(
+            "Answers reviewers wrote for this sub-scenario: the assistant's answers should be this correct and "
+            "complete, in this tone (write new conversations; do not reuse these answers):\n" + shown
+        )
     parts.append(
         f"Write exactly {len(plan)} conversations, one per entry of this plan, in order. `turns` is "
         "the number of user→assistant exchanges; `persona`, `mood` and `difficulty` describe the "

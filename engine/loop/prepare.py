@@ -3,7 +3,10 @@
     synthesize   synthetic samples from a task description → a dataset version (engine.data.synth)
     prepare      the quality filter, then the train/test split, on the run's dataset version (engine.data.pipeline)
 
-What a run prepares is its `Run.plan`, a `PreparePlan` as JSON. Each stage ends by pointing `run.dataset_version_id`
+What a run prepares is its `Run.plan`, a `PreparePlan` as JSON. A next iteration's plan also says what data it
+targets at its parent's weak sub-scenarios (`TargetedData`, planned by engine.loop.targeting): new samples the
+synthesize stage makes, or, without a synthesis endpoint, extra copies of the weak tags' training samples that
+training adds. Each stage ends by pointing `run.dataset_version_id`
 at the version it made, so the next stage (and training) works on it.
 
 Both stages may run again after their worker died, and a retry ends where the first attempt would have:
@@ -21,7 +24,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from sqlmodel import Session, col, select
@@ -57,7 +60,8 @@ class PrepareError(RunError):
 
 
 class SynthPlan(BaseModel):
-    """The synthesis a person asks for from chat; the rest of `SynthRequest` keeps its defaults."""
+    """The synthesis a person asks for from chat, or a next iteration plans for its weak sub-scenarios; the rest of
+    `SynthRequest` keeps its defaults."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -66,6 +70,11 @@ class SynthPlan(BaseModel):
     model: str | None = None  # settings.synth_model when None
     scenarios: dict[str, float] | None = None  # sub-scenario → weight; else the dataset's tags or the model's
     seed: int = 0
+    scenario_notes: dict[str, str] | None = None  # sub-scenario → what to cover (weak topics, never questions)
+    wanted_answers: dict[str, list[str]] | None = None  # sub-scenario → reviewers' corrected answers
+    seed_version: int | None = None  # few-shot examples from this version's training samples
+    system_prompt: str | None = None  # the system prompt the dataset's samples carry
+    split: Literal["train"] | None = None  # the split the new samples join
 
     @model_validator(mode="after")
     def _checked(self) -> "SynthPlan":
@@ -83,9 +92,45 @@ class SynthPlan(BaseModel):
             model=self.model,
             scenarios=dict(self.scenarios) if self.scenarios else None,
             seed=self.seed,
+            scenario_notes=self.scenario_notes,
+            wanted_answers=self.wanted_answers,
+            seed_version=self.seed_version,
+            system_prompt=self.system_prompt,
+            split=self.split,
             dataset=dataset,
             job=job,
         )
+
+
+class TagTarget(BaseModel):
+    """One weak sub-scenario of the parent run and the data the next iteration adds for it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tag: str
+    mean: float  # the tag's mean overall score in the parent's evaluation
+    count: int = Field(ge=0)  # new samples (synthesize) or extra copies of its training samples (oversample)
+    available: int = Field(ge=0)  # the tag's training samples before
+
+    @property
+    def factor(self) -> float:
+        """How much more often the tag's training samples are seen when oversampled (×2: each twice)."""
+        return (self.available + self.count) / self.available if self.available else 1.0
+
+
+class TargetedData(BaseModel):
+    """What a next iteration adds where its parent was weak, and how."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mode: Literal["synthesize", "oversample"]
+    threshold: float  # the gate's overall score the tags fell below
+    evaluation: int  # the parent's evaluation the weak tags were read from
+    tags: list[TagTarget]
+
+    @property
+    def total(self) -> int:
+        return sum(t.count for t in self.tags)
 
 
 class PreparePlan(BaseModel):
@@ -96,6 +141,7 @@ class PreparePlan(BaseModel):
     synthesize: SynthPlan | None = None
     filter: FilterConfig | None = None
     split: SplitConfig | None = None
+    targeted: TargetedData | None = None  # a next iteration's data for its parent's weak sub-scenarios
 
 
 def plan_of(run: Run) -> PreparePlan | None:
@@ -138,6 +184,7 @@ def synthesize_for_run(
         project = _project_name(session, run)
         # Named after the run: a retried stage resumes this job and pays only for the batches not stored yet.
         request = plan.synthesize.request(dataset=_dataset_name(session, run), job=f"run-{run_id}")
+        request.parent_version = _version_number(session, run)  # added to the run's data, not the latest
         _check_stop(session, run_id, stop)
         outcome = synthesize_blocking(
             session.get_bind(),  # type: ignore[arg-type]  # synthesis commits each batch in sessions of its own
@@ -303,6 +350,11 @@ def _dataset_of(session: Session, version: DatasetVersion) -> Dataset:
     dataset = session.get(Dataset, version.dataset_id)
     assert dataset is not None  # a foreign key
     return dataset
+
+
+def _version_number(session: Session, run: Run) -> int | None:
+    version = session.get(DatasetVersion, run.dataset_version_id) if run.dataset_version_id else None
+    return version.number if version else None
 
 
 def _dataset_name(session: Session, run: Run) -> str:

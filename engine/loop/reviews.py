@@ -21,11 +21,16 @@ Starting the next iteration of run k turns the latest reviews of its samples int
   "review_drop" and a reason naming the reviewer, so reports can say what was removed and why.
 - keep: no change.
 
+Starting the next iteration also plans data for the sub-scenarios where run k's evaluation found the model
+weakest (engine.loop.targeting): new samples synthesized by the next run's synthesize stage, or, without a synthesis
+endpoint, the weak tags' training samples oversampled. The summary states the plan before anyone starts it; the
+next run keeps it in its `plan`, and its report names what the iteration changed beside each tag's score.
+
 A changed sample gets a new content hash; the samples no review changed keep theirs, and the old version is
 never touched (entries are loaded, changed in memory and saved as a new version). When the reviews change
-nothing there is nothing to retrain on, and starting the next iteration is refused. Starting it again
-returns the run that already continues run k. Nothing here commits: the caller's unit of work stores all of it
-or none of it.
+nothing and no data is targeted there is nothing to retrain on, and starting the next iteration is refused.
+Starting it again returns the run that already continues run k. Nothing here commits: the caller's unit of work
+stores all of it or none of it.
 """
 
 from collections.abc import Iterable, Sequence
@@ -35,7 +40,10 @@ from sqlmodel import Session, col, select
 
 from engine.data.sample import Message, Sample
 from engine.data.versions import Entry, load_entries, save_version
+from engine.evaluate.weakest import UNTAGGED
+from engine.loop.prepare import PreparePlan, TargetedData, plan_of
 from engine.loop.projects import is_listed
+from engine.loop.targeting import TargetingError, plan_targeted, tag_means
 from storage.models import AuditEvent, Dataset, DatasetVersion, Evaluation, Judgement, Project, Review, Run
 from storage.models import Sample as SampleRow
 
@@ -58,10 +66,13 @@ class ReviewSummary:
     better_references: int = 0  # test references replaced
     dropped: int = 0
     new_training_samples: int = 0  # fixed test samples added to train (only with review_fixes_train)
+    targeted: TargetedData | None = None  # data for the weak sub-scenarios (engine.loop.targeting)
+    by_tag: dict[str, dict[str, int]] = field(default_factory=dict)  # sub-scenario -> "fixes" / "drops" -> count
 
     @property
     def changes(self) -> int:
-        return self.fixed_answers + self.better_references + self.dropped + self.new_training_samples
+        targeted = self.targeted.total if self.targeted else 0
+        return self.fixed_answers + self.better_references + self.dropped + self.new_training_samples + targeted
 
     @property
     def lines(self) -> list[str]:
@@ -98,6 +109,7 @@ class IterationComparison:
     chrf: tuple[float | None, float | None]
     gate_passed: tuple[bool | None, bool | None]
     tags: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)  # sub-scenario -> means
+    changes: dict[str, list[str]] = field(default_factory=dict)  # sub-scenario -> what iteration k changed there
 
     @property
     def lines(self) -> list[str]:
@@ -110,7 +122,10 @@ class IterationComparison:
             lines.append(_move("reference chrF", *self.chrf, "{:.1f}", "{:+.1f}"))
         before, after = (_gate_word(g) for g in self.gate_passed)
         lines.append(f"gate {before} → {after}")
-        lines += [_move(f"{tag}:", *means, "{:.1f}", "{:+.1f}") for tag, means in self.tags.items()]
+        for tag, means in self.tags.items():
+            changed = self.changes.get(tag)
+            shown = _move(f"{tag}:", *means, "{:.1f}", "{:+.1f}")
+            lines.append(f"{shown} · {', '.join(changed)}" if changed else shown)
         return lines
 
 
@@ -218,6 +233,7 @@ class _Plan:
     version: DatasetVersion
     entries: list[Entry]  # the next version's entries (the run's version's, changed in memory)
     summary: ReviewSummary
+    prepare: PreparePlan | None  # the next run's plan: data targeted at the weak sub-scenarios
 
 
 def _get_run(session: Session, run_id: int) -> Run:
@@ -281,22 +297,27 @@ def _plan(session: Session, run: Run) -> _Plan:
     ).all()
     index_of = {row_id: index for index, row_id in enumerate(row_ids)}
     summary = ReviewSummary(run.id, dict.fromkeys(VERDICTS, 0))  # type: ignore[arg-type]
+    answers: dict[str, list[str]] = {}  # sub-scenario -> the reviewers' corrected answers
     for row_id, review in sorted(_latest_reviews(session, run, index_of).items()):
         index = index_of.get(row_id)
         if index is None or not entries[index].in_use:
             continue
         summary.verdicts[review.verdict] = summary.verdicts.get(review.verdict, 0) + 1
         entry = entries[index]
+        counts = summary.by_tag.setdefault(_tag_of(entry.sample), {})
         if review.verdict == "drop":
             entry.filter_rule = DROP_RULE
             why = f": {review.comment}" if review.comment else ""
             entry.filter_reason = f"dropped by {review.reviewer} in the review of run {run.id}{why}"
             summary.dropped += 1
+            counts["drops"] = counts.get("drops", 0) + 1
         elif review.verdict == "fix" and review.corrected_answer:
             corrected = _with_answer(entry.sample, review.corrected_answer)
             if corrected.content_hash == entry.sample.content_hash:
                 continue  # the "correction" is the answer it already had
             entry.sample = corrected
+            counts["fixes"] = counts.get("fixes", 0) + 1
+            answers.setdefault(_tag_of(corrected), []).append(review.corrected_answer)
             if entry.split != "test":
                 summary.fixed_answers += 1
                 continue
@@ -304,7 +325,22 @@ def _plan(session: Session, run: Run) -> _Plan:
             if fixes_train:
                 _add_to_train(entries, corrected)
                 summary.new_training_samples += 1
-    return _Plan(run, version, entries, summary)
+    summary.by_tag = {tag: counts for tag, counts in summary.by_tag.items() if counts}
+    evaluation = _latest_evaluation(session, run.id)  # type: ignore[arg-type]
+    try:
+        prepare = (
+            plan_targeted(session, project, evaluation, version, entries, answers)
+            if evaluation is not None and project is not None
+            else None
+        )
+    except TargetingError as error:
+        raise ReviewError(str(error)) from None
+    summary.targeted = prepare.targeted if prepare else None
+    return _Plan(run, version, entries, summary, prepare)
+
+
+def _tag_of(sample: Sample) -> str:
+    return sample.tags[0] if sample.tags else UNTAGGED
 
 
 def review_summary(session: Session, run_id: int) -> ReviewSummary:
@@ -320,7 +356,19 @@ def _change_phrase(summary: ReviewSummary, *, future: bool = False) -> str:
         (summary.new_training_samples, "fixed test sample", "add {} to train", "{} added to train"),
     ]
     phrase = [(will if future else done).format(_plural(n, noun)) for n, noun, will, done in parts if n]
+    if summary.targeted:
+        phrase.append(_targeted_phrase(summary.targeted))
     return ", ".join(phrase)
+
+
+def _targeted_phrase(targeted: TargetedData) -> str:
+    """What the targeted data does, in English ("40 new samples for 退货 and 发票")."""
+    tags = [t.tag for t in targeted.tags]
+    named = tags[0] if len(tags) == 1 else f"{', '.join(tags[:-1])} and {tags[-1]}"
+    if targeted.mode == "synthesize":
+        return f"{_plural(targeted.total, 'new sample')} for {named}"
+    factors = ", ".join(f"{t.tag} ×{t.factor:.3g}" for t in targeted.tags)
+    return f"no synthesis endpoint: oversampling {factors} instead of new data"
 
 
 def start_next_iteration(session: Session, run_id: int, *, by: str, platform: str | None = None) -> NextIteration:
@@ -334,7 +382,9 @@ def start_next_iteration(session: Session, run_id: int, *, by: str, platform: st
         return NextIteration(started, version, created=False)
     plan = _plan(session, run)
     if not plan.summary.changes:
-        raise ReviewError(f"no reviews change the data of run {run.id}; nothing to retrain on")
+        raise ReviewError(
+            f"no reviews change the data of run {run.id}, and no sub-scenario is weak; nothing to retrain on"
+        )
     dataset = session.get(Dataset, plan.version.dataset_id)
     assert dataset is not None
     summary = plan.summary
@@ -352,6 +402,7 @@ def start_next_iteration(session: Session, run_id: int, *, by: str, platform: st
             "dropped": summary.dropped,
             "new_training_samples": summary.new_training_samples,
             "verdicts": summary.verdicts,
+            "by_tag": summary.by_tag,
         },
         actor=by,
         platform=platform or run.platform or "cli",
@@ -367,6 +418,7 @@ def start_next_iteration(session: Session, run_id: int, *, by: str, platform: st
         parent_run_id=run.id,
         dataset_version_id=change.version.id,
         recipe=dict(run.recipe) if run.recipe is not None else None,
+        plan=plan.prepare.model_dump(mode="json", exclude_none=True) if plan.prepare else None,
         state="queued",
         requested_by=by,
         platform=platform or run.platform,
@@ -403,7 +455,7 @@ def iteration_comparison(
     previous = _latest_evaluation(session, parent.id) if parent else None  # type: ignore[arg-type]
     if parent is None or current is None or previous is None:
         return None
-    before_tags, after_tags = _tag_means(session, previous), _tag_means(session, current)
+    before_tags, after_tags = tag_means(session, previous), tag_means(session, current)
     return IterationComparison(
         run_id=run.id,  # type: ignore[arg-type]
         iteration=run.iteration,
@@ -420,7 +472,41 @@ def iteration_comparison(
         tags={
             tag: (before_tags.get(tag), after_tags.get(tag)) for tag in sorted(before_tags.keys() | after_tags.keys())
         },
+        changes=_iteration_changes(session, run),
     )
+
+
+def _iteration_changes(session: Session, run: Run) -> dict[str, list[str]]:
+    """Per sub-scenario, what iteration k changed: the data targeted at it, and the reviews' fixes and drops."""
+    changes: dict[str, list[str]] = {}
+    targeted = (plan_of(run) or PreparePlan()).targeted
+    version = session.get(DatasetVersion, run.dataset_version_id) if run.dataset_version_id else None
+    kept = _synthesized_per_tag(session, version) if targeted and targeted.mode == "synthesize" else {}
+    for target in targeted.tags if targeted else []:
+        if targeted.mode == "synthesize":  # type: ignore[union-attr]
+            made = kept.get(target.tag)
+            note = f"{_plural(made, 'new sample')}" if made is not None else f"{target.count} new samples planned"
+        else:
+            note = f"oversampled ×{target.factor:.3g} ({target.count} extra copies)"
+        changes.setdefault(target.tag, []).append(note)
+    review = _review_version(session, version)
+    for tag, counts in ((review.detail or {}).get("by_tag") or {} if review else {}).items():
+        for key, one in (("fixes", "1 fix"), ("drops", "1 drop")):
+            if counts.get(key):
+                changes.setdefault(tag, []).append(one if counts[key] == 1 else f"{counts[key]} {key}")
+    return changes
+
+
+def _review_version(session: Session, version: DatasetVersion | None) -> DatasetVersion | None:
+    """The review version a run's data came from: its own, or the parent of the synthesis made on it."""
+    while version is not None and version.kind != "review":
+        version = session.get(DatasetVersion, version.parent_id) if version.parent_id else None
+    return version
+
+
+def _synthesized_per_tag(session: Session, version: DatasetVersion | None) -> dict[str, int]:
+    report = (version.detail or {}) if version is not None and version.kind == "synthesis" else {}
+    return {tag: row.get("kept", 0) for tag, row in (report.get("per_scenario") or {}).items()}
 
 
 def _latest_evaluation(session: Session, run_id: int) -> Evaluation | None:
@@ -434,21 +520,6 @@ def _score(evaluation: Evaluation, *path: str) -> float | None:
     for key in path:
         value = value.get(key) if isinstance(value, dict) else None
     return float(value) if isinstance(value, int | float) else None
-
-
-def _tag_means(session: Session, evaluation: Evaluation) -> dict[str, float]:
-    """Mean overall score of the tuned answers per sub-scenario (first tag), over valid judgements."""
-    from engine.evaluate.weakest import UNTAGGED  # not at the top: engine.evaluate (its report) imports this module
-
-    rows = session.exec(
-        select(Judgement.tags, Judgement.overall).where(
-            Judgement.evaluation_id == evaluation.id, Judgement.valid, col(Judgement.overall).is_not(None)
-        )
-    ).all()
-    scores: dict[str, list[float]] = {}
-    for tags, overall in rows:
-        scores.setdefault(tags[0] if tags else UNTAGGED, []).append(overall)
-    return {tag: sum(values) / len(values) for tag, values in scores.items()}
 
 
 def _percent(pair: tuple[float | None, float | None]) -> tuple[float | None, float | None]:

@@ -38,8 +38,10 @@ from trl import SFTConfig, SFTTrainer
 from engine.artifacts import get_artifact_store
 from engine.data.versions import DEFAULT_DATASET, load_entries, resolve_version
 from engine.events import Event, EventSink, ignore_events
+from engine.loop.prepare import PreparePlan, plan_of
 from engine.loop.projects import get_project
 from engine.loop.runs import IllegalTransition, StageStopped, fail_run, transition, worker_actor
+from engine.loop.targeting import oversampled
 from engine.train.cancel import CancelCallback
 from engine.train.charts import write_loss_curve
 from engine.train.distributed import DistributedError, check_distributed, deepspeed_config
@@ -197,6 +199,8 @@ def _train_run(
         (out_dir / "recipe.yaml").write_text(recipe_yaml(recipe), encoding="utf-8")
 
     train_samples, val_samples = split_entries(load_entries(session, version), recipe.val_size, recipe.seed)
+    # A next iteration without new data for its weak sub-scenarios sees their samples more often instead.
+    train_samples = oversampled(train_samples, (plan_of(run) or PreparePlan()).targeted, recipe.seed)
     tokenizer = load_tokenizer(recipe.model_name_or_path, recipe.template)
     data = prepare_data(train_samples, val_samples, tokenizer, recipe)
     if recipe.early_stopping_steps and data.validation is None:
