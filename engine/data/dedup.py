@@ -122,8 +122,10 @@ def _signatures(hashes: np.ndarray, offsets: np.ndarray, num_perm: int = NUM_PER
             end = int(np.searchsorted(offsets, offsets[doc] + per_chunk, side="right")) - 1
             end = min(max(end, doc + 1), n)
             lo, hi = offsets[doc], offsets[end]
-            permuted = h32[lo:hi, None] * a[None, :] + b[None, :]
-            sigs[doc:end] = np.minimum.reduceat(permuted, offsets[doc:end] - lo, axis=0)
+            # Permutations x shingles, reduced along the rows: each text's shingles are contiguous in memory,
+            # ~10x faster than reducing shingles x permutations down its columns.
+            permuted = a[:, None] * h32[None, lo:hi] + b[:, None]
+            sigs[doc:end] = np.minimum.reduceat(permuted, offsets[doc:end] - lo, axis=1).T
             doc = end
     return sigs
 

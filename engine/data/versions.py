@@ -13,6 +13,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from sqlalchemy import insert
 from sqlmodel import Session, col, select
 
 from engine.data.sample import Message, Sample
@@ -194,24 +195,27 @@ def save_version(
     )
     session.add(version)
     session.flush()
-    session.add_all(
-        SampleRow(
-            version_id=version.id,  # type: ignore[arg-type]
-            position=position,
-            content_hash=entry.sample.content_hash,
-            messages=[m.model_dump(exclude_none=True) for m in entry.sample.messages],
-            rejected=entry.sample.rejected.model_dump(exclude_none=True) if entry.sample.rejected else None,
-            tools=entry.sample.tools,
-            tags=entry.sample.tags,
-            origin=entry.sample.origin,
-            split=entry.split,
-            filter_rule=entry.filter_rule,
-            filter_reason=entry.filter_reason,
-            original=entry.sample.original,
-            original_format=entry.sample.original_format,
-        )
+    # One multi-row INSERT rather than an ORM object per sample: a version is often thousands of rows.
+    rows = [
+        {
+            "version_id": version.id,
+            "position": position,
+            "content_hash": entry.sample.content_hash,
+            "messages": [m.model_dump(exclude_none=True) for m in entry.sample.messages],
+            "rejected": entry.sample.rejected.model_dump(exclude_none=True) if entry.sample.rejected else None,
+            "tools": entry.sample.tools,
+            "tags": entry.sample.tags,
+            "origin": entry.sample.origin,
+            "split": entry.split,
+            "filter_rule": entry.filter_rule,
+            "filter_reason": entry.filter_reason,
+            "original": entry.sample.original,
+            "original_format": entry.sample.original_format,
+        }
         for position, entry in enumerate(entries)
-    )
+    ]
+    if rows:
+        session.execute(insert(SampleRow), rows)
     session.add(
         AuditEvent(
             actor=version.created_by or "unknown",
