@@ -1,5 +1,6 @@
 """`tuneloop demo`: the whole loop on the bundled example, then the data half again (nothing new)."""
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -56,6 +57,16 @@ def test_demo_runs_the_data_loop_and_is_repeatable(tmp_path: Path, demo_redis: N
     assert output.count("run 2: waiting for review → deploying by ops-manager") == 1, output
     reports = [Path(line.split("report: ", 1)[1]) for line in output.splitlines() if line.startswith("  report: ")]
     assert len(reports) == 2 and all(r.is_file() and r.with_suffix(".md").is_file() for r in reports)
+    # Iteration 2 trains on other data than iteration 1: its weak sub-scenarios' samples oversampled (no synthesis
+    # endpoint here), as the summary said before Retrain; its report names what changed beside each tag's score.
+    assert "no synthesis endpoint: oversampling" in output
+    runs = [json.loads((r.parents[2] / "train_report.json").read_text(encoding="utf-8")) for r in reports]
+    trained = [run["data"]["train"]["samples"] for run in runs]
+    assert trained[1] > trained[0], trained
+    moved = [line for line in output.splitlines() if "since iteration 1:" in line and "oversampled ×" in line]
+    assert moved, output
+    second = reports[1].with_suffix(".md").read_text(encoding="utf-8")
+    assert "Compared with iteration 1" in second and "oversampled ×" in second.split("Compared with iteration 1")[1]
     assert "customer_service now serves customer_service-v1 (run 2)" in output
     assert "asked customer_service through the gateway" in output
     answer = next(line for line in output.splitlines() if line.startswith("the deployed adapter answered: "))

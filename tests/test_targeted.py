@@ -19,7 +19,7 @@ from engine.data.versions import Entry, get_or_create_dataset, load_entries, sav
 from engine.loop.prepare import PrepareError, synthesize_for_run
 from engine.loop.prepare import plan_of as run_plan
 from engine.loop.projects import get_or_create_project
-from engine.loop.reviews import record_review, review_summary, start_next_iteration
+from engine.loop.reviews import iteration_comparison, record_review, review_summary, start_next_iteration
 from engine.loop.runs import retry_run
 from engine.loop.targeting import oversampled
 from engine.settings import get_settings
@@ -70,31 +70,36 @@ def build(
         run = Run(project_id=project.id, dataset_version_id=version.id, recipe={"lora_rank": 8}, state="reviewing")
         session.add(run)
         session.flush()
-        gate_decision = {"checks": [{"name": "overall", "threshold": gate}]}
-        evaluation = Evaluation(run_id=run.id, judge_kind="metric", scores={"gate": gate_decision}, gate_passed=False)
-        session.add(evaluation)
-        session.flush()
-        rows = session.exec(
-            select(SampleRow)
-            .where(SampleRow.version_id == version.id, SampleRow.split == "test")
-            .order_by(col(SampleRow.position))
-        ).all()
-        judgements = [
-            Judgement(
-                evaluation_id=evaluation.id,
-                sample_id=row.id,
-                position=position,
-                question=question,
-                reference=answer,
-                tuned_answer="不知道。",
-                overall=score,
-                tags=[tag],
-            )
-            for position, (row, (tag, question, answer, score)) in enumerate(zip(rows, TEST, strict=True))
-        ]
-        session.add_all(judgements)
-        session.flush()
-        return run.id, [j.id for j in judgements]  # type: ignore[misc]
+        return run.id, judge(session, run, [score for *_, score in TEST], gate)  # type: ignore[return-value]
+
+
+def judge(session: Session, run: Run, scores: list[float], gate: float = 4.0) -> list[int]:
+    """An evaluation of the run's test samples (in TEST's order) with these tuned scores: its judgements' ids."""
+    gate_decision = {"checks": [{"name": "overall", "threshold": gate}]}
+    evaluation = Evaluation(run_id=run.id, judge_kind="metric", scores={"gate": gate_decision}, gate_passed=False)
+    session.add(evaluation)
+    session.flush()
+    rows = session.exec(
+        select(SampleRow)
+        .where(SampleRow.version_id == run.dataset_version_id, SampleRow.split == "test")
+        .order_by(col(SampleRow.position))
+    ).all()
+    judgements = [
+        Judgement(
+            evaluation_id=evaluation.id,
+            sample_id=row.id,
+            position=position,
+            question=question,
+            reference=answer,
+            tuned_answer="不知道。",
+            overall=score,
+            tags=[tag],
+        )
+        for position, (row, (tag, question, answer, _), score) in enumerate(zip(rows, TEST, scores, strict=True))
+    ]
+    session.add_all(judgements)
+    session.flush()
+    return [j.id for j in judgements]  # type: ignore[misc]
 
 
 def fix_the_weakest(engine: Engine, judgement_id: int) -> None:
@@ -227,6 +232,14 @@ def test_targeted_synthesis_adds_new_training_samples_and_never_a_test_question(
     assert len(returns) == 2 and all(CORRECTED in p and "运费" in p for p in returns)  # the fix; a weak topic
     # Few-shot examples are the tag's training samples, never a test sample.
     assert all("吊牌完好可以退" in p or "无理由退货" in p for p in returns)
+
+    # Iteration 2's report names what it changed beside each tag's score.
+    with session_scope(db_engine) as session:
+        judge(session, session.get(Run, next_id), [3.5, 3.0, 4.5, 3.5])
+        comparison = iteration_comparison(session, next_id)
+    assert comparison is not None
+    assert "退货: 2.2 → 3.2 (+1.0) · 19 new samples, 1 fix" in comparison.lines  # the copy was not kept
+    assert "发票: 3.5 → 3.5 (+0.0) · 10 new samples" in comparison.lines
 
 
 def test_a_resumed_synthesize_stage_pays_for_no_batch_twice(db_engine: Engine, server: OpenAIServer) -> None:

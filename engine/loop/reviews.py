@@ -498,10 +498,10 @@ def _iteration_changes(session: Session, run: Run) -> dict[str, list[str]]:
 
 
 def _review_version(session: Session, version: DatasetVersion | None) -> DatasetVersion | None:
-    """The review version a run's data came from: its own, or the parent of the synthesis made on it."""
-    while version is not None and version.kind != "review":
-        version = session.get(DatasetVersion, version.parent_id) if version.parent_id else None
-    return version
+    """The review version a next iteration trains on: its own, or the one its targeted synthesis was added to."""
+    if version is not None and version.kind == "synthesis" and version.parent_id:
+        version = session.get(DatasetVersion, version.parent_id)
+    return version if version is not None and version.kind == "review" else None
 
 
 def _synthesized_per_tag(session: Session, version: DatasetVersion | None) -> dict[str, int]:

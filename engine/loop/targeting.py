@@ -3,7 +3,8 @@
 The seed's loop is "analyse the low-score samples → add training data → retrain". Starting the next iteration of
 run k (engine.loop.reviews) plans, from run k's latest evaluation:
 
-- the weak sub-scenarios: tags (a sample's first tag) whose tuned mean overall score fell below the gate's;
+- the weak sub-scenarios: tags (a sample's first tag) whose tuned mean overall score fell below the gate's, the
+  `max_tags` weakest of them (3 by default: a small model taught everything at once learns nothing in particular);
 - how many samples each gets: the project's `settings.targeted_data.counts`, else in proportion to how far the tag
   falls below the gate (`samples_per_point` per point of shortfall), at most `max_samples` in all;
 - how: with a synthesis endpoint configured, new samples synthesized for exactly those tags (the run's synthesize
@@ -49,6 +50,7 @@ class TargetingConfig(BaseModel):
     samples_per_point: int = Field(20, ge=1)  # new samples per point a tag's mean falls below the gate
     counts: dict[str, int] | None = None  # fixed counts per weak tag, instead of in proportion to the shortfall
     max_samples: int = Field(200, ge=1)  # all weak tags together
+    max_tags: int | None = Field(3, ge=1)  # only the weakest few, so the data is not spread thin; None: every one
     max_oversample: float = Field(3.0, ge=1.0)  # without synthesis: a weak tag's samples are seen at most this often
     task: str | None = None  # what the assistant does, for the synthesis model; else the samples' system prompt
     model: str | None = None  # the synthesis model; settings.synth_model when None
@@ -105,6 +107,8 @@ def plan_targeted(
     available = Counter(s.tags[0] for s in training if s.tags)
     if not synthesize:  # a tag without training samples has nothing to oversample
         weak = {tag: mean for tag, mean in weak.items() if available[tag]}
+    weakest = sorted(weak, key=lambda tag: (weak[tag], tag))[: config.max_tags]
+    weak = {tag: weak[tag] for tag in weakest}
     counts = _counts(weak, threshold, config)
     if not synthesize:  # copies of a handful of samples teach their wording, not the sub-scenario
         counts = {tag: min(n, int(available[tag] * (config.max_oversample - 1))) for tag, n in counts.items()}
