@@ -38,6 +38,7 @@ for name in ("TUNELOOP_JUDGE_BASE_URL", "TUNELOOP_JUDGE_API_KEY"):
 from sqlmodel import Session, select  # noqa: E402
 
 from engine.data.pipeline import filter_version, import_file, split_version  # noqa: E402
+from engine.data.split import SplitConfig  # noqa: E402
 from engine.data.versions import Entry, load_entries, save_version  # noqa: E402
 from engine.evaluate.results import GenerationSettings  # noqa: E402
 from engine.evaluate.run import EvaluationOptions, evaluate_run  # noqa: E402
@@ -79,6 +80,7 @@ def main() -> None:
     parser.add_argument("--pretrain-epochs", type=float, default=2.0)
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--epochs", type=float, default=1.0, help="LoRA epochs (the demo's 0.25 barely moves it).")
+    parser.add_argument("--test-size", type=float, default=0.3, help="More test questions per tag: less noise.")
     args = parser.parse_args()
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as home:
@@ -97,7 +99,7 @@ def main() -> None:
         with Session(engine, expire_on_commit=False) as session:
             import_file(session, PROJECT, EXAMPLE)
             filter_version(session, PROJECT)
-            version = split_version(session, PROJECT).version
+            version = split_version(session, PROJECT, config=SplitConfig(test_size=args.test_size)).version
             session.commit()
             training = [e.sample for e in load_entries(session, version) if e.in_use and e.split == "train"]
         model = Path(home) / "tiny-model"

@@ -12,6 +12,8 @@ PostgreSQL is reached through `TUNELOOP_TEST_POSTGRES_URL` (default: the `test` 
 127.0.0.1 as `postgres`). When it cannot be reached the PostgreSQL cases are skipped locally but
 fail under CI (any truthy `CI`: true, 1, yes), so a broken CI service never passes as green.
 
+- `synth_server`: tests/openai_server.py's scripted server as the synthesis endpoint (TUNELOOP_SYNTH_*).
+
 - `redis_url`: the Redis server at `TUNELOOP_TEST_REDIS_URL` (default 127.0.0.1:6379, db 0), skipped
   locally and failed under CI when unreachable like PostgreSQL. Other tests share the server: use
   uniquely named keys, delete them afterwards, and flush only a database of your own.
@@ -26,6 +28,7 @@ from typing import NoReturn
 
 import pytest
 import redis
+from openai_server import OpenAIServer
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.pool import NullPool
@@ -140,3 +143,20 @@ def stream(client: redis.Redis) -> Iterator[str]:
     keys = list(client.scan_iter(f"{name}*"))
     if keys:
         client.delete(*keys)
+
+
+@pytest.fixture
+def synth_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[OpenAIServer]:
+    """The scripted OpenAI server as the synthesis endpoint; one request at a time, so a script meets batches in
+    order."""
+    with OpenAIServer() as running:
+        for name in ("OPENAI_BASE_URL", "OPENAI_API_KEY"):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv("TUNELOOP_SYNTH_BASE_URL", running.base_url)
+        monkeypatch.setenv("TUNELOOP_SYNTH_API_KEY", "test")
+        monkeypatch.setenv("TUNELOOP_SYNTH_CONCURRENCY", "1")
+        monkeypatch.setenv("TUNELOOP_SYNTH_BACKOFF_BASE_S", "0.01")
+        monkeypatch.setenv("TUNELOOP_SYNTH_BACKOFF_MAX_S", "0.05")
+        get_settings.cache_clear()
+        yield running
+    get_settings.cache_clear()

@@ -3,7 +3,6 @@ the example dataset imported, filtered and split; synthesis against the scripted
 Retries end on the versions the first attempt made, failures fail the run naming the stage, a cancelled run stays
 cancelled."""
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,6 @@ from engine.loop.prepare import (
 )
 from engine.loop.projects import get_or_create_project
 from engine.loop.runs import RunCancelled, RunError, cancel_run, transition
-from engine.settings import get_settings
 from storage.db import session_scope
 from storage.models import AuditEvent, DatasetVersion, Run, SynthBatch
 
@@ -225,31 +223,18 @@ def stored_batches(engine: Engine) -> list[int]:
 # --- synthesize --------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[OpenAIServer]:
-    """The scripted server as the synthesis endpoint; one request at a time, so a script meets batches in order."""
-    with OpenAIServer() as running:
-        for name in ("OPENAI_BASE_URL", "OPENAI_API_KEY"):
-            monkeypatch.delenv(name, raising=False)
-        monkeypatch.setenv("TUNELOOP_SYNTH_BASE_URL", running.base_url)
-        monkeypatch.setenv("TUNELOOP_SYNTH_API_KEY", "test")
-        monkeypatch.setenv("TUNELOOP_SYNTH_CONCURRENCY", "1")
-        monkeypatch.setenv("TUNELOOP_SYNTH_BACKOFF_BASE_S", "0.01")
-        monkeypatch.setenv("TUNELOOP_SYNTH_BACKOFF_MAX_S", "0.05")
-        get_settings.cache_clear()
-        yield running
-
-
-def test_synthesis_resumes_its_job_and_the_run_prepares_what_it_made(db_engine: Engine, server: OpenAIServer) -> None:
+def test_synthesis_resumes_its_job_and_the_run_prepares_what_it_made(
+    db_engine: Engine, synth_server: OpenAIServer
+) -> None:
     synth = {"task": TASK, "n": 30, "model": "gpt-4o", "scenarios": {"退货": 3, "换货": 2, "物流": 5}}
     run_id = add_run(db_engine, {"synthesize": synth, "split": SPLIT})
     # Two batches come back, then the endpoint refuses the key: the stage fails with what it has stored.
-    server.script(default_reply, default_reply, Reply.error(401))
+    synth_server.script(default_reply, default_reply, Reply.error(401))
     refused = rf"run {run_id}: the synthesize stage failed: .*refused.*set TUNELOOP_SYNTH_API_KEY"
     with pytest.raises(PrepareError, match=refused):
         synthesize(db_engine, run_id)
     assert load_run(db_engine, run_id).state == "failed"
-    sent = len(server.batch_requests())
+    sent = len(synth_server.batch_requests())
     kept = stored_batches(db_engine)  # the two answered before the refusal; one sent as it came may be too
     assert kept[:2] == [0, 1] and len(kept) < sent
 
@@ -258,7 +243,7 @@ def test_synthesis_resumes_its_job_and_the_run_prepares_what_it_made(db_engine: 
         transition(session, session.get(Run, run_id), "queued", actor="rita")  # type: ignore[arg-type]
     events: list[Event] = []
     synthesize(db_engine, run_id, events)
-    sent_again = len(server.batch_requests())
+    sent_again = len(synth_server.batch_requests())
     assert sent_again - sent == 4 - len(kept)
     assert stored_batches(db_engine) == [0, 1, 2, 3]
     run = load_run(db_engine, run_id)
@@ -269,7 +254,9 @@ def test_synthesis_resumes_its_job_and_the_run_prepares_what_it_made(db_engine: 
 
     # Run again after it had finished: nothing is requested, the run keeps its version.
     synthesize(db_engine, run_id)
-    assert len(server.batch_requests()) == sent_again and load_run(db_engine, run_id).dataset_version_id == made.id
+    assert (
+        len(synth_server.batch_requests()) == sent_again and load_run(db_engine, run_id).dataset_version_id == made.id
+    )
 
     prepare(db_engine, run_id)
     run = load_run(db_engine, run_id)
@@ -278,13 +265,13 @@ def test_synthesis_resumes_its_job_and_the_run_prepares_what_it_made(db_engine: 
     assert actions(db_engine, run_id) == ["run.preparing", "run.failed", "run.queued", "run.preparing", "run.prepared"]
 
 
-def test_an_incomplete_synthesis_goes_on_with_a_warning(db_engine: Engine, server: OpenAIServer) -> None:
+def test_an_incomplete_synthesis_goes_on_with_a_warning(db_engine: Engine, synth_server: OpenAIServer) -> None:
     run_id = add_run(db_engine, {"synthesize": {"task": TASK, "n": 20, "scenarios": {"退货": 1}}})
-    server.script(Reply.error(400, "This batch is malformed."))  # rejected, not retried: the batch failed
+    synth_server.script(Reply.error(400, "This batch is malformed."))  # rejected, not retried: the batch failed
     events: list[Event] = []
     synthesize(db_engine, run_id, events)
     run = load_run(db_engine, run_id)
     assert (run.state, version(db_engine, run.dataset_version_id).sample_count) == ("preparing", 10)
     warning = [e for e in events if e.type == "warning" and "incomplete" in e.payload["message"]]
     assert len(warning) == 1 and warning[0].run == run_id and "10 sample(s)" in warning[0].payload["message"]
-    assert stored_batches(db_engine) == [1] and len(server.batch_requests()) == 2
+    assert stored_batches(db_engine) == [1] and len(synth_server.batch_requests()) == 2

@@ -122,22 +122,9 @@ def no_endpoint(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     get_settings.cache_clear()
 
 
-@pytest.fixture
-def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[OpenAIServer]:
-    """The scripted server as the synthesis endpoint; one request at a time, so a script meets batches in order."""
-    with OpenAIServer() as running:
-        for name in ("OPENAI_BASE_URL", "OPENAI_API_KEY"):
-            monkeypatch.delenv(name, raising=False)
-        monkeypatch.setenv("TUNELOOP_SYNTH_BASE_URL", running.base_url)
-        monkeypatch.setenv("TUNELOOP_SYNTH_API_KEY", "test")
-        monkeypatch.setenv("TUNELOOP_SYNTH_CONCURRENCY", "1")
-        monkeypatch.setenv("TUNELOOP_SYNTH_MAX_ATTEMPTS", "1")
-        get_settings.cache_clear()
-        yield running
-    get_settings.cache_clear()
-
-
-def test_planned_counts_follow_how_far_each_tag_falls_below_the_gate(db_engine: Engine, server: OpenAIServer) -> None:
+def test_planned_counts_follow_how_far_each_tag_falls_below_the_gate(
+    db_engine: Engine, synth_server: OpenAIServer
+) -> None:
     run_id, _ = build(db_engine)
     # 20 samples per point of shortfall: 退货 (2.25) 35, 发票 (3.5) 10; 物流 (4.5) is not weak. Weakest first.
     assert planned(db_engine, run_id) == [("退货", 35), ("发票", 10)]
@@ -149,7 +136,7 @@ def test_planned_counts_follow_how_far_each_tag_falls_below_the_gate(db_engine: 
     # Stated before anyone presses Retrain, with the button to do it, in both languages.
     assert "Retrain would: add 45 new samples for 退货 and 发票." in english.lines
     assert "重新训练将会：为 退货和发票 新增 45 个样本。" in chinese.lines
-    assert [b.action.run for b in english.buttons] == [run_id] and server.requests == []  # planning asks nothing
+    assert [b.action.run for b in english.buttons] == [run_id] and synth_server.requests == []  # planning asks nothing
 
     harsher, _ = build(db_engine, gate=4.5, settings={"targeted_data": {"max_samples": 30}}, project_name="harsh")
     # A gate of 4.5: shortfalls 2.25 and 1.0 (45 and 20), scaled down to the project's 30 in all.
@@ -188,7 +175,7 @@ def test_without_an_endpoint_the_weak_tags_are_oversampled_and_the_summary_says_
 
 
 def test_targeted_synthesis_adds_new_training_samples_and_never_a_test_question(
-    db_engine: Engine, server: OpenAIServer
+    db_engine: Engine, synth_server: OpenAIServer
 ) -> None:
     run_id, judgements = build(db_engine, settings={"targeted_data": {"counts": {"退货": 20, "发票": 10}}})
     fix_the_weakest(db_engine, judgements[0])
@@ -202,7 +189,7 @@ def test_targeted_synthesis_adds_new_training_samples_and_never_a_test_question(
         samples[0]["messages"][0]["content"] = copied.replace("怎么退", "应该怎么退呢")
         return Reply.samples(samples)
 
-    server.script(copies_a_test_question)
+    synth_server.script(copies_a_test_question)
     with session_scope(db_engine) as session:
         following = start_next_iteration(session, run_id, by="lead")
         next_id, review_version = following.run.id, following.version.id
@@ -224,7 +211,7 @@ def test_targeted_synthesis_adds_new_training_samples_and_never_a_test_question(
     assert [s.prompt_text() for s in test] == [question for _, question, _, _ in TEST]  # the test split unchanged
     assert max(jaccard(e.sample.prompt_text(), t.prompt_text()) for e in kept for t in test) < 0.5
 
-    batches = server.batch_requests()
+    batches = synth_server.batch_requests()
     assert len(batches) == 3  # 20 + 10 at 10 per request
     prompts = [body["messages"][-1]["content"] for body in batches]
     assert all(question not in prompt for prompt in prompts for _, question, _, _ in TEST)
@@ -242,15 +229,15 @@ def test_targeted_synthesis_adds_new_training_samples_and_never_a_test_question(
     assert "发票: 3.5 → 3.5 (+0.0) · 10 new samples" in comparison.lines
 
 
-def test_a_resumed_synthesize_stage_pays_for_no_batch_twice(db_engine: Engine, server: OpenAIServer) -> None:
+def test_a_resumed_synthesize_stage_pays_for_no_batch_twice(db_engine: Engine, synth_server: OpenAIServer) -> None:
     run_id, _ = build(db_engine, settings={"targeted_data": {"counts": {"退货": 30, "发票": 10}}})
     with session_scope(db_engine) as session:
         next_id = start_next_iteration(session, run_id, by="lead").run.id
     # Two batches come back, then the endpoint refuses the key: the stage fails, keeping what it paid for.
-    server.script(default_reply, default_reply, Reply.error(401))
+    synth_server.script(default_reply, default_reply, Reply.error(401))
     with Session(db_engine, expire_on_commit=False) as session, pytest.raises(PrepareError, match="synthesize"):
         synthesize_for_run(session, next_id)
-    first = [body["messages"] for body in server.batch_requests()]
+    first = [body["messages"] for body in synth_server.batch_requests()]
     paid = first[:2]  # the third was refused; a fourth, sent meanwhile, was cancelled before its reply came
     with Session(db_engine) as session:
         stored = session.exec(select(SynthBatch.batch_index).where(SynthBatch.status == "ok")).all()
@@ -260,7 +247,7 @@ def test_a_resumed_synthesize_stage_pays_for_no_batch_twice(db_engine: Engine, s
         retry_run(session, next_id, "lead")
     with Session(db_engine, expire_on_commit=False) as session:
         synthesize_for_run(session, next_id)
-    again = [body["messages"] for body in server.batch_requests()][len(first) :]
+    again = [body["messages"] for body in synth_server.batch_requests()][len(first) :]
     assert len(again) == 4 - len(paid)  # 30 + 10 at 10 per request: only the batches not paid for
     assert not any(messages in paid for messages in again)
     with Session(db_engine) as session:
