@@ -37,6 +37,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/eval.py
 	$(BIN)/python bench/serve.py
 	$(BIN)/python bench/bot.py
+	$(BIN)/python bench/loop.py
 
 # After changing pyproject.toml's dependencies: resolve them all again, then run the tests on what it pinned.
 lock: $(STAMP)
