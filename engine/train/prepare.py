@@ -6,8 +6,10 @@ a token is trained on when it starts inside such a span. The span is the answer 
 end-of-turn token, so the model learns to stop; the newline the template writes after it is not.
 """
 
+import json
 import random
 from collections.abc import Sequence
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,8 +68,17 @@ def load_tokenizer(model_path: str | Path, template: str | None = None) -> PreTr
     return tokenizer
 
 
-def render(tokenizer: PreTrainedTokenizerBase, messages: Sequence[dict], *, generation_prompt: bool = False) -> str:
-    return tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=generation_prompt)
+def render(
+    tokenizer: PreTrainedTokenizerBase,
+    messages: Sequence[dict],
+    *,
+    tools: Sequence[dict] | None = None,
+    generation_prompt: bool = False,
+) -> str:
+    """The conversation as the chat template writes it, tool definitions included (`tools=`, as in transformers)."""
+    return tokenizer.apply_chat_template(
+        list(messages), tools=list(tools) if tools else None, tokenize=False, add_generation_prompt=generation_prompt
+    )
 
 
 def end_of_turn_token(tokenizer: PreTrainedTokenizerBase) -> str:
@@ -83,19 +94,40 @@ def end_of_turn_token(tokenizer: PreTrainedTokenizerBase) -> str:
 
 
 def message_dicts(sample: Sample) -> list[dict]:
-    return [m.model_dump(exclude_none=True) for m in sample.messages]
+    """The sample's messages as chat templates take them: a tool call's arguments as an object, as transformers'
+    templates expect (a sample keeps them as JSON text, OpenAI's spelling, which `tojson` would encode twice)."""
+    messages = [m.model_dump(exclude_none=True) for m in sample.messages]
+    for message in messages:
+        for call in message.get("tool_calls", []):
+            with suppress(ValueError):
+                arguments = json.loads(call["function"]["arguments"])
+                if isinstance(arguments, dict):
+                    call["function"]["arguments"] = arguments
+    return messages
 
 
-def assistant_spans(tokenizer: PreTrainedTokenizerBase, messages: Sequence[dict], eot: str) -> tuple[str, list]:
+def check_renders_tools(tokenizer: PreTrainedTokenizerBase, sample: Sample) -> None:
+    """A template that ignores `tools` would train the model to call functions it was never shown."""
+    messages = message_dicts(sample)
+    if render(tokenizer, messages, tools=sample.tools) == render(tokenizer, messages):
+        raise PrepareError(
+            "the chat template does not write tool definitions, and the data has samples with tools: "
+            "set `template: qwen` (or a .jinja template that renders `tools`)"
+        )
+
+
+def assistant_spans(
+    tokenizer: PreTrainedTokenizerBase, messages: Sequence[dict], eot: str, tools: Sequence[dict] | None = None
+) -> tuple[str, list]:
     """The rendered conversation and the [start, end) character span of each assistant turn,
     from the start of its answer through its end-of-turn token."""
-    text = render(tokenizer, messages)
+    text = render(tokenizer, messages, tools=tools)
     spans = []
     for index, message in enumerate(messages):
         if message["role"] != "assistant":
             continue
-        prompt = render(tokenizer, messages[:index], generation_prompt=True)
-        through = render(tokenizer, messages[: index + 1])
+        prompt = render(tokenizer, messages[:index], tools=tools, generation_prompt=True)
+        through = render(tokenizer, messages[: index + 1], tools=tools)
         if not (through.startswith(prompt) and text.startswith(through)):
             raise PrepareError(
                 "the chat template renders a conversation differently from its prefixes; "
@@ -111,7 +143,7 @@ def tokenize_sample(
     sample: Sample, tokenizer: PreTrainedTokenizerBase, *, cutoff_len: int, train_on_prompt: bool, eot: str
 ) -> Tokenized:
     """Token ids and labels: labels are -100 outside assistant turns unless `train_on_prompt`."""
-    text, spans = assistant_spans(tokenizer, message_dicts(sample), eot)
+    text, spans = assistant_spans(tokenizer, message_dicts(sample), eot, sample.tools)
     encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     input_ids: list[int] = encoded["input_ids"]
     labels = []
@@ -127,6 +159,9 @@ def tokenize_samples(
 ) -> tuple[Dataset, dict[str, int]]:
     """A Dataset of `input_ids` and `labels`; samples left with nothing to learn by truncation are dropped."""
     eot = end_of_turn_token(tokenizer)
+    with_tools = next((s for s in samples if s.tools), None)
+    if with_tools is not None:
+        check_renders_tools(tokenizer, with_tools)
     rows: dict[str, list] = {"input_ids": [], "labels": []}
     truncated = dropped = tokens = 0
     for sample in samples:
