@@ -42,6 +42,7 @@ from engine.data.sample import Sample
 FORMATS = ("alpaca", "sharegpt", "openai", "prompt_completion", "preference", "dataset_info")
 ROLES = ("system", "user", "assistant", "tool")
 TAG_FIELDS = ("tags", "tag", "category", "scenario")
+MEDIA_COLUMNS = ("images", "videos", "audios")  # LLaMA-Factory's multimodal columns
 
 # LLaMA-Factory's defaults for the sharegpt `tags` mapping
 SHAREGPT_TAGS = {
@@ -418,11 +419,38 @@ def detect_shape(record: Any) -> str | None:
     return None
 
 
+def _label(record: dict[str, Any], spec: Spec, from_text: bool) -> bool | None:
+    """KTO's tag: the `kto_tag` column of a dataset_info.json entry, else a boolean `label` field (TRL's KTO
+    shape); a `label` that is not a boolean is a field of the user's own and is left alone."""
+    key = spec.column("kto_tag", None if spec.explicit else "label")
+    value = record.get(key) if key else None
+    if from_text and isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        value = value.strip().lower() == "true"
+    if value is None or isinstance(value, bool):
+        return value
+    if "kto_tag" in spec.columns:
+        raise _Bad(key, f"expected true or false (the kto_tag column), got {_type_name(value)}", "wrong_type")
+    return None
+
+
+def _refuse_media(record: dict[str, Any], spec: Spec) -> None:
+    for name in MEDIA_COLUMNS:
+        key = spec.column(name, name)
+        if key is not None and not _absent(record.get(key)):
+            raise _Bad(
+                key,
+                f"{name} are not supported: tuneloop fine-tunes text models only, and would drop the {name} "
+                "and train their <image>/<video>/<audio> tags as text",
+                "multimodal",
+            )
+
+
 def _to_sample(record: Any, shape: str, spec: Spec | None = None, *, from_text: bool = False) -> Sample:
     """One record to a Sample; raises _Bad for the first thing wrong with it."""
     if not isinstance(record, dict):
         raise _Bad(None, f"expected an object (one record), got {_type_name(record)}", "wrong_type")
     spec = spec or Spec()
+    _refuse_media(record, spec)
     messages, rejected, tools = CONVERTERS[shape](record, spec, from_text)
     where = spec.column("messages", "conversations") if shape == "sharegpt" else None
     if shape == "openai":
@@ -441,6 +469,7 @@ def _to_sample(record: Any, shape: str, spec: Spec | None = None, *, from_text: 
             messages=messages,
             rejected=rejected,
             tools=tools,
+            label=_label(record, spec, from_text),
             tags=_tags(record, from_text),
             original=record,
             original_format=shape,
@@ -512,6 +541,13 @@ def load_file(
         else:
             problems.append(result)
     problems.sort(key=lambda p: (p.record or 0, p.line or 0))
+    media = [p for p in problems if p.kind == "multimodal"]
+    if media:
+        text = (
+            f"multimodal data ({media[0].field} in {len(media)} of {records} records): tuneloop fine-tunes text "
+            "models only; use a dataset without images, videos or audio"
+        )
+        raise DataError(media, f"{path.name}: {text}")
     return LoadResult(samples, problems, shape, opened.encoding, records, path)
 
 
