@@ -25,6 +25,7 @@ unknown format or encoding name, a dataset_info.json entry that is absent or not
 """
 
 import json
+import re
 from collections import Counter
 from collections.abc import Callable
 from contextlib import suppress
@@ -64,6 +65,8 @@ class LoadResult:
     encoding: str
     records: int
     path: Path
+    warnings: list[str] = field(default_factory=list)  # things imported as they are that a person should look at
+    detected: str | None = None  # the format the records look like, when --format named another
 
 
 @dataclass(frozen=True)
@@ -529,6 +532,7 @@ def load_file(
         else:
             problems.append(item)
             records = max(records, item.record or 0)
+    _refuse_pretraining_text(raws, path, spec)
     if shape == "auto":
         shape, skipped = _majority(raws, path, problems)
         raws = [r for r in raws if r.number not in skipped]
@@ -548,7 +552,47 @@ def load_file(
             "models only; use a dataset without images, videos or audio"
         )
         raise DataError(media, f"{path.name}: {text}")
-    return LoadResult(samples, problems, shape, opened.encoding, records, path)
+    detected = None
+    if fmt not in ("auto", "dataset_info") and len(problems) == records:  # not one record read as that format
+        counts = Counter(detect_shape(r.data) for r in raws)
+        counts.pop(None, None)
+        detected = counts.most_common(1)[0][0] if counts else None
+        detected = detected if detected != fmt else None
+    return LoadResult(samples, problems, shape, opened.encoding, records, path, _placeholders(samples), detected)
+
+
+_PLACEHOLDER = re.compile(r"\{\{\s*\w+\s*\}\}")
+
+
+def _placeholders(samples: list[tuple[int, Sample]]) -> list[str]:
+    """LLaMA-Factory's identity.json holds {{name}} and {{author}} for its users to fill in; trained as they are,
+    the model would introduce itself as "{{name}}"."""
+    found = [(n, m) for n, s in samples for m in _PLACEHOLDER.findall(s.full_text())]
+    if not found:
+        return []
+    names = ", ".join(sorted({m for _, m in found}))
+    records = sorted({n for n, _ in found})
+    which = ", ".join(map(str, records[:10])) + (", ..." if len(records) > 10 else "")
+    return [
+        f"{len(records)} record(s) hold placeholders ({names}; records {which}): replace them with real text "
+        "before training, or the model learns to say them"
+    ]
+
+
+def _refuse_pretraining_text(raws: list[RawRecord], path: Path, spec: Spec) -> None:
+    """Records of one text field (LLaMA-Factory's c4_demo: {"text": ...}, read with stage: pt) are pretraining
+    text, not conversations."""
+    text_key = spec.column("prompt", "text") if spec.explicit else "text"
+    keys = {frozenset(r.data) for r in raws if isinstance(r.data, dict)}
+    if raws and keys == {frozenset([text_key])}:
+        raise fatal(
+            RecordProblem(
+                str(path),
+                f"pretraining text (records of one '{text_key}' field) is not supported: tuneloop fine-tunes on "
+                "conversations; give it questions and answers (alpaca, sharegpt, openai, ...)",
+                kind="pretraining_text",
+            )
+        )
 
 
 def _majority(raws: list[RawRecord], path: Path, problems: list[RecordProblem]) -> tuple[str, set[int]]:
