@@ -5,19 +5,36 @@ import json
 import re
 from pathlib import Path
 
+import huggingface_hub
 import pytest
+from sqlmodel import select
+from typer.testing import CliRunner
 
+from bot.cli import app
+from engine.data.errors import DataError
+from engine.data.filters import FilterConfig, apply_filters
 from engine.data.formats import load_file
+from engine.data.pipeline import import_file
+from engine.data.sample import Sample
+from engine.data.versions import DEFAULT_DATASET, Entry, load_entries, resolve_version
+from engine.database import get_engine
 from engine.train.prepare import (
     IGNORE_INDEX,
     PrepareError,
+    data_notes,
     end_of_turn_token,
     load_tokenizer,
+    prepare_data,
+    resolve_chat_template,
     tokenize_sample,
     tokenize_samples,
 )
-from engine.train.recipe import Recipe
+from engine.train.recipe import DEFAULT_RECIPE, Recipe, RecipeError, load_recipe, read_recipe
+from engine.train.sft import TrainingError, build_trainer, groups_by_length, lora_config, train
 from engine.train.tiny import build_tiny_model
+from storage.db import session_scope
+from storage.models import Run
+from tests.training_data import add_dataset
 
 LF = Path(__file__).with_name("llamafactory")
 
@@ -65,3 +82,246 @@ def test_a_template_that_drops_tool_definitions_is_refused(tiny: Path) -> None:
     )
     with pytest.raises(PrepareError, match="does not write tool definitions"):
         tokenize_samples(samples, tokenizer, Recipe())
+
+
+@pytest.mark.parametrize("entry", ["kto_en_demo", None])
+def test_kto_labels_are_kept_and_bad_answers_never_become_targets(tiny: Path, entry: str | None) -> None:
+    path = LF / ("dataset_info.json" if entry else "kto_en_demo.json")
+    samples = [s for _, s in load_file(path, entry=entry).samples]
+    assert [s.label for s in samples] == [True, False, True, False]
+    tokenizer = load_tokenizer(tiny)
+    data = prepare_data(samples, [], tokenizer, Recipe())
+    trained = "".join(tokenizer.decode(ids) for ids in data.train["input_ids"])
+    assert "Orders arrive in three to five days." in trained
+    assert "figure it out yourself" not in trained and "Buy another one" not in trained
+    assert data.stats["train"]["samples"] == 2 and data.stats["train"]["labelled_bad"] == 2
+    assert data_notes(data.stats["train"]) == [
+        "2 sample(s) labelled bad (KTO label false) were not trained on: "
+        "supervised fine-tuning learns only from answers labelled good"
+    ]
+    with pytest.raises(PrepareError, match="every training sample is labelled bad"):
+        prepare_data([s for s in samples if s.label is False], [], tokenizer, Recipe())
+
+
+def test_a_kto_label_survives_a_dataset_version(db_engine) -> None:
+    samples = [s for _, s in load_file(LF / "kto_en_demo.json").samples]
+    number = add_dataset([Entry(s) for s in samples], engine=db_engine)
+    with session_scope(db_engine) as session:
+        entries = load_entries(session, resolve_version(session, "shop", DEFAULT_DATASET, number))
+    assert [e.sample.label for e in entries] == [True, False, True, False]
+    assert entries[0].sample.content_hash == samples[0].content_hash
+
+
+def test_preference_data_for_sft_says_the_rejected_answers_are_not_used(tiny: Path) -> None:
+    samples = [s for _, s in load_file(LF / "dataset_info.json", entry="dpo_zh_demo").samples]
+    tokenizer = load_tokenizer(tiny)
+    data = prepare_data(samples, [], tokenizer, Recipe())
+    trained = "".join(tokenizer.decode(ids) for ids in data.train["input_ids"])
+    assert "在订单页点击申请发票" in trained and "不知道" not in trained
+    assert data_notes(data.stats["train"]) == [
+        "2 preference sample(s): trained on the chosen answers only; "
+        "the rejected answers are not used by supervised fine-tuning"
+    ]
+
+
+@pytest.mark.parametrize("entry", ["mllm_demo", None])
+def test_multimodal_data_is_refused_with_a_sentence(entry: str | None) -> None:
+    path = LF / ("dataset_info.json" if entry else "mllm_demo.json")
+    with pytest.raises(DataError) as caught:
+        load_file(path, entry=entry)
+    assert caught.value.headline == (
+        "mllm_demo.json: multimodal data (images in 2 of 2 records): tuneloop fine-tunes text models only; "
+        "use a dataset without images, videos or audio"
+    )
+
+
+# LLaMA-Factory's value for each recipe key a YAML leaves unset, read from its source (hiyouga/LLaMA-Factory at
+# ff6d4d1, src/llamafactory/hparams/) and from transformers' TrainingArguments, which its training_args.py
+# (line 19) extends (transformers 5.24, transformers/training_args.py).
+LLAMAFACTORY_DEFAULTS = {
+    "lora_rank": 8,  # finetuning_args.py, lines 77-78
+    "lora_alpha": 16,  # finetuning_args.py, line 587: self.lora_alpha or self.lora_rank * 2
+    "lora_dropout": 0.0,  # finetuning_args.py, lines 73-74
+    "lora_target": "all",  # finetuning_args.py, lines 81-82
+    "use_dora": False,  # finetuning_args.py, lines 103-104
+    "cutoff_len": 2048,  # data_args.py, lines 46-47
+    "train_on_prompt": False,  # data_args.py, lines 50-51
+    "val_size": 0.0,  # data_args.py, lines 100-101
+    "packing": False,  # data_args.py, line 108 (None), then parser.py, line 645: packing only for stage pt
+    "num_train_epochs": 3.0,  # training_args.py, line 778
+    "per_device_train_batch_size": 8,  # training_args.py, line 777
+    "learning_rate": 5e-5,  # training_args.py, line 787
+    "lr_scheduler_type": "linear",  # training_args.py, line 789
+    "warmup_ratio": 0.0,  # training_args.py, lines 798-799: warmup_steps 0
+    "gradient_accumulation_steps": 1,  # training_args.py, lines 849-850
+    "logging_steps": 500,  # training_args.py, line 1002
+    "save_steps": 500,  # training_args.py, line 1184
+    "seed": 42,  # training_args.py, line 1293
+    "group_by_length": False,  # training_args.py, lines 1380-1381: train_sampling_strategy "random"
+    "max_steps": None,  # training_args.py: -1, no limit
+}
+
+
+def test_a_llamafactory_yaml_trains_with_llamafactory_defaults_for_unset_keys(tmp_path: Path) -> None:
+    path = tmp_path / "lora_sft.yaml"
+    path.write_text("stage: sft\ndo_train: true\nfinetuning_type: lora\n", encoding="utf-8")
+    recipe = load_recipe(path)
+    assert {key: getattr(recipe, key) for key in LLAMAFACTORY_DEFAULTS} == LLAMAFACTORY_DEFAULTS
+    config = lora_config(recipe)
+    assert (config.r, config.lora_alpha, config.lora_dropout) == (8, 16, 0.0)
+    assert groups_by_length(recipe) is False
+    path.write_text("lora_rank: 32\n", encoding="utf-8")
+    assert load_recipe(path).lora_alpha == 64  # 2 × the rank it sets
+    # tuneloop's own defaults are its shipped recipe's, and only its
+    shipped = load_recipe(DEFAULT_RECIPE)
+    assert (shipped.lora_rank, shipped.lora_alpha, shipped.lora_dropout, shipped.learning_rate) == (16, 32, 0.05, 2e-4)
+    assert load_recipe(DEFAULT_RECIPE, lora_rank=8).lora_alpha == 16
+
+
+def test_llamafactory_example_recipes_load_with_their_io_keys_reported() -> None:
+    loaded = read_recipe(LF / "qwen3_lora_sft.yaml")
+    recipe = loaded.recipe
+    assert recipe.model_name_or_path == "Qwen/Qwen3-4B-Instruct-2507" and recipe.template == "qwen3_nothink"
+    assert (recipe.lora_rank, recipe.lora_alpha, recipe.lora_dropout) == (8, 16, 0.0)
+    assert (recipe.max_samples, recipe.per_device_train_batch_size, recipe.bf16) == (1000, 1, True)
+    ignored = [note.split(":")[0] for note in loaded.notes]
+    assert ignored == [
+        "dataset",
+        "output_dir",
+        "overwrite_output_dir",
+        "plot_loss",
+        "preprocessing_num_workers",
+        "dataloader_num_workers",
+        "ddp_timeout",
+        "save_only_model",
+        "trust_remote_code",
+        "resume_from_checkpoint",
+    ]
+    assert "dataset: ignored: the run trains on the dataset version it is given (--dataset)" in loaded.notes[0]
+    ds3 = load_recipe(LF / "qwen3_lora_sft_ds3.yaml")
+    assert ds3.distributed == "zero3" and ds3.deepspeed == "examples/deepspeed/ds_z3_config.json"
+    assert read_recipe(DEFAULT_RECIPE).notes == []
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("qwen3_lora_dpo.yaml", "stage: dpo (preference training) is not in this version of tuneloop"),
+        ("qwen3_lora_kto.yaml", "stage: kto is not supported"),
+        ("qwen3_lora_pretrain.yaml", "stage: pt (pretraining on plain text) is not supported"),
+        ("merge_qwen3_lora_sft.yaml", "merge a run's adapter into its base model with `tuneloop export RUN --merge`"),
+    ],
+)
+def test_other_stages_and_merge_yamls_say_what_to_do(name: str, expected: str) -> None:
+    with pytest.raises(RecipeError) as raised:
+        load_recipe(LF / name)
+    assert str(raised.value).startswith(f"{LF / name}: ") and expected in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("template", "problem"),
+    [
+        ("qwen3", None),
+        ("llama3", None),
+        ("chatml", None),
+        ("default", "template 'default' is LLaMA-Factory's own prompt format"),
+        ("qwen2_vl", "template 'qwen2_vl' is for a multimodal model"),
+        ("qwen4", "unknown template 'qwen4'"),
+    ],
+)
+def test_llamafactory_template_names_map_or_are_refused(tmp_path: Path, template: str, problem: str | None) -> None:
+    path = tmp_path / "recipe.yaml"
+    path.write_text(f"template: {template}\n", encoding="utf-8")
+    if problem is None:
+        assert load_recipe(path).template == template
+    else:
+        with pytest.raises(RecipeError, match=re.escape(problem)):
+            load_recipe(path)
+
+
+def test_a_llamafactory_template_name_means_the_models_own_template(tiny: Path) -> None:
+    tokenizer = load_tokenizer(tiny)
+    assert resolve_chat_template(tokenizer, "qwen3_nothink") == tokenizer.chat_template
+    tokenizer.chat_template = None
+    with pytest.raises(PrepareError, match="template: llama3 means the model's own chat template"):
+        resolve_chat_template(tokenizer, "llama3")
+
+
+def test_max_steps_stops_training(tiny: Path, tmp_path: Path) -> None:
+    samples = [s for _, s in load_file(LF / "dataset_info.json", entry="glaive_toolcall_zh_demo").samples]
+    recipe = Recipe(
+        model_name_or_path=str(tiny), max_steps=2, per_device_train_batch_size=1, gradient_accumulation_steps=1
+    )
+    tokenizer = load_tokenizer(tiny)
+    trainer = build_trainer(recipe, tokenizer, prepare_data(samples, [], tokenizer, recipe), tmp_path)
+    trainer.train()
+    assert trainer.state.global_step == 2  # 3 epochs of 3 samples would be 9
+
+
+def test_a_refused_start_creates_no_run_and_uses_no_iteration(
+    tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # as on a machine without the hub
+    samples = [s for _, s in load_file(LF / "dataset_info.json", entry="glaive_toolcall_zh_demo").samples]
+    number = add_dataset([Entry(s) for s in samples])
+    plain = tmp_path / "plain.jinja"
+    plain.write_text("{% for m in messages %}{{ m['content'] }}<|im_end|>{% endfor %}", encoding="utf-8")
+    with session_scope(get_engine()) as session:
+        with pytest.raises(TrainingError, match="does not write tool definitions"):
+            train(session, "shop", number, Recipe(model_name_or_path=str(tiny), template=str(plain)))
+        hub = "model_name_or_path 'Qwen/Qwen3-4B-Instruct-2507' is not a folder here and the hub is unreachable"
+        with pytest.raises(TrainingError, match=re.escape(hub + ": pass --base-model DIR or a local folder")):
+            train(session, "shop", number, load_recipe(LF / "qwen3_lora_sft.yaml"))
+        assert session.exec(select(Run)).all() == []
+    result = CliRunner().invoke(
+        app, ["train", "--project", "shop", "--dataset", str(number), "--recipe", str(LF / "qwen3_lora_sft.yaml")]
+    )
+    assert result.exit_code == 2 and hub in result.output.replace("\n", " ")
+    assert "qwen3_lora_sft.yaml: dataset: ignored" in result.output
+
+
+@pytest.mark.parametrize("entry", ["c4_demo", None])
+def test_pretraining_text_says_it_is_not_supported(entry: str | None) -> None:
+    path = LF / ("dataset_info.json" if entry else "c4_demo.jsonl")
+    with pytest.raises(DataError) as caught:
+        load_file(path, entry=entry)
+    assert "pretraining text (records of one 'text' field) is not supported" in caught.value.headline
+    assert "missing field" not in caught.value.headline
+
+
+def test_misleading_import_messages_say_what_is_wrong(db_engine, tmp_path: Path) -> None:
+    sheet = tmp_path / "faq.xlsx"
+    sheet.write_bytes(b"PK\x03\x04" + bytes(60))  # the start of every .xlsx (a zip archive)
+    with pytest.raises(DataError, match="save it as CSV"):
+        load_file(sheet)
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("", encoding="utf-8")
+    with session_scope(db_engine) as session:
+        with pytest.raises(DataError) as caught:
+            import_file(session, "shop", empty)
+        assert caught.value.headline == "empty.jsonl: the file is empty (no records); nothing was imported"
+        with pytest.raises(DataError) as caught:
+            import_file(session, "shop", LF / "kto_en_demo.json", fmt="alpaca")
+        assert caught.value.headline == (
+            "kto_en_demo.json: 4 of 4 record(s) are invalid as alpaca; they look like openai: try --format openai; "
+            "nothing was imported"
+        )
+        outcome = import_file(session, "shop", LF / "dataset_info.json", entry="identity")
+    assert outcome.loaded.warnings == [
+        "2 record(s) hold placeholders ({{author}}, {{name}}; records 1, 2): replace them with real text "
+        "before training, or the model learns to say them"
+    ]
+
+
+def test_whole_short_answers_are_kept_and_tool_calls_tell_duplicates_apart() -> None:
+    def qa(question: str, answer: str) -> Sample:
+        return Sample(messages=[{"role": "user", "content": question}, {"role": "assistant", "content": answer}])
+
+    kept = apply_filters([qa("打个招呼", "嗨"), qa("1+2=?", "3"), qa("Say hi", "k")], FilterConfig())
+    assert sorted(kept.removed) == [2] and kept.removed[2].rule == "too_short"
+    samples = [s for _, s in load_file(LF / "dataset_info.json", entry="glaive_toolcall_zh_demo").samples]
+    other_call = samples[0].model_copy(deep=True)
+    other_call.messages[1].tool_calls[0].function["arguments"] = '{"order_id": "A1002"}'
+    other_tools = samples[0].model_copy(update={"tools": samples[0].tools[:1]})
+    outcome = apply_filters([samples[0], other_call, other_tools, samples[0]], FilterConfig(near_dup_threshold=None))
+    assert {i: r.rule for i, r in outcome.removed.items()} == {3: "exact_duplicate"}
