@@ -2,7 +2,9 @@
 shapes of LLaMA-Factory's data/ demos): the same files train the same way, or a sentence says what differs."""
 
 import json
+import os
 import re
+import stat
 from pathlib import Path
 
 import huggingface_hub
@@ -12,9 +14,10 @@ from typer.testing import CliRunner
 
 from bot.cli import app
 from engine.data.errors import DataError
+from engine.data.export import export_samples
 from engine.data.filters import FilterConfig, apply_filters
 from engine.data.formats import load_file
-from engine.data.pipeline import import_file
+from engine.data.pipeline import export_version, import_file
 from engine.data.sample import Sample
 from engine.data.versions import DEFAULT_DATASET, Entry, load_entries, resolve_version
 from engine.database import get_engine
@@ -325,3 +328,26 @@ def test_whole_short_answers_are_kept_and_tool_calls_tell_duplicates_apart() -> 
     other_tools = samples[0].model_copy(update={"tools": samples[0].tools[:1]})
     outcome = apply_filters([samples[0], other_call, other_tools, samples[0]], FilterConfig(near_dup_threshold=None))
     assert {i: r.rule for i, r in outcome.removed.items()} == {3: "exact_duplicate"}
+
+
+def test_exports_keep_what_their_readers_need(db_engine, tmp_path: Path) -> None:
+    calls = [s for _, s in load_file(LF / "dataset_info.json", entry="glaive_toolcall_zh_demo").samples]
+    (path,) = export_samples(calls, "openai", tmp_path / "calls.jsonl")
+    messages = json.loads(path.read_text(encoding="utf-8").splitlines()[0])["messages"]
+    assert messages[1]["tool_calls"][0]["id"] == "call_1" and messages[2]["tool_call_id"] == "call_1"
+    alpaca = [s for _, s in load_file(LF / "alpaca_zh_demo.json").samples]
+    (path,) = export_samples(alpaca, "alpaca", tmp_path / "alpaca.json")
+    records = json.loads(path.read_text(encoding="utf-8"))
+    assert [(r["instruction"], r["input"]) for r in records] == [
+        ("把下面的句子翻译成英文。", "订单已发货。"),
+        ("用一句话介绍退货政策。", ""),
+    ]
+    previous = os.umask(0o022)
+    try:
+        with session_scope(db_engine) as session:
+            import_file(session, "prefs", LF / "dataset_info.json", entry="dpo_zh_demo")
+            (exported,) = export_version(session, "prefs", "openai", tmp_path / "out")
+    finally:
+        os.umask(previous)
+    assert exported.name == "prefs_main_v1_preference.jsonl"
+    assert stat.S_IMODE(exported.stat().st_mode) == 0o644

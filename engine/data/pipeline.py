@@ -236,6 +236,8 @@ def export_version(
         which = f" in split '{split}'" if split else ""
         raise DataError([], f"{version_label(session, version)} has no samples{which} to export")
     name = f"{project_name}_{dataset_name}_v{version.number}" + (f"_{split}" if split else "")
+    if all(e.sample.rejected is not None for e in entries):
+        name += "_preference"  # chosen and rejected answers: for preference training, not SFT
     return export_samples([e.sample for e in entries], fmt, out, name=name)
 
 
