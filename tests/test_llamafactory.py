@@ -351,3 +351,23 @@ def test_exports_keep_what_their_readers_need(db_engine, tmp_path: Path) -> None
         os.umask(previous)
     assert exported.name == "prefs_main_v1_preference.jsonl"
     assert stat.S_IMODE(exported.stat().st_mode) == 0o644
+
+
+def test_transformers_loss_on_cpu_equals_trls_fused_loss(tiny: Path, tmp_path: Path) -> None:
+    samples = [s for _, s in load_file(LF / "dataset_info.json", entry="glaive_toolcall_zh_demo").samples]
+    recipe = Recipe(model_name_or_path=str(tiny), per_device_train_batch_size=3)
+    tokenizer = load_tokenizer(tiny)
+    trainer = build_trainer(recipe, tokenizer, prepare_data(samples, [], tokenizer, recipe), tmp_path)
+    assert trainer.fused_loss is False  # on a CPU, unless token_metrics: bench/peer.py measures why
+    batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+    plain = trainer.compute_loss(trainer.model, dict(batch), num_items_in_batch=None)
+    trainer.fused_loss = True
+    fused = trainer.compute_loss(trainer.model, dict(batch), num_items_in_batch=None)
+    assert abs(plain.item() - fused.item()) < 1e-4 * fused.item()
+    metrics = build_trainer(
+        recipe.model_copy(update={"token_metrics": True}),
+        tokenizer,
+        prepare_data(samples, [], tokenizer, recipe),
+        tmp_path,
+    )
+    assert metrics.fused_loss is True

@@ -67,6 +67,10 @@ class Recipe(BaseModel):
     train_on_prompt: bool = False
     val_size: float = Field(default=0.0, ge=0, description="Fraction (< 1) or count of training samples held out.")
     early_stopping_steps: int | None = Field(default=None, gt=0, description="Evaluations without improvement.")
+    token_metrics: bool = Field(
+        default=False,
+        description="Log entropy and token accuracy every step (TRL's fused loss path, which costs time on a CPU).",
+    )
     logging_steps: int = Field(default=10, gt=0)
     save_steps: int = Field(default=500, gt=0)
     seed: int = 42

@@ -27,6 +27,7 @@ from transformers import (
     PreTrainedModel,
     PreTrainedTokenizerBase,
     PrinterCallback,
+    Trainer,
     TrainerCallback,
 )
 from transformers.trainer import TRAINER_STATE_NAME
@@ -366,7 +367,15 @@ def build_trainer(
         callbacks=callbacks,
     )
     trainer.remove_callback(PrinterCallback)  # progress goes to storage and events, not to stdout
+    trainer.fused_loss = uses_fused_loss(recipe)
     return trainer
+
+
+def uses_fused_loss(recipe: Recipe) -> bool:
+    """TRL's loss through its own LM-head kernel, in chunks, with entropy and token accuracy: it saves memory with
+    large vocabularies on a GPU, and packed batches need it; on a CPU transformers' loss is faster (bench/peer.py),
+    unless the recipe asks for `token_metrics`, which only TRL's path computes."""
+    return recipe.token_metrics or uses_packing(recipe) or torch.cuda.is_available()
 
 
 class _LengthGroupedByEpoch(LengthGroupedSampler):
@@ -387,7 +396,17 @@ class _LengthGroupedByEpoch(LengthGroupedSampler):
 
 
 class _SFTTrainer(SFTTrainer):
-    """SFTTrainer with a resumable length-grouped sampler; nothing else differs."""
+    """SFTTrainer with a resumable length-grouped sampler, and transformers' own loss where TRL's fused one does
+    not pay (`fused_loss`)."""
+
+    fused_loss = True
+
+    def compute_loss(
+        self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
+    ) -> Any:
+        if self.fused_loss:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
 
     def _get_train_sampler(self, train_dataset: Dataset | None = None) -> Sampler | None:
         dataset = train_dataset if train_dataset is not None else self.train_dataset
