@@ -184,9 +184,9 @@ def test_a_llamafactory_yaml_trains_with_llamafactory_defaults_for_unset_keys(tm
 def test_llamafactory_example_recipes_load_with_their_io_keys_reported() -> None:
     loaded = read_recipe(LF / "qwen3_lora_sft.yaml")
     recipe = loaded.recipe
-    assert recipe.model_name_or_path == "Qwen/Qwen3-4B-Instruct-2507" and recipe.template == "qwen3_nothink"
+    assert recipe.model_name_or_path == "Qwen/Qwen3-1.7B" and recipe.template == "qwen3_nothink"
     assert (recipe.lora_rank, recipe.lora_alpha, recipe.lora_dropout) == (8, 16, 0.0)
-    assert (recipe.max_samples, recipe.per_device_train_batch_size, recipe.bf16) == (1000, 1, True)
+    assert (recipe.max_samples, recipe.per_device_train_batch_size, recipe.bf16) == (500, 1, True)
     ignored = [note.split(":")[0] for note in loaded.notes]
     assert ignored == [
         "dataset",
@@ -272,7 +272,7 @@ def test_a_refused_start_creates_no_run_and_uses_no_iteration(
     with session_scope(get_engine()) as session:
         with pytest.raises(TrainingError, match="does not write tool definitions"):
             train(session, "shop", number, Recipe(model_name_or_path=str(tiny), template=str(plain)))
-        hub = "model_name_or_path 'Qwen/Qwen3-4B-Instruct-2507' is not a folder here and the hub is unreachable"
+        hub = "model_name_or_path 'Qwen/Qwen3-1.7B' is not a folder here and the hub is unreachable"
         with pytest.raises(TrainingError, match=re.escape(hub + ": pass --base-model DIR or a local folder")):
             train(session, "shop", number, load_recipe(LF / "qwen3_lora_sft.yaml"))
         assert session.exec(select(Run)).all() == []
