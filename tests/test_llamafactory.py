@@ -320,8 +320,10 @@ def test_whole_short_answers_are_kept_and_tool_calls_tell_duplicates_apart() -> 
     def qa(question: str, answer: str) -> Sample:
         return Sample(messages=[{"role": "user", "content": question}, {"role": "assistant", "content": answer}])
 
-    kept = apply_filters([qa("打个招呼", "嗨"), qa("1+2=?", "3"), qa("Say hi", "k")], FilterConfig())
-    assert sorted(kept.removed) == [2] and kept.removed[2].rule == "too_short"
+    kept = apply_filters(
+        [qa("打个招呼", "嗨"), qa("1+2=?", "3"), qa("Say hi", "k"), qa("能改吗？", "嗯")], FilterConfig()
+    )
+    assert {i: r.rule for i, r in kept.removed.items()} == {2: "too_short", 3: "too_short"}  # "嗯" answers nothing
     samples = [s for _, s in load_file(LF / "dataset_info.json", entry="glaive_toolcall_zh_demo").samples]
     other_call = samples[0].model_copy(deep=True)
     other_call.messages[1].tool_calls[0].function["arguments"] = '{"order_id": "A1002"}'

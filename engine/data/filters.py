@@ -7,7 +7,7 @@ length does not "use up" a duplicate group and a masked sample is deduplicated a
     rule name             what it removes
     empty_answer          the last assistant turn is empty or whitespace
     too_short             prompt or answer below `min_prompt_chars` / `min_answer_chars` (by default 2,
-                          except a number ("3") or Chinese characters ("嗨"): whole answers)
+                          except a number ("3") or a Chinese word ("嗨"): whole answers; not "嗯")
     too_long              prompt or answer above `max_prompt_chars` / `max_answer_chars`
     too_few_tokens        answer below `min_answer_tokens`
     too_many_tokens       prompt above `max_prompt_tokens`, answer above `max_answer_tokens`,
@@ -53,6 +53,7 @@ from engine.data.sample import Message, Sample
 Action = Literal["drop", "mask", "off"]
 
 _NUMBER = re.compile(r"[+-]?\d+(?:[.,]\d+)*%?")
+_FILLERS = frozenset("嗯哦噢喔啊呃额唔哼嘛呀哎诶")
 _HAN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]+[。！？!?.]?")
 
 SENSITIVE_RULES = ("id_card", "bank_card", "phone", "email", "api_key", "blocked_word")
@@ -390,8 +391,9 @@ def exact_key(sample: Sample) -> str:
 
 
 def _complete_short(text: str) -> bool:
-    """A short text that is still a whole answer: a number ("3", "42%") or Chinese characters ("嗨", "好")."""
-    return bool(_NUMBER.fullmatch(text) or _HAN.fullmatch(text))
+    """A short text that is still a whole answer: a number ("3", "42%") or a Chinese word ("嗨", "对"), not a
+    filler sound ("嗯", "哦"), which answers nothing."""
+    return bool(_NUMBER.fullmatch(text) or (_HAN.fullmatch(text) and not _FILLERS.issuperset(text.rstrip("。！？!?."))))
 
 
 def _length_removal(sample: Sample, config: FilterConfig, tokenizer: Any | None) -> Removal | None:
