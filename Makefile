@@ -37,6 +37,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/dedup.py
 	$(BIN)/python bench/synth.py
 	$(BIN)/python bench/train.py
+	$(BIN)/python bench/peer.py
 	$(BIN)/python bench/eval.py
 	$(BIN)/python bench/serve.py
 	$(BIN)/python bench/bot.py
