@@ -70,6 +70,7 @@ CATALOGUE: dict[str, tuple[str, str]] = {
         "{file}: {added} new samples, {present} already present; {project}/{dataset} v{version}.",
         "{file}：新增 {added} 个样本，{present} 个已存在；{project}/{dataset} 第 {version} 版。",
     ),
+    "run.recipe_note": ("Recipe {recipe}: {note}.", "配方 {recipe}：{note}。"),
     "run.title": ("Run {run}: {project}, iteration {iteration}", "运行 {run}：{project}，第 {iteration} 轮"),
     "run.state": ("state", "状态"),
     "run.requested_by": ("requested by", "发起人"),
