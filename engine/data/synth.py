@@ -31,8 +31,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from openai import AsyncOpenAI
+from sqlalchemy import delete, insert
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from engine import llm
 from engine.data.filters import FilterConfig, apply_filters, load_tokenizer
@@ -803,15 +804,13 @@ def _stored_batches(engine: Engine, job_key: str) -> dict[int, SynthBatch]:
 
 
 def _store_batch(engine: Engine, row: SynthBatch) -> None:
-    """Insert or replace the job's row for this batch index (a failed batch is retried on resume)."""
-    with session_scope(engine) as session:
-        old = session.exec(
-            select(SynthBatch).where(SynthBatch.job_key == row.job_key, SynthBatch.batch_index == row.batch_index)
-        ).first()
-        if old is not None:
-            session.delete(old)
-            session.flush()
-        session.add(row)
+    """Insert or replace the job's row for this batch index (a failed batch is retried on resume). Two plain
+    statements in one transaction, no ORM unit of work: it runs once per reply, beside the requests in flight."""
+    values = row.model_dump(exclude={"id"})
+    same = (col(SynthBatch.job_key) == row.job_key, col(SynthBatch.batch_index) == row.batch_index)
+    with engine.begin() as connection:
+        connection.execute(delete(SynthBatch).where(*same))
+        connection.execute(insert(SynthBatch).values(**values))
 
 
 def _tag_weights(entries: Sequence[Entry]) -> dict[str, float]:
