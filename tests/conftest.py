@@ -28,7 +28,6 @@ from typing import NoReturn
 
 import pytest
 import redis
-from openai_server import OpenAIServer
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.pool import NullPool
@@ -36,6 +35,7 @@ from sqlalchemy.pool import NullPool
 from engine.settings import get_settings
 from storage.db import make_engine
 from storage.migrate import upgrade
+from tests.openai_server import OpenAIServer
 
 POSTGRES_URL = os.environ.get("TUNELOOP_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("TUNELOOP_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
