@@ -67,6 +67,8 @@ def print_message(message: Message) -> None:
         console.print(Text(f"  {line}"), highlight=False)
     for label, value in message.fields:
         console.print(Text(f"  {label}: ", style="dim") + Text(value), highlight=False)
+    for code in message.code:
+        console.print(Text(code, style="green"), highlight=False)
     for path in message.images:
         console.print(Text(f"  chart: {path}"), highlight=False)
     for path in message.files:

@@ -65,6 +65,18 @@ class StartRun(_Action):
     test_size: float = 0.1
 
 
+class ImportData(_Action):
+    """A file shared with the bot, imported as a new version of a project's dataset: the project of `run` (a file
+    shared in a run's thread) or `project`. Its summary answers in the run's thread, with the rejects file when
+    some records were refused."""
+
+    kind: Literal["import_data"] = "import_data"
+    upload: str = ""  # the file's path on this machine: a face sets it once it has fetched the file
+    upload_name: str | None = None
+    run: int | None = None
+    project: str | None = None
+
+
 class Status(_Action):
     kind: Literal["status"] = "status"
     run: int | None = None  # None: the runs still going
@@ -167,6 +179,7 @@ Action = Annotated[
     | ConfigureProject
     | ShowProject
     | StartRun
+    | ImportData
     | Status
     | ListRuns
     | ShowHistory
