@@ -67,7 +67,7 @@ async def acknowledging(core: Core, run_id: int, commands: int, clients_here: bo
         client = web_client(slack.bot_token, slack.api_url)
         deliveries = Deliveries.on(core.settings.redis_url, f"bench-{uuid.uuid4().hex}")
         face = SlackFace(core, client, Outbox(SlackSender(client)), deliveries)
-        runner = web.AppRunner(face.app(signing_secret=SECRET).web_app(path="/slack/events"))
+        runner = web.AppRunner(face.http(signing_secret=SECRET))
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0, backlog=BACKLOG)
         await site.start()

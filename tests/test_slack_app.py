@@ -68,7 +68,7 @@ async def running(core: Core, slack: SlackServer) -> AsyncIterator[Bot]:
     client = web_client(slack.bot_token, slack.api_url)
     deliveries = Deliveries.on(core.settings.redis_url, "slack")  # the tests' own Redis database, emptied after
     face = SlackFace(core, client, Outbox(SlackSender(client), pace_s=0), deliveries)
-    runner = web.AppRunner(face.app(signing_secret=SECRET).web_app(path="/slack/events"))
+    runner = web.AppRunner(face.http(signing_secret=SECRET))
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()

@@ -15,13 +15,18 @@ import tempfile
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs
 
 import aiohttp
+from aiohttp import web
+from slack_bolt.adapter.aiohttp import to_aiohttp_response
 from slack_bolt.async_app import AsyncApp
 from slack_bolt.authorization import AuthorizeResult
 from slack_bolt.context.ack.async_ack import AsyncAck
+from slack_bolt.request.async_request import AsyncBoltRequest
 from slack_bolt.response import BoltResponse
 from slack_sdk.errors import SlackApiError
+from slack_sdk.signature import SignatureVerifier
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.core import conversations
@@ -37,6 +42,7 @@ from bot.slack import blocks
 from bot.slack.sender import refusal
 
 COMMAND = "/finetune"
+EVENTS_PATH = "/slack/events"
 WORKING_AT_ONCE = 8  # actions carried out at once; the rest wait their turn
 
 logger = logging.getLogger(__name__)
@@ -82,6 +88,31 @@ class SlackFace:
         app.view(blocks.UPLOAD_MODAL)(self._upload_given)
         app.event("message")(self._message)
         return app
+
+    def http(self, *, signing_secret: str, path: str = EVENTS_PATH) -> web.Application:
+        """The Bolt app over HTTP, slash commands acknowledged before Bolt reads them: a command is answered later
+        through its response_url, so once its signature holds there is nothing to wait for, and a burst of them is
+        acknowledged at the pace of checking signatures, Bolt's dispatch following in a task. Buttons, modals and
+        events go through Bolt as they come (a modal's answer may carry its errors)."""
+        app = self.app(signing_secret=signing_secret)
+        verifier = SignatureVerifier(signing_secret)
+
+        async def handle(request: web.Request) -> web.Response:
+            body = await request.text()
+            bolt_request = AsyncBoltRequest(body=body, query=request.query_string, headers=request.headers)  # type: ignore[arg-type]
+            if _is_command(request, body) and verifier.is_valid_request(body, request.headers):
+                self._hand_off(self._dispatched(app, bolt_request), in_turn=False)
+                return web.Response(status=200)
+            return await to_aiohttp_response(await app.async_dispatch(bolt_request))
+
+        served = web.Application()
+        served.router.add_post(path, handle)
+        return served
+
+    async def _dispatched(self, app: AsyncApp, request: AsyncBoltRequest) -> None:
+        response = await app.async_dispatch(request)
+        if response.status != 200:
+            logger.warning("Bolt answered an acknowledged command with %s: %s", response.status, response.body)
 
     async def _authorize(self) -> AuthorizeResult:
         """Who the bot is, asked of Slack once (auth.test): Bolt's own check caches only its first answer, so two
@@ -364,6 +395,11 @@ class SlackFace:
                 await self.client.chat_postEphemeral(channel=channel, user=actor.user_id, text=text, thread_ts=thread)
         except SlackApiError as error:
             logger.warning("could not tell %s %r: %s", actor.identity, sentence, refusal(error, channel))
+
+
+def _is_command(request: web.Request, body: str) -> bool:
+    """Whether a request is a slash command (a form with a `command`; interactions send a `payload`)."""
+    return request.content_type == "application/x-www-form-urlencoded" and bool(parse_qs(body).get("command"))
 
 
 def _actor(user_id: str, name: str | None, channel: str) -> Actor:
