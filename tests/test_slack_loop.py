@@ -116,7 +116,7 @@ async def scenario(loop: Loop, slack: SlackServer) -> str:
         await bot.interact(submit(fix_modal, answer))
         await until("the reviews", lambda: all("Keep" not in buttons(m) for m in (fix, drop)))
 
-        await until(f"Retrain on run 1's card: {first}", lambda: "Retrain" in buttons(first), timeout=30)
+        await until("Retrain on run 1's card", lambda: "Retrain" in buttons(first), timeout=30)
         await bot.interact(press(first, "Retrain"))
         await until("run 2's card", lambda: len(cards(slack)) == 2, timeout=60)
         await until("run 2 to be evaluated", lambda: loop.state(2) in ("reviewing", "failed"), timeout=600)
