@@ -80,6 +80,8 @@ def data_import(
             f"read {loaded.records} record(s) from {file.name} ({loaded.format}, {loaded.encoding}): "
             f"{len(loaded.samples)} valid, {len(loaded.problems)} problem(s)"
         )
+        for warning in loaded.warnings:
+            console.print(f"[yellow]warning: {escape(warning)}[/yellow]")
         if outcome.rejects_path:
             console.print(f"[yellow]rejects written to {escape(str(outcome.rejects_path))}[/yellow]")
         if outcome.change.created:

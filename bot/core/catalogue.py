@@ -77,6 +77,7 @@ CATALOGUE: dict[str, tuple[str, str]] = {
     "import.more_problems": ("… and {n} more.", "……另有 {n} 条。"),
     "import.next": ("Train on it: {command}", "用它训练：{command}"),
     "import.whose": ("There is no file to import.", "没有可导入的文件。"),
+    "run.recipe_note": ("Recipe {recipe}: {note}.", "配方 {recipe}：{note}。"),
     "run.title": ("Run {run}: {project}, iteration {iteration}", "运行 {run}：{project}，第 {iteration} 轮"),
     "run.state": ("state", "状态"),
     "run.requested_by": ("requested by", "发起人"),

@@ -84,7 +84,7 @@ from engine.loop.runs import (
 )
 from engine.serve.adapters import DeployError
 from engine.settings import Settings, get_settings
-from engine.train.recipe import DEFAULT_RECIPE, RecipeError, load_recipe
+from engine.train.recipe import DEFAULT_RECIPE, RecipeError, read_recipe
 from storage.db import ConflictError, session_scope
 from storage.models import AuditEvent, ChatAction, ChatUser, Evaluation, Judgement, Project, Run
 from storage.models import Review as ReviewRow
@@ -355,7 +355,12 @@ def _start_run(context: Context, action: StartRun) -> list[Message]:
     options = {**(project.recipe or {}), **action.options}
     if project.base_model and "model_name_or_path" not in action.options:
         options["model_name_or_path"] = project.base_model
-    recipe = load_recipe(Path(action.recipe) if action.recipe else DEFAULT_RECIPE, **options)
+    recipe_path = Path(action.recipe) if action.recipe else DEFAULT_RECIPE
+    loaded = read_recipe(recipe_path, **options)
+    recipe = loaded.recipe
+    messages += [
+        Message(say(context.language, "run.recipe_note", recipe=recipe_path.name, note=n)) for n in loaded.notes
+    ]
     try:
         plan = PreparePlan(
             synthesize=SynthPlan(task=action.task, n=action.synthesize) if action.task and action.synthesize else None,
