@@ -75,6 +75,17 @@ class ImportData(_Action):
     upload_name: str | None = None
     run: int | None = None
     project: str | None = None
+    create: bool = False  # a project of that name is created first (the terminal's import)
+    dataset: str = "main"
+    # How to read the file (the terminal's options; a chat file is read as detected).
+    format: str = "auto"
+    encoding: str | None = None
+    entry: str | None = None  # the entry of a dataset_info.json
+    # A chat keeps the valid records and answers with the rejects file; the terminal refuses a file with any invalid
+    # record unless asked to skip them.
+    skip_invalid: bool = True
+    rejects: str | None = None  # where the refused records go; beside the upload if unset
+    max_bytes: int | None = None  # the operator's own size limit (the terminal); the settings' otherwise
 
 
 class Status(_Action):

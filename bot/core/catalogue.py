@@ -74,6 +74,15 @@ CATALOGUE: dict[str, tuple[str, str]] = {
         "{n} records were refused and left out; each with its reason in {file}:",
         "{n} 条记录未通过校验，已跳过；原因逐条见 {file}：",
     ),
+    "import.nothing_new": (
+        "{file}: nothing new; {project}/{dataset} v{version} already holds every sample.",
+        "{file}：没有新内容；{project}/{dataset} 第 {version} 版已包含全部样本。",
+    ),
+    "import.read": (
+        "Read {records} records ({format}, {encoding}): {valid} valid, {refused} refused.",
+        "读取 {records} 条记录（{format}，{encoding}）：{valid} 条有效，{refused} 条未通过。",
+    ),
+    "import.warning": ("Warning: {warning}", "注意：{warning}"),
     "import.more_problems": ("… and {n} more.", "……另有 {n} 条。"),
     "import.next": ("Train on it: {command}", "用它训练：{command}"),
     "import.whose": ("There is no file to import.", "没有可导入的文件。"),

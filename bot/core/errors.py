@@ -6,8 +6,17 @@ class UserError(Exception):
     language; `refused` marks a permission refusal, which the core audits; `public`, a mistake the people of the
     conversation should see too (what is wrong with a shared file), not only the person who made it."""
 
-    def __init__(self, message: str, *, refused: bool = False, not_found: bool = False, public: bool = False) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        refused: bool = False,
+        not_found: bool = False,
+        public: bool = False,
+        transient: bool = False,
+    ) -> None:
         super().__init__(message)
         self.refused = refused
         self.not_found = not_found  # it names a project, run or version that does not exist
         self.public = public
+        self.transient = transient  # nothing was wrong with what was asked: it could not be done now (try again)

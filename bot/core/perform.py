@@ -165,7 +165,8 @@ class Core:
         except _ENGINE_MISTAKES as error:
             # The core checked who may first; the engine's own refusals are its backstop and say why themselves.
             sentence = str(error) or say(language, "error.internal", kind=type(error).__name__)
-            raise UserError(sentence, not_found=isinstance(error, NotFoundError)) from None
+            transient = isinstance(error, ConflictError | DatabaseNotReadyError)
+            raise UserError(sentence, not_found=isinstance(error, NotFoundError), transient=transient) from None
 
     def audit_refusal(self, action: Action, actor: Actor, reason: str) -> None:
         """Keep a refusal on record, in its own transaction: the refused action's own work was rolled back."""
@@ -350,7 +351,8 @@ def _start_run(context: Context, action: StartRun) -> list[Message]:
     dataset, number = parse_dataset(action.data, context.language)
     messages = []
     if action.upload is not None:
-        imported, number = _import(context, project, action.upload, action.upload_name, dataset)
+        upload = ImportData(upload=action.upload, upload_name=action.upload_name, dataset=dataset)
+        imported, number = _import(context, project, upload)
         messages.append(imported)
     options = {**(project.recipe or {}), **action.options}
     if project.base_model and "model_name_or_path" not in action.options:
@@ -397,55 +399,70 @@ def _start_run(context: Context, action: StartRun) -> list[Message]:
 
 
 def _import_data(context: Context, action: ImportData) -> list[Message]:
+    created = []
     if action.run is not None:
         _, project = context.run(action.run)
     else:
+        exists = select(Project.id).where(Project.name == action.project)
+        if action.create and context.session.exec(exists).first() is None:
+            created = _new_project(context, NewProject(project=action.project or ""))[:1]
         project = context.project(action.project or "")
     permissions.require(project, context.actor, "requester", context.language)
     if not action.upload:
         raise UserError(say(context.language, "import.whose"))
-    imported, number = _import(context, project, action.upload, action.upload_name, DEFAULT_DATASET)
-    train = spell(StartRun(project=project.name, data=str(number)))
+    imported, number = _import(context, project, action)
+    data = str(number) if action.dataset == DEFAULT_DATASET else f"{action.dataset}:{number}"
+    train = spell(StartRun(project=project.name, data=data))
     imported.lines.append(say(context.language, "import.next", command=train))
     imported.run_id = action.run
-    return [imported]
+    return [*created, imported]
 
 
-def _import(context: Context, project: Project, upload: str, name: str | None, dataset: str) -> tuple[Message, int]:
+def _import(context: Context, project: Project, action: ImportData) -> tuple[Message, int]:
     """Import an uploaded file as a new version of the project's dataset (committed: the data is kept whatever
-    comes next); its summary, with the rejects file when records were refused, and the version's number. A file
-    with no valid record is refused (DataError) record by record."""
+    comes next); its summary (what was read, warnings, the rejects file when records were refused) and the version's
+    number. A file with no valid record, or any invalid one unless `skip_invalid`, is refused (DataError) record by
+    record."""
     from engine.data.pipeline import import_file
 
-    path = Path(upload)
+    path = Path(action.upload)
     outcome = import_file(
         context.session,
         project.name,
         path,
-        dataset_name=dataset,
-        limits=context.core.settings.read_limits(),
-        skip_invalid=True,
+        dataset_name=action.dataset,
+        fmt=action.format,
+        encoding=action.encoding,
+        entry=action.entry,
+        limits=context.core.settings.read_limits(action.max_bytes),
+        skip_invalid=action.skip_invalid,
+        rejects_path=Path(action.rejects) if action.rejects else None,
         actor=context.actor.identity,
         platform=context.actor.platform,
     )
     context.session.commit()  # the data is kept even when the run cannot start
-    version = outcome.change.version
-    language, shown = context.language, name or path.name
-    summary = say(
+    version, loaded = outcome.change.version, outcome.loaded
+    language, shown = context.language, action.upload_name or path.name
+    where = {"project": project.name, "dataset": action.dataset, "version": version.number}
+    if outcome.change.created:
+        summary = say(
+            language, "run.imported", file=shown, added=outcome.added, present=outcome.already_present, **where
+        )
+    else:
+        summary = say(language, "import.nothing_new", file=shown, **where)
+    read = say(
         language,
-        "run.imported",
-        file=shown,
-        added=outcome.added,
-        present=outcome.already_present,
-        project=project.name,
-        dataset=dataset,
-        version=version.number,
+        "import.read",
+        records=loaded.records,
+        format=loaded.format,
+        encoding=loaded.encoding,
+        valid=len(loaded.samples),
+        refused=len(loaded.problems),
     )
-    lines, files = [], []
+    lines, files = [read, *(say(language, "import.warning", warning=w) for w in loaded.warnings)], []
     if outcome.rejects_path is not None:
-        problems = outcome.loaded.problems
-        headline = say(language, "import.rejected", n=len(problems), file=outcome.rejects_path.name)
-        lines += _problem_lines(headline, problems, language)
+        headline = say(language, "import.rejected", n=len(loaded.problems), file=outcome.rejects_path.name)
+        lines += _problem_lines(headline, loaded.problems, language)
         files.append(outcome.rejects_path)
     return Message(summary, lines=lines, files=files), version.number
 
