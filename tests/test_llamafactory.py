@@ -92,6 +92,10 @@ def test_kto_labels_are_kept_and_bad_answers_never_become_targets(tiny: Path, en
     path = LF / ("dataset_info.json" if entry else "kto_en_demo.json")
     samples = [s for _, s in load_file(path, entry=entry).samples]
     assert [s.label for s in samples] == [True, False, True, False]
+    assert load_file(path, entry=entry).warnings == [
+        "2 answer(s) are labelled bad (KTO label false): kept with their label; "
+        "supervised fine-tuning never trains on them"
+    ]
     tokenizer = load_tokenizer(tiny)
     data = prepare_data(samples, [], tokenizer, Recipe())
     trained = "".join(tokenizer.decode(ids) for ids in data.train["input_ids"])
@@ -116,7 +120,12 @@ def test_a_kto_label_survives_a_dataset_version(db_engine) -> None:
 
 
 def test_preference_data_for_sft_says_the_rejected_answers_are_not_used(tiny: Path) -> None:
-    samples = [s for _, s in load_file(LF / "dataset_info.json", entry="dpo_zh_demo").samples]
+    loaded = load_file(LF / "dataset_info.json", entry="dpo_zh_demo")
+    assert loaded.warnings == [
+        "2 preference sample(s): supervised fine-tuning trains on the chosen answers; "
+        "the rejected ones are kept for preference training"
+    ]
+    samples = [s for _, s in loaded.samples]
     tokenizer = load_tokenizer(tiny)
     data = prepare_data(samples, [], tokenizer, Recipe())
     trained = "".join(tokenizer.decode(ids) for ids in data.train["input_ids"])

@@ -9,22 +9,23 @@ the stream remembering what it handled, nothing twice. Card edits are not waited
 the database, and the next edit shows it again."""
 
 import asyncio
+import json
 import logging
 from dataclasses import dataclass, field
 
-from sqlmodel import Session
+from sqlmodel import Session, col, select
 
 from bot.core import conversations
-from bot.core.actions import ShowReport, ShowReview
+from bot.core.actions import ShowReport, ShowReview, dump_action
 from bot.core.errors import UserError
 from bot.core.identity import Actor
-from bot.core.messages import Message
+from bot.core.messages import Button, Message
 from bot.core.outbox import Outbox, Undeliverable
 from bot.core.perform import Core
-from bot.core.render import event_message, progress_bar, progress_text, rollback_buttons, run_card
+from bot.core.render import deployed_message, event_message, progress_bar, progress_text, run_card
 from engine.events import Event
 from engine.events.stream import EventConsumer
-from storage.models import Project, Run
+from storage.models import Deployment, Project, Run
 
 # The moves people are told of in the thread; the others show on the card only.
 TOLD_MOVES = frozenset({"reviewing", "awaiting_approval", "deployed", "failed", "cancelled"})
@@ -44,6 +45,7 @@ class EventRelay:
         self.core, self.outbox, self.consumer = core, outbox, consumer
         self.platform = outbox.sender.platform
         self.reader = Actor(self.platform, "tuneloop")  # reads what the run's people see, in the project's language
+        self._card_keys: dict[str, str] = {}  # a card button's action -> the key it was stored under
 
     async def run(self, stop: asyncio.Event, block_ms: int = 1000) -> None:
         """Relay events until `stop` is set."""
@@ -69,13 +71,18 @@ class EventRelay:
         plan = await asyncio.to_thread(self._plan, event)
         if plan is None:
             return
+        # A card is edited at every event, progress too, with the same buttons most of the time: each is stored
+        # once, not once an edit.
+        for button in plan.card.buttons:
+            button.key = self._card_keys.get(_button_id(button))
+        await asyncio.to_thread(self.core.store_buttons, [plan.card, *plan.posts])
+        self._card_keys.update((_button_id(button), button.key) for button in plan.card.buttons if button.key)
         if place.card is not None:
             self.outbox.edit(place.channel, place.card, plan.card)
         if plan.moved is not None:
             stale = await asyncio.to_thread(conversations.take_buttons, self.core.engine, place.id)
             for held in stale:
                 self.outbox.edit(place.channel, held["id"], Message(held["title"], lines=[plan.moved]))
-        await asyncio.to_thread(self.core.store_buttons, plan.posts)
         for message in plan.posts:
             try:
                 await conversations.post(self.core, self.outbox, message, place, place.channel, place.thread)
@@ -92,6 +99,11 @@ class EventRelay:
                 return None
             language = self.core.language_for(session, self.reader, project)
             plan = _Plan(run_card(session, run, language))
+            serving = session.exec(
+                select(Deployment.version_name)
+                .where(Deployment.project_id == project.id, Deployment.status == "active")
+                .order_by(col(Deployment.id).desc())
+            ).first()
         payload, said = event.payload, event_message(event, language)
         if event.type == "progress":
             stage = str(payload.get("stage", ""))
@@ -105,12 +117,13 @@ class EventRelay:
             plan.moved = said.title
         if event.type == "report" and payload.get("stage") == "evaluate":
             plan.posts += self._asked(ShowReport(run=event.run))  # type: ignore[arg-type]
+        elif moved_to == "deployed" and serving is not None:
+            gateway = self.core.settings.gateway_url
+            plan.posts.append(deployed_message(project.name, serving, run.id, language, gateway, [said.title]))  # type: ignore[arg-type]
         elif event.type in ("report", "warning", "failure") or moved_to in TOLD_MOVES:
             plan.posts.append(said)
         if moved_to == "reviewing":
             plan.posts += self._asked(ShowReview(run=event.run))  # type: ignore[arg-type]
-        elif moved_to == "deployed":
-            said.buttons = rollback_buttons(project.name, language)
         return plan
 
     def _asked(self, action: ShowReport | ShowReview) -> list[Message]:
@@ -118,3 +131,7 @@ class EventRelay:
             return self.core.perform(action, self.reader)
         except UserError as error:
             return [Message(str(error), kind="error", run_id=action.run)]
+
+
+def _button_id(button: Button) -> str:
+    return json.dumps([dump_action(button.action), button.asks_for_text], sort_keys=True)

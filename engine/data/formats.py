@@ -558,7 +558,8 @@ def load_file(
         counts.pop(None, None)
         detected = counts.most_common(1)[0][0] if counts else None
         detected = detected if detected != fmt else None
-    return LoadResult(samples, problems, shape, opened.encoding, records, path, _placeholders(samples), detected)
+    warnings = _placeholders(samples) + _training_kinds(samples)
+    return LoadResult(samples, problems, shape, opened.encoding, records, path, warnings, detected)
 
 
 _PLACEHOLDER = re.compile(r"\{\{\s*\w+\s*\}\}")
@@ -577,6 +578,24 @@ def _placeholders(samples: list[tuple[int, Sample]]) -> list[str]:
         f"{len(records)} record(s) hold placeholders ({names}; records {which}): replace them with real text "
         "before training, or the model learns to say them"
     ]
+
+
+def _training_kinds(samples: list[tuple[int, Sample]]) -> list[str]:
+    """What supervised fine-tuning will do with data made for preference or KTO training."""
+    bad = sum(1 for _, s in samples if s.label is False)
+    preference = sum(1 for _, s in samples if s.rejected is not None)
+    notes = []
+    if bad:
+        notes.append(
+            f"{bad} answer(s) are labelled bad (KTO label false): kept with their label; "
+            "supervised fine-tuning never trains on them"
+        )
+    if preference:
+        notes.append(
+            f"{preference} preference sample(s): supervised fine-tuning trains on the chosen answers; "
+            "the rejected ones are kept for preference training"
+        )
+    return notes
 
 
 def _refuse_pretraining_text(raws: list[RawRecord], path: Path, spec: Spec) -> None:

@@ -75,9 +75,11 @@ def launch_training(
     if not (recipe.model_name_or_path or project_row.base_model):
         raise TrainingError("no base model: set model_name_or_path in the recipe or the project's base model")
     try:  # before any run or process exists
-        base_model = local_model(recipe.model_name_or_path or project_row.base_model)  # type: ignore[arg-type]
-        recipe = recipe.model_copy(update={"model_name_or_path": base_model})
         chosen = check_distributed(recipe, num_processes)
+        base_model = recipe.model_name_or_path or project_row.base_model
+        if previous is None:  # a resumed run goes on with the folder it started from
+            base_model = local_model(base_model)  # type: ignore[arg-type]
+        recipe = recipe.model_copy(update={"model_name_or_path": base_model})
         if recipe.distributed == "zero3":  # the processes read it from the run, whatever their directory
             recipe = recipe.model_copy(update={"deepspeed": str(deepspeed_config(recipe))})
     except (DistributedError, PrepareError) as error:

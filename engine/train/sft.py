@@ -119,8 +119,10 @@ def train(
             f"no base model: set model_name_or_path in the recipe or `tuneloop project set {project} --base-model`"
         )
     try:  # fsdp / zero3 in one process, or without DeepSpeed, fails here rather than as a torch traceback
-        recipe = recipe.model_copy(update={"model_name_or_path": local_model(base_model)})
         check_distributed(recipe, int(os.environ.get("WORLD_SIZE", "1")))
+        if previous is None:  # a resumed run goes on with the folder it started from
+            base_model = local_model(base_model)
+        recipe = recipe.model_copy(update={"model_name_or_path": base_model})
     except (DistributedError, PrepareError) as error:
         raise TrainingError(str(error)) from None
     main = is_main_process()
