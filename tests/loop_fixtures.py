@@ -54,8 +54,15 @@ TINY_RECIPE = {
 }
 # An evaluation that shows every part a face posts (report, charts, weakest samples) at the least cost.
 EVALUATION = {"max_new_tokens": 16, "stability_prompts": 0, "forgetting": False, "weakest_k": 3}
-# A gate a tiny model passes: the mean score on its 1-5 scale only (the metric judge measures no win rate).
-LENIENT_GATE = {"min_overall": 1.0, "min_win_rate": None, "max_invalid_rate": None, "max_forgetting_drop": None}
+# A gate a tiny model passes: the mean score on its 1-5 scale only (the metric judge measures no win rate, and a
+# random tiny base may score as its tuned model does).
+LENIENT_GATE = {
+    "min_overall": 1.0,
+    "min_gain_over_base": None,
+    "min_win_rate": None,
+    "max_invalid_rate": None,
+    "max_forgetting_drop": None,
+}
 
 
 @pytest.fixture(scope="module", name="loop_model")
