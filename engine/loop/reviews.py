@@ -21,6 +21,9 @@ Starting the next iteration of run k turns the latest reviews of its samples int
   "review_drop" and a reason naming the reviewer, so reports can say what was removed and why.
 - keep: no change.
 
+A Fix of a judgement also yields a preference pair for DPO (engine.loop.preferences, which says why a Keep
+yields none).
+
 A changed sample gets a new content hash; the samples no review changed keep theirs, and the old version is
 never touched (entries are loaded, changed in memory and saved as a new version). When the reviews change
 nothing there is nothing to retrain on, and starting the next iteration is refused. Starting it again
@@ -35,6 +38,7 @@ from sqlmodel import Session, col, select
 
 from engine.data.sample import Message, Sample
 from engine.data.versions import Entry, load_entries, save_version
+from engine.loop.preferences import note_review
 from engine.loop.projects import is_listed
 from storage.models import AuditEvent, Dataset, DatasetVersion, Evaluation, Judgement, Project, Review, Run
 from storage.models import Sample as SampleRow
@@ -176,6 +180,8 @@ def record_review(
     )
     session.add(review)
     session.flush()
+    if judgement_id is not None:
+        note_review(session, review, judgement, project.id, _run_of_judgement(session, judgement))  # type: ignore[arg-type]
     session.add(
         AuditEvent(
             actor=reviewer,
@@ -198,6 +204,12 @@ def _project_of_judgement(session: Session, judgement: Judgement) -> Project:
     if project is None:
         raise ReviewError(f"judgement {judgement.id} belongs to no project")
     return project
+
+
+def _run_of_judgement(session: Session, judgement: Judgement) -> int:
+    evaluation = session.get(Evaluation, judgement.evaluation_id)
+    assert evaluation is not None  # a foreign key
+    return evaluation.run_id
 
 
 def _project_of_sample(session: Session, row: SampleRow) -> Project:
