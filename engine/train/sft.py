@@ -62,6 +62,8 @@ from engine.train.recipe import Recipe, recipe_yaml
 from storage.artifacts import StoredArtifact, adapter_digest, record_artifact, run_key, sha256_file
 from storage.models import Adapter, DatasetVersion, Metric, Project, Run
 
+SFT_REPORT = "train_report.json"
+
 
 class TrainingError(RuntimeError):
     """A run that cannot start or whose result must not be used; the message says why."""
@@ -143,9 +145,13 @@ def train(
         session.commit()
         events(Event("stage", project, {"stage": "train", "state": "training", "out_dir": str(out_dir)}, run=run.id))
     try:
-        outcome = _train_run(
-            session, project_row, run, prepared or prepare_run(session, version, recipe), out_dir, events, callbacks
-        )
+        prepared = prepared or prepare_run(session, version, recipe)
+        if recipe.stage == "dpo":
+            from engine.train.dpo import train_sft_then_dpo  # its own flow, in its own file
+
+            outcome = train_sft_then_dpo(session, project_row, run, prepared, out_dir, events, callbacks)
+        else:
+            outcome = run_sft(session, project_row, run, prepared, out_dir, events, callbacks)
     except StageStopped:
         raise  # its worker stopped it: the run stays training, and the job runs again from the last checkpoint
     except BaseException as error:
@@ -219,7 +225,7 @@ def prepare_run(session: Session, version: DatasetVersion, recipe: Recipe) -> Ru
     return RunData(recipe, version, train_samples, val_samples, tokenizer, data)
 
 
-def _train_run(
+def run_sft(
     session: Session,
     project: Project,
     run: Run,
@@ -227,7 +233,10 @@ def _train_run(
     out_dir: Path,
     events: EventSink,
     callbacks: Sequence[TrainerCallback],
+    *,
+    adapter_name: str = "adapter",
 ) -> TrainOutcome | None:
+    """The SFT flow of a run into `out_dir` (checkpoints/, `adapter_name`/, the loss curve and SFT_REPORT)."""
     recipe, version, tokenizer, data = prepared.recipe, prepared.version, prepared.tokenizer, prepared.data
     train_samples, val_samples = prepared.train_samples, prepared.val_samples
     assert run.id is not None and recipe.model_name_or_path is not None
@@ -249,32 +258,19 @@ def _train_run(
     trainer.train(resume_from_checkpoint=last)
     if canceller.cancelled:
         raise TrainingError(f"run {run.id} was cancelled: training stopped at step {trainer.state.global_step}")
-    adapter_dir = out_dir / ("adapter" if recipe.uses_lora else "model")
+    adapter_dir = out_dir / (adapter_name if recipe.uses_lora else "model")
     save_trained(trainer, tokenizer, adapter_dir)  # every process: FSDP and ZeRO-3 gather the weights together
     if not trainer.is_world_process_zero():
         return None
 
-    prompts, max_new = eos_prompts(val_samples or train_samples, tokenizer, recipe.cutoff_len)
-    check = check_saved_model(
-        adapter_dir,
-        prompts,
-        base_model=recipe.model_name_or_path if recipe.uses_lora else None,
-        max_new_tokens=max_new,
-    )
-    checks = [check]
-    if recipe.uses_lora:
-        checks.append(check_merged(adapter_dir, recipe.model_name_or_path, prompts, max_new_tokens=max_new))
-    for result in checks:
-        if not result.passed:
-            raise TrainingError(f"EOS check failed: {result.message()}")
-
+    checks = check_adapter(adapter_dir, recipe, val_samples or train_samples, tokenizer)
     metrics = run_metrics(session, run.id)
     overfitting = overfitting_warning(metrics)
     if overfitting:
         events(warning_event(project.name, run.id, overfitting))
     warnings = [*notes, *([overfitting] if overfitting else [])]
     loss_curve = write_loss_curve(metrics, out_dir / "loss_curve.png", title=f"{project.name} run {run.id}")
-    report = out_dir / "train_report.json"
+    report = out_dir / SFT_REPORT
     report.write_text(
         json.dumps(
             {
@@ -295,9 +291,31 @@ def _train_run(
         encoding="utf-8",
     )
     adapter = record_adapter(session, project, run, version.id, recipe, adapter_dir)
-    _record_files(session, project, run, [loss_curve, report])
+    record_files(session, project, run, [loss_curve, report])
     session.commit()
     return TrainOutcome(run, adapter, adapter_dir, loss_curve, report, metrics, checks, warnings)
+
+
+def check_adapter(
+    adapter_dir: Path, recipe: Recipe, samples: Sequence[Sample], tokenizer: PreTrainedTokenizerBase
+) -> list[EosCheck]:
+    """The EOS check on what was saved (base + adapter, or the full model), and on the merged model for an
+    adapter; TrainingError when any generation does not stop at the end-of-turn token."""
+    assert recipe.model_name_or_path is not None
+    prompts, max_new = eos_prompts(samples, tokenizer, recipe.cutoff_len)
+    check = check_saved_model(
+        adapter_dir,
+        prompts,
+        base_model=recipe.model_name_or_path if recipe.uses_lora else None,
+        max_new_tokens=max_new,
+    )
+    checks = [check]
+    if recipe.uses_lora:
+        checks.append(check_merged(adapter_dir, recipe.model_name_or_path, prompts, max_new_tokens=max_new))
+    for result in checks:
+        if not result.passed:
+            raise TrainingError(f"EOS check failed: {result.message()}")
+    return checks
 
 
 def build_trainer(
@@ -525,7 +543,7 @@ def record_adapter(
     return adapter
 
 
-def _record_files(session: Session, project: Project, run: Run, files: list[Path]) -> None:
+def record_files(session: Session, project: Project, run: Run, files: list[Path]) -> None:
     """Artifact rows for the files a run wrote inside the artifact store (a custom out_dir has none)."""
     root = get_artifact_store().root
     for path in files:
