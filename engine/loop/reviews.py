@@ -38,7 +38,7 @@ from sqlmodel import Session, col, select
 
 from engine.data.sample import Message, Sample
 from engine.data.versions import Entry, load_entries, save_version
-from engine.loop.preferences import note_review
+from engine.loop.preferences import DEFAULT_DPO_MIN_PAIRS, count_pairs, min_pairs, note_review
 from engine.loop.projects import is_listed
 from storage.models import AuditEvent, Dataset, DatasetVersion, Evaluation, Judgement, Project, Review, Run
 from storage.models import Sample as SampleRow
@@ -62,6 +62,12 @@ class ReviewSummary:
     better_references: int = 0  # test references replaced
     dropped: int = 0
     new_training_samples: int = 0  # fixed test samples added to train (only with review_fixes_train)
+    pairs: int = 0  # the project's preference pairs from reviews, this run's included
+    min_pairs: int = DEFAULT_DPO_MIN_PAIRS  # pairs needed before the next iteration may train SFT + DPO
+
+    @property
+    def offers_dpo(self) -> bool:
+        return self.pairs >= self.min_pairs
 
     @property
     def changes(self) -> int:
@@ -77,7 +83,10 @@ class ReviewSummary:
         head = f"{_plural(reviewed, 'sample')} of run {self.run_id} reviewed: {counts}."
         if not self.changes:
             return [head, "No review changes the data: there is nothing to retrain on yet."]
-        return [head, f"The next iteration would {_change_phrase(self, future=True)}."]
+        lines = [head, f"The next iteration would {_change_phrase(self, future=True)}."]
+        if self.offers_dpo:
+            lines.append(f"It may also train SFT + DPO on {_plural(self.pairs, 'preference pair')}.")
+        return lines
 
 
 @dataclass
@@ -293,6 +302,8 @@ def _plan(session: Session, run: Run) -> _Plan:
     ).all()
     index_of = {row_id: index for index, row_id in enumerate(row_ids)}
     summary = ReviewSummary(run.id, dict.fromkeys(VERDICTS, 0))  # type: ignore[arg-type]
+    summary.pairs = count_pairs(session, run.project_id)
+    summary.min_pairs = min_pairs(project.settings if project else None)
     for row_id, review in sorted(_latest_reviews(session, run, index_of).items()):
         index = index_of.get(row_id)
         if index is None or not entries[index].in_use:
@@ -335,8 +346,12 @@ def _change_phrase(summary: ReviewSummary, *, future: bool = False) -> str:
     return ", ".join(phrase)
 
 
-def start_next_iteration(session: Session, run_id: int, *, by: str, platform: str | None = None) -> NextIteration:
-    """Turn the reviews of run `run_id` into a new dataset version and queue the next iteration's run on it."""
+def start_next_iteration(
+    session: Session, run_id: int, *, by: str, platform: str | None = None, dpo: bool = False
+) -> NextIteration:
+    """Turn the reviews of run `run_id` into a new dataset version and queue the next iteration's run on it;
+    with `dpo`, the run trains SFT then DPO on the project's preference pairs (`stage: dpo`), which needs the
+    project's `dpo_min_pairs` of them."""
     run = _get_run(session, run_id)
     started = session.exec(select(Run).where(Run.parent_run_id == run.id).order_by(col(Run.id))).first()
     if started is not None:
@@ -347,6 +362,11 @@ def start_next_iteration(session: Session, run_id: int, *, by: str, platform: st
     plan = _plan(session, run)
     if not plan.summary.changes:
         raise ReviewError(f"no reviews change the data of run {run.id}; nothing to retrain on")
+    if dpo and not plan.summary.offers_dpo:
+        raise ReviewError(
+            f"SFT + DPO needs {plan.summary.min_pairs} preference pairs from reviews; "
+            f"the project has {plan.summary.pairs}"
+        )
     dataset = session.get(Dataset, plan.version.dataset_id)
     assert dataset is not None
     summary = plan.summary
@@ -378,7 +398,7 @@ def start_next_iteration(session: Session, run_id: int, *, by: str, platform: st
         iteration=(last or run.iteration) + 1,
         parent_run_id=run.id,
         dataset_version_id=change.version.id,
-        recipe=dict(run.recipe) if run.recipe is not None else None,
+        recipe={**(run.recipe or {}), "stage": "dpo"} if dpo else dict(run.recipe) if run.recipe is not None else None,
         state="queued",
         requested_by=by,
         platform=platform or run.platform,
@@ -394,7 +414,12 @@ def start_next_iteration(session: Session, run_id: int, *, by: str, platform: st
             project_id=run.project_id,
             subject_type="run",
             subject_id=next_run.id,
-            detail={"parent_run": run.id, "dataset_version": change.version.id, "iteration": next_run.iteration},
+            detail={
+                "parent_run": run.id,
+                "dataset_version": change.version.id,
+                "iteration": next_run.iteration,
+                "dpo_pairs": summary.pairs if dpo else None,
+            },
         )
     )
     session.flush()
