@@ -111,10 +111,14 @@ class IterationComparison:
     chrf: tuple[float | None, float | None]
     gate_passed: tuple[bool | None, bool | None]
     tags: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)  # sub-scenario -> means
+    # A DPO iteration judged pairwise against iteration k-1's answers (Evaluation.scores["versus_previous"])
+    versus_previous: dict | None = None
 
     @property
     def lines(self) -> list[str]:
         lines = [_move("overall", *self.overall, "{:.1f}", "{:+.1f}")]
+        if self.versus_previous:
+            lines.append(_versus_line(self.versus_previous, self.parent_iteration))
         if self.win_rate != (None, None):
             lines.append(_move("win rate", *_percent(self.win_rate), "{:.0f}%", "{:+.0f} pts"))
         if self.invalid_rate != (None, None):
@@ -457,6 +461,7 @@ def iteration_comparison(
         tags={
             tag: (before_tags.get(tag), after_tags.get(tag)) for tag in sorted(before_tags.keys() | after_tags.keys())
         },
+        versus_previous=(current.scores or {}).get("versus_previous"),
     )
 
 
@@ -486,6 +491,18 @@ def _tag_means(session: Session, evaluation: Evaluation) -> dict[str, float]:
     for tags, overall in rows:
         scores.setdefault(tags[0] if tags else UNTAGGED, []).append(overall)
     return {tag: sum(values) / len(values) for tag, values in scores.items()}
+
+
+def _versus_line(versus: dict, parent_iteration: int) -> str:
+    """ "win rate against iteration 1: 75% (3 won, 1 lost, 0 tied of 4; 2 were DPO pairs)"."""
+    pairwise = versus.get("pairwise") or {}
+    rate = pairwise.get("win_rate")
+    shown = f"{rate * 100:.0f}%" if isinstance(rate, int | float) else "n/a"
+    counts = f"{pairwise.get('wins', 0)} won, {pairwise.get('losses', 0)} lost, {pairwise.get('ties', 0)} tied"
+    counts += f" of {pairwise.get('pairs', 0)}"
+    if versus.get("trained_as_pairs"):
+        counts += f"; {versus['trained_as_pairs']} of these questions were DPO pairs, not unseen"
+    return f"win rate against iteration {parent_iteration}: {shown} ({counts})"
 
 
 def _percent(pair: tuple[float | None, float | None]) -> tuple[float | None, float | None]:
