@@ -108,6 +108,14 @@ def home(trained: TrainedRun, monkeypatch: pytest.MonkeyPatch) -> Iterator[Train
     get_settings.cache_clear()
 
 
+def judge_at(server: OpenAIServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The LLM judge is `server`, as judge-model."""
+    monkeypatch.setenv("TUNELOOP_JUDGE_BASE_URL", server.base_url)
+    monkeypatch.setenv("TUNELOOP_JUDGE_API_KEY", "test")
+    monkeypatch.setenv("TUNELOOP_JUDGE_MODEL", "judge-model")
+    get_settings.cache_clear()
+
+
 def set_gate(gate: dict) -> None:
     with session_scope(get_engine()) as session:
         project = session.exec(select(Project).where(Project.name == "shop")).one()
@@ -183,10 +191,7 @@ def test_llm_judge_against_the_scripted_server_passes_the_gate(
     home: TrainedRun, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     with OpenAIServer(responder=reference_judge) as server:
-        monkeypatch.setenv("TUNELOOP_JUDGE_BASE_URL", server.base_url)
-        monkeypatch.setenv("TUNELOOP_JUDGE_API_KEY", "test")
-        monkeypatch.setenv("TUNELOOP_JUDGE_MODEL", "judge-model")
-        get_settings.cache_clear()
+        judge_at(server, monkeypatch)
         evaluation, rows, outcome = evaluate(home.run_id)
         requests = len(server.requests)
     assert requests == 4 * len(SHOP_QA)  # two grades and both pairwise orders per sample
@@ -333,9 +338,7 @@ def test_a_dpo_iteration_is_judged_against_the_previous_iterations_answers(
     home: TrainedRun, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     with OpenAIServer(responder=reference_judge) as server:
-        monkeypatch.setenv("TUNELOOP_JUDGE_BASE_URL", server.base_url)
-        monkeypatch.setenv("TUNELOOP_JUDGE_API_KEY", "test")
-        get_settings.cache_clear()
+        judge_at(server, monkeypatch)
         first, _, _ = evaluate(home.run_id)
         assert first.scores["versus_previous"] is None  # an SFT run: against its base only
         with session_scope(get_engine()) as session:

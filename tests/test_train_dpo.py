@@ -3,11 +3,6 @@ run's SFT adapter with the SFT policy as the reference, and a DPO phase killed w
 checkpoint to the result of a run never interrupted."""
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -26,11 +21,11 @@ from engine.train.recipe import Recipe, RecipeError, parse_recipe
 from engine.train.sft import train
 from engine.train.tiny import build_tiny_model
 from storage.db import session_scope
-from storage.models import Evaluation, Judgement, Metric, Run
+from storage.models import Evaluation, Judgement, Run
 from storage.models import Sample as SampleRow
+from tests.test_train_resume import metrics, train_until_killed
 from tests.training_data import add_dataset, qa_entries
 
-ROOT = Path(__file__).resolve().parents[1]
 TRAIN = [(f"第{i}号订单发货了吗？", f"第{i}号订单已于{i}日发出。") for i in range(1, 7)]
 TEST = [(f"第{i}号订单到哪了？", f"第{i}号订单在路上。") for i in range(7, 13)]
 WRONG = "不知道。"  # what the tuned model answered every test question
@@ -103,11 +98,6 @@ def reviewed_pairs() -> None:
             record_review(session, judgement_id=judgement.id, reviewer="amy", verdict="fix", corrected_answer=answer)
 
 
-def metrics(run_id: int) -> list[Metric]:
-    with Session(get_engine()) as session:
-        return list(session.exec(select(Metric).where(Metric.run_id == run_id).order_by(col(Metric.step))).all())
-
-
 def test_a_dpo_answer_is_masked_as_sft_masks_it(tmp_path: Path) -> None:
     tokenizer = load_tokenizer(build_tiny_model(tmp_path / "tiny"))
     sample = Sample(
@@ -134,17 +124,7 @@ def test_a_dpo_recipe_takes_llamafactorys_keys_and_refuses_what_it_cannot_train(
 def test_dpo_trains_on_review_pairs_on_top_of_sft_and_resumes_after_sigkill(tmp_path: Path) -> None:
     model = build_tiny_model(tmp_path / "tiny")
     reviewed_pairs()
-    script = tmp_path / "child.py"
-    script.write_text(textwrap.dedent(CHILD.format(kill_at=KILL_AT)), encoding="utf-8")
-    child = subprocess.run(
-        [sys.executable, str(script), recipe(model).model_dump_json()],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert child.returncode == -signal.SIGKILL, child.stderr[-3000:]
+    train_until_killed(tmp_path, CHILD.format(kill_at=KILL_AT), recipe(model))
     with Session(get_engine()) as session:
         killed = session.exec(select(Run).where(Run.iteration == 2)).one()
         assert killed.state == "training"

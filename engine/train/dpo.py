@@ -17,7 +17,6 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
 from datasets import Dataset
 from peft import PeftModel
 from sqlmodel import Session
@@ -45,6 +44,7 @@ from engine.train.sft import (
     record_files,
     run_sft,
     save_trained,
+    training_arguments,
 )
 from storage.models import Project, Run
 
@@ -193,28 +193,7 @@ def build_dpo_trainer(
         max_length=recipe.cutoff_len,
         num_train_epochs=recipe.pref_num_train_epochs,
         learning_rate=recipe.pref_learning_rate,
-        per_device_train_batch_size=recipe.per_device_train_batch_size,
-        gradient_accumulation_steps=recipe.gradient_accumulation_steps,
-        lr_scheduler_type=recipe.lr_scheduler_type,
-        warmup_steps=recipe.warmup_ratio,  # transformers 5: a float below 1 is a ratio of the total steps
-        weight_decay=recipe.weight_decay,
-        bf16=bf16,
-        fp16=fp16,
-        # TRL's default is True; the recipe decides. transformers 5 renamed it activation_checkpointing.
-        activation_checkpointing=recipe.gradient_checkpointing,
-        gradient_checkpointing=recipe.gradient_checkpointing,
-        logging_steps=recipe.logging_steps,
-        logging_first_step=True,
-        save_strategy="steps",
-        save_steps=recipe.save_steps,
-        save_total_limit=2,
-        seed=recipe.seed,
-        data_seed=recipe.seed,
-        report_to=recipe.report_to,
-        disable_tqdm=True,
-        use_cpu=not torch.cuda.is_available(),
-        dataloader_pin_memory=torch.cuda.is_available(),
-        optim=("paged_adamw_8bit" if recipe.finetuning_type == "qlora" else "adamw_torch"),
+        **training_arguments(recipe),
     )
     model = PeftModel.from_pretrained(load_model(recipe, bf16=bf16, fp16=fp16), str(sft_adapter), is_trainable=True)
     trainer = _PretokenizedDPOTrainer(model=model, args=config, train_dataset=data, processing_class=tokenizer)

@@ -337,37 +337,16 @@ def build_trainer(
         eos_token=end_of_turn_token(tokenizer),  # TRL adds it to the model's generation config EOS ids
         num_train_epochs=recipe.num_train_epochs,
         max_steps=recipe.max_steps or -1,
-        per_device_train_batch_size=recipe.per_device_train_batch_size,
         per_device_eval_batch_size=recipe.per_device_train_batch_size,
-        gradient_accumulation_steps=recipe.gradient_accumulation_steps,
         learning_rate=recipe.learning_rate,
-        lr_scheduler_type=recipe.lr_scheduler_type,
-        warmup_steps=recipe.warmup_ratio,  # transformers 5: a float below 1 is a ratio of the total steps
-        weight_decay=recipe.weight_decay,
-        bf16=bf16,
-        fp16=fp16,
-        # TRL's default is True; the recipe decides. transformers 5 renamed it activation_checkpointing.
-        activation_checkpointing=recipe.gradient_checkpointing,
-        gradient_checkpointing=recipe.gradient_checkpointing,
-        logging_steps=recipe.logging_steps,
-        logging_first_step=True,
-        save_strategy="steps",
-        save_steps=recipe.save_steps,
-        save_total_limit=2,
         eval_strategy="steps" if has_validation else "no",
         eval_steps=recipe.logging_steps if has_validation else None,
         load_best_model_at_end=bool(recipe.early_stopping_steps and has_validation),
         metric_for_best_model="eval_loss" if recipe.early_stopping_steps and has_validation else None,
         greater_is_better=False,
-        seed=recipe.seed,
-        data_seed=recipe.seed,
-        report_to=recipe.report_to,
         deepspeed=str(deepspeed_config(recipe)) if recipe.distributed == "zero3" else None,
         include_num_input_tokens_seen="non_padding",
-        disable_tqdm=True,
-        use_cpu=not torch.cuda.is_available(),  # several CPU processes then train with DDP over gloo
-        dataloader_pin_memory=torch.cuda.is_available(),
-        optim=("paged_adamw_8bit" if recipe.finetuning_type == "qlora" else "adamw_torch"),
+        **training_arguments(recipe),
     )
     # Packing needs varlen attention to pay off; when it was chosen for that, load the model with it.
     flash = packing and torch.cuda.is_available() and is_flash_attn_2_available()
@@ -435,6 +414,36 @@ class _SFTTrainer(SFTTrainer):
         lengths = [len(ids) for ids in dataset["input_ids"]]
         batch = self.args.train_batch_size * self.args.gradient_accumulation_steps
         return _LengthGroupedByEpoch(batch, lengths, self.args.data_seed or self.args.seed)
+
+
+def training_arguments(recipe: Recipe) -> dict[str, Any]:
+    """The Trainer arguments every training flow of a run takes from the recipe the same way (SFT, DPO): batch
+    shape, schedule, precision, logging and checkpoints, seed, device."""
+    bf16, fp16 = precision(recipe)
+    return {
+        "per_device_train_batch_size": recipe.per_device_train_batch_size,
+        "gradient_accumulation_steps": recipe.gradient_accumulation_steps,
+        "lr_scheduler_type": recipe.lr_scheduler_type,
+        "warmup_steps": recipe.warmup_ratio,  # transformers 5: a float below 1 is a ratio of the total steps
+        "weight_decay": recipe.weight_decay,
+        "bf16": bf16,
+        "fp16": fp16,
+        # TRL's default is True; the recipe decides. transformers 5 renamed it activation_checkpointing.
+        "activation_checkpointing": recipe.gradient_checkpointing,
+        "gradient_checkpointing": recipe.gradient_checkpointing,
+        "logging_steps": recipe.logging_steps,
+        "logging_first_step": True,
+        "save_strategy": "steps",
+        "save_steps": recipe.save_steps,
+        "save_total_limit": 2,
+        "seed": recipe.seed,
+        "data_seed": recipe.seed,
+        "report_to": recipe.report_to,
+        "disable_tqdm": True,
+        "use_cpu": not torch.cuda.is_available(),  # several CPU processes then train with DDP over gloo
+        "dataloader_pin_memory": torch.cuda.is_available(),
+        "optim": "paged_adamw_8bit" if recipe.finetuning_type == "qlora" else "adamw_torch",
+    }
 
 
 def uses_packing(recipe: Recipe) -> bool:
