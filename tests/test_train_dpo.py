@@ -3,6 +3,7 @@ run's SFT adapter with the SFT policy as the reference, and a DPO phase killed w
 checkpoint to the result of a run never interrupted."""
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -11,17 +12,18 @@ from safetensors.torch import load_file
 from sqlmodel import Session, col, select
 
 from engine.data.sample import Message, Sample
+from engine.data.versions import Entry, load_entries
 from engine.database import get_engine
 from engine.events import Event
 from engine.loop.projects import get_project
 from engine.loop.reviews import record_review
-from engine.train.dpo import tokenize_pair
-from engine.train.prepare import end_of_turn_token, load_tokenizer
+from engine.train.dpo import frozen_pairs, tokenize_pair
+from engine.train.prepare import end_of_turn_token, load_tokenizer, split_entries
 from engine.train.recipe import Recipe, RecipeError, parse_recipe
 from engine.train.sft import train
 from engine.train.tiny import build_tiny_model
 from storage.db import session_scope
-from storage.models import Evaluation, Judgement, Run
+from storage.models import DatasetVersion, Evaluation, Judgement, Run
 from storage.models import Sample as SampleRow
 from tests.test_train_resume import metrics, train_until_killed
 from tests.training_data import add_dataset, qa_entries
@@ -70,10 +72,10 @@ def recipe(model: Path) -> Recipe:
     )
 
 
-def reviewed_pairs() -> None:
-    """Project `shop`: a version of train and test samples, and run 1 judged, each test answer fixed by a
-    reviewer: six preference pairs."""
-    add_dataset(qa_entries(TRAIN) + qa_entries(TEST, "test"))
+def reviewed_pairs(uploaded: Sequence[Entry] = ()) -> None:
+    """Project `shop`: a version of train (and `uploaded`) and test samples, and run 1 judged, each test answer
+    fixed by a reviewer: six preference pairs."""
+    add_dataset([*qa_entries(TRAIN), *uploaded, *qa_entries(TEST, "test")])
     with session_scope(get_engine()) as session:
         project = get_project(session, "shop")
         rows = session.exec(select(SampleRow).where(SampleRow.split == "test").order_by(col(SampleRow.id))).all()
@@ -171,3 +173,24 @@ def test_dpo_trains_on_review_pairs_on_top_of_sft_and_resumes_after_sigkill(tmp_
     for key in a:
         torch.testing.assert_close(a[key], b[key], atol=1e-4, rtol=1e-3)
     assert any(not torch.allclose(b[key], sft[key]) for key in b)  # DPO moved the SFT adapter
+
+
+def test_a_run_trains_on_an_uploaded_preference_dataset_and_the_review_pairs_it_started_with(tmp_path: Path) -> None:
+    uploaded = Sample(
+        messages=[{"role": "user", "content": "能开专票吗？"}, {"role": "assistant", "content": "可以，请提供税号。"}],
+        rejected=Message(role="assistant", content=WRONG),
+    )
+    reviewed_pairs([Entry(uploaded, "train")])
+    frozen = tmp_path / "preference_pairs.jsonl"
+    with session_scope(get_engine()) as session:
+        project = get_project(session, "shop")
+        version = session.exec(select(DatasetVersion)).one()
+        train_samples, _ = split_entries(load_entries(session, version), 0.0, 0)
+        pairs = frozen_pairs(session, project, train_samples, frozen)
+    assert pairs[0] == uploaded and len(pairs) == 1 + len(TEST)  # the upload's pair, then the reviewers'
+    assert [p.rejected.content for p in pairs[1:]] == [WRONG] * len(TEST)
+    # A resumed run trains on what it started with, whatever was reviewed since.
+    with session_scope(get_engine()) as session:
+        judgement = session.exec(select(Judgement)).first()
+        record_review(session, judgement_id=judgement.id, reviewer="amy", verdict="drop")
+        assert frozen_pairs(session, get_project(session, "shop"), train_samples, frozen) == pairs

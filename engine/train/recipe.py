@@ -28,7 +28,11 @@ class RecipeError(ValueError):
 class PreferenceKeys(BaseModel):
     """`stage: dpo`: after SFT, the run trains on preference pairs (its dataset's preference samples and the
     project's pairs from reviews) with TRL's DPOTrainer, on top of the SFT adapter, the SFT policy being the
-    reference (engine/train/dpo.py). LLaMA-Factory's `pref_*` keys where TRL has the same thing."""
+    reference (engine/train/dpo.py). LLaMA-Factory's `pref_*` keys where TRL has the same thing.
+
+    Unlike LLaMA-Factory, where a `stage: dpo` YAML trains DPO alone on an adapter an earlier SFT run made, one
+    run here trains both phases: learning_rate and num_train_epochs stay the SFT phase's, and pref_learning_rate
+    and pref_num_train_epochs are the DPO phase's (the other keys, batch shape and schedule, serve both)."""
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
