@@ -232,6 +232,25 @@ class Review(SQLModel, table=True):
     created_at: datetime = _created()
 
 
+class PreferencePair(SQLModel, table=True):
+    """A reviewer's Fix of a judged sample as preference data: the prompt, the corrected answer (chosen) and the
+    tuned model's answer (rejected). A later review of the same judgement supersedes it (`active` false)."""
+
+    __tablename__ = "preference_pairs"
+
+    id: int | None = Field(default=None, primary_key=True)
+    project_id: int = Field(foreign_key="projects.id", index=True)
+    run_id: int = Field(foreign_key="runs.id")  # the run whose evaluation was reviewed
+    judgement_id: int = Field(foreign_key="judgements.id", index=True)
+    review_id: int = Field(foreign_key="reviews.id", unique=True)
+    prompt: list = Field(sa_column=Column(JSON, nullable=False))  # the messages before the answer
+    chosen: str = Field(sa_column=Column(Text, nullable=False))
+    rejected: str = Field(sa_column=Column(Text, nullable=False))
+    tags: list | None = _json()
+    active: bool = True
+    created_at: datetime = _created()
+
+
 class Adapter(SQLModel, table=True):
     __tablename__ = "adapters"
 

@@ -36,7 +36,7 @@ from engine.train.sft import train
 from engine.train.tiny import build_tiny_model
 from storage.artifacts import run_key
 from storage.db import session_scope
-from storage.models import Artifact, Evaluation, Judgement, Project, Review, Run
+from storage.models import Adapter, Artifact, Evaluation, Judgement, Project, Review, Run
 from tests.training_data import SHOP_QA, SHOP_SYSTEM, add_dataset, qa_entries
 
 TAGS = {"可以退货吗？": "退货", "运费谁出？": "退货", "订单什么时候发货？": "物流", "多久到货？": "物流"}
@@ -105,6 +105,14 @@ def home(trained: TrainedRun, monkeypatch: pytest.MonkeyPatch) -> Iterator[Train
     get_settings.cache_clear()
     set_gate({})
     yield trained
+    get_settings.cache_clear()
+
+
+def judge_at(server: OpenAIServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The LLM judge is `server`, as judge-model."""
+    monkeypatch.setenv("TUNELOOP_JUDGE_BASE_URL", server.base_url)
+    monkeypatch.setenv("TUNELOOP_JUDGE_API_KEY", "test")
+    monkeypatch.setenv("TUNELOOP_JUDGE_MODEL", "judge-model")
     get_settings.cache_clear()
 
 
@@ -184,10 +192,7 @@ def test_llm_judge_against_the_scripted_server_passes_the_gate(
 ) -> None:
     set_gate({"waive": ["forgetting"]})  # the quick evaluation runs no probe: the project says it need not
     with OpenAIServer(responder=reference_judge) as server:
-        monkeypatch.setenv("TUNELOOP_JUDGE_BASE_URL", server.base_url)
-        monkeypatch.setenv("TUNELOOP_JUDGE_API_KEY", "test")
-        monkeypatch.setenv("TUNELOOP_JUDGE_MODEL", "judge-model")
-        get_settings.cache_clear()
+        judge_at(server, monkeypatch)
         evaluation, rows, outcome = evaluate(home.run_id)
         requests = len(server.requests)
     assert requests == 4 * len(SHOP_QA)  # two grades and both pairwise orders per sample
@@ -329,3 +334,42 @@ def test_a_stage_its_worker_stops_leaves_the_run_evaluating(home: TrainedRun) ->
     in_own_session(judge_for_run, home.run_id)  # run again, it goes on
     in_own_session(report_for_run, home.run_id)
     assert run_state(home.run_id)[0] == "reviewing"
+
+
+def test_a_dpo_iteration_is_judged_against_the_previous_iterations_answers(
+    home: TrainedRun, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with OpenAIServer(responder=reference_judge) as server:
+        judge_at(server, monkeypatch)
+        first, _, _ = evaluate(home.run_id)
+        assert first.scores["versus_previous"] is None  # an SFT run: against its base only
+        with session_scope(get_engine()) as session:
+            # Iteration 1 answered all but its first question wrongly; iteration 2 (DPO) answers as the adapter does.
+            for row in session.exec(select(Judgement).where(Judgement.evaluation_id == first.id)).all():
+                row.tuned_answer = row.tuned_answer if row.position == 0 else "不知道。"
+            parent = session.get(Run, home.run_id)
+            adapter = session.exec(select(Adapter).where(Adapter.run_id == parent.id)).one()
+            last = max(session.exec(select(Run.iteration).where(Run.project_id == parent.project_id)).all())
+            dpo = Run(
+                project_id=parent.project_id,
+                iteration=last + 1,
+                parent_run_id=parent.id,
+                dataset_version_id=parent.dataset_version_id,
+                recipe={**parent.recipe, "stage": "dpo"},
+                state="evaluating",
+            )
+            session.add(dpo)
+            session.flush()
+            copied = adapter.model_dump(exclude={"id", "run_id", "created_at"})
+            session.add(Adapter(**copied, run_id=dpo.id))
+            dpo_id = dpo.id
+        server.requests.clear()
+        evaluation, _, outcome = evaluate(dpo_id)
+        requests = len(server.requests)
+    assert requests == 2 * 4 * len(SHOP_QA)  # against the base, then against iteration 1, both ways
+    versus = evaluation.scores["versus_previous"]
+    assert (versus["run"], versus["iteration"]) == (home.run_id, parent.iteration)
+    pairwise = versus["pairwise"]
+    assert (pairwise["pairs"], pairwise["wins"], pairwise["losses"]) == (len(SHOP_QA), len(SHOP_QA) - 1, 0)
+    line = f"win rate against iteration {parent.iteration}: 83% (5 won, 0 lost, 1 tied of 6)"
+    assert line in Path(outcome.report.markdown).read_text(encoding="utf-8")

@@ -215,10 +215,18 @@ def test_llamafactory_example_recipes_load_with_their_io_keys_reported() -> None
     assert read_recipe(DEFAULT_RECIPE).notes == []
 
 
+def test_a_dpo_yaml_trains_sft_then_dpo_with_its_learning_rate_and_epochs_for_the_dpo_phase() -> None:
+    loaded = read_recipe(LF / "qwen3_lora_dpo.yaml")
+    recipe = loaded.recipe
+    assert (recipe.stage, recipe.pref_beta, recipe.pref_loss) == ("dpo", 0.1, "sigmoid")
+    assert (recipe.pref_learning_rate, recipe.pref_num_train_epochs) == (5e-6, 3.0)
+    assert (recipe.learning_rate, recipe.num_train_epochs) == (5e-5, 3.0)  # LLaMA-Factory's defaults, for SFT
+    assert "learning_rate: read as pref_learning_rate, the DPO phase's" in "\n".join(loaded.notes)
+
+
 @pytest.mark.parametrize(
     ("name", "expected"),
     [
-        ("qwen3_lora_dpo.yaml", "stage: dpo (preference training) is not in this version of tuneloop"),
         ("qwen3_lora_kto.yaml", "stage: kto is not supported"),
         ("qwen3_lora_pretrain.yaml", "stage: pt (pretraining on plain text) is not supported"),
         ("merge_qwen3_lora_sft.yaml", "merge a run's adapter into its base model with `tuneloop export RUN --merge`"),

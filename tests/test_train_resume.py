@@ -62,6 +62,21 @@ def recipe(model: Path) -> Recipe:
     )
 
 
+def train_until_killed(tmp_path: Path, child: str, recipe: Recipe) -> None:
+    """Run the script `child` (it trains `recipe` and kills itself with SIGKILL) in a process of its own."""
+    script = tmp_path / "child.py"
+    script.write_text(textwrap.dedent(child), encoding="utf-8")
+    killed = subprocess.run(
+        [sys.executable, str(script), recipe.model_dump_json()],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+
+
 def metrics(run_id: int) -> list[Metric]:
     with Session(get_engine()) as session:
         return list(session.exec(select(Metric).where(Metric.run_id == run_id).order_by(col(Metric.step))).all())
@@ -72,17 +87,7 @@ def test_sigkilled_training_resumes_from_its_last_checkpoint(tmp_path: Path) -> 
     model = build_tiny_model(tmp_path / "tiny")
     add_dataset(qa_entries(QA))
 
-    script = tmp_path / "child.py"
-    script.write_text(textwrap.dedent(CHILD.format(kill_at=KILL_AT)), encoding="utf-8")
-    child = subprocess.run(
-        [sys.executable, str(script), recipe(model).model_dump_json()],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert child.returncode == -signal.SIGKILL, child.stderr[-3000:]
+    train_until_killed(tmp_path, CHILD.format(kill_at=KILL_AT), recipe(model))
     with Session(get_engine()) as session:
         killed = session.exec(select(Run)).one()
         assert killed.state == "training"  # what a reconciler finds after a crash

@@ -97,9 +97,15 @@ def review_command(
         act(ShowReview(run=run, limit=limit), by)
 
 
-def retrain_command(run: RunArgument, by: ByOption = None) -> None:
+def retrain_command(
+    run: RunArgument,
+    dpo: Annotated[
+        bool, typer.Option("--dpo", help="Train SFT, then DPO on the project's preference pairs from reviews.")
+    ] = False,
+    by: ByOption = None,
+) -> None:
     """Start the next iteration: the reviews become a new dataset version, and its run is queued for training."""
-    act(Retrain(run=run), by)
+    act(Retrain(run=run, dpo=dpo), by)
 
 
 def chat_command(

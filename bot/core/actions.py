@@ -144,10 +144,12 @@ class ShowReviewSummary(_Action):
 
 
 class Retrain(_Action):
-    """The next iteration: the reviews become a new dataset version, and a run on it is queued."""
+    """The next iteration: the reviews become a new dataset version, and a run on it is queued; with `dpo`, the
+    run trains SFT then DPO on the project's preference pairs from reviews (offered once it has enough)."""
 
     kind: Literal["retrain"] = "retrain"
     run: int
+    dpo: bool = False
 
 
 class RequestApproval(_Action):

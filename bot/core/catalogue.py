@@ -186,6 +186,14 @@ CATALOGUE: dict[str, tuple[str, str]] = {
         "Iteration {iteration} started as run {run} on dataset version {version}: {change}.",
         "第 {iteration} 轮已开始（运行 {run}，数据集第 {version} 版）：{change}。",
     ),
+    "retrain.dpo": (
+        "It trains SFT, then DPO on {n} preference pairs from reviews.",
+        "先做 SFT，再用审核得到的 {n} 对偏好数据做 DPO。",
+    ),
+    "summary.pairs": (
+        "Reviews have given {n} preference pairs: Retrain can also train SFT + DPO on them.",
+        "审核已得到 {n} 对偏好数据：重新训练时也可以在 SFT 之后用它们做 DPO。",
+    ),
     "retrain.already": ("Run {run} already continues run {parent}.", "运行 {run} 已经延续了运行 {parent}。"),
     # approval
     "approval.requested": (
@@ -245,6 +253,7 @@ CATALOGUE: dict[str, tuple[str, str]] = {
     "button.drop": ("Drop", "删除"),
     "button.review": ("Review samples", "审核样本"),
     "button.retrain": ("Retrain", "重新训练"),
+    "button.retrain_dpo": ("SFT + DPO on {n} pairs", "SFT + DPO（{n} 对偏好数据）"),
     "button.request_approval": ("Request approval", "提交审批"),
     "button.approve": ("Approve & deploy", "批准并部署"),
     "button.override": ("Approve over the gate…", "越过门槛批准…"),

@@ -4,7 +4,7 @@
     <project> [data=<version>] [options]          <project> synth "<task>" [n=500] [options]
     status [run]     list [project]     history <run>     cancel <run>     retry <run>
     review <run>     review <run> keep|drop <sample> [comment]     review <run> fix <sample> <answer>
-    summary <run>    retrain <run>      request <run>     approve <run> [override=<reason>]
+    summary <run>    retrain <run> [dpo] request <run>     approve <run> [override=<reason>]
     deploy <run>     rollback <project> project <project> [reviewers=… approvers=… requesters=… channels=… lang=…]
     lang en|zh
 
@@ -66,7 +66,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "查看得分最低的样本，或审核其中一个",
     ),
     "summary": ("summary <run>", "what the reviews change", "审核汇总及其改动"),
-    "retrain": ("retrain <run>", "start the next iteration from the reviews", "根据审核开始下一轮训练"),
+    "retrain": (
+        "retrain <run> [dpo]",
+        "start the next iteration from the reviews (dpo: SFT + DPO on the review pairs)",
+        "根据审核开始下一轮训练（dpo：SFT 之后用审核得到的偏好数据做 DPO）",
+    ),
     "request": ("request <run>", "send a reviewed run for approval", "提交审批"),
     "approve": ("approve <run> [override=<reason>]", "approve and deploy a run", "批准并部署运行"),
     "deploy": ("deploy <run>", "approve and deploy a run", "批准并部署运行"),
@@ -255,6 +259,13 @@ def _run_only(command: str, action: type) -> Any:
     return parse_run
 
 
+def _retrain(rest: list[str], language: str) -> Action:
+    run = _number(rest[0] if rest else None, "run", "retrain", language)
+    dpo = len(rest) > 1 and rest[1].lower() == "dpo"
+    _no_more(rest[1 + dpo :], "retrain", language)
+    return Retrain(run=run, dpo=dpo)
+
+
 def _review(rest: list[str], language: str) -> Action:
     run = _number(rest[0] if rest else None, "run", "review", language)
     if len(rest) == 1:
@@ -371,7 +382,7 @@ _COMMAND_PARSERS = {
     "retry": _run_only("retry", Retry),
     "review": _review,
     "summary": _run_only("summary", ShowReviewSummary),
-    "retrain": _run_only("retrain", Retrain),
+    "retrain": _retrain,
     "request": _run_only("request", RequestApproval),
     "approve": _approve,
     "deploy": _run_only("deploy", Approve),
@@ -407,6 +418,8 @@ def spell(action: Action) -> str:
             return "status"
         case StartRun():  # a run on a dataset version, as typed (its options are the person's to add)
             return action.project + (f" data={action.data}" if action.data != "latest" else "")
+        case Retrain(dpo=True):
+            return f"retrain {action.run} dpo"
         case ShowHistory() | ShowReport() | Cancel() | Retry() | Retrain() | Status():
             return f"{_VERBS[type(action)]} {action.run}"
         case _:

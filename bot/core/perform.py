@@ -619,7 +619,7 @@ def _retrain(context: Context, action: Retrain) -> list[Message]:
     run, project = context.run(action.run)
     permissions.require_any(project, context.actor, ("reviewer", "requester"), context.language, doing="reviewer")
     following = start_next_iteration(
-        context.session, action.run, by=context.actor.identity, platform=context.actor.platform
+        context.session, action.run, by=context.actor.identity, platform=context.actor.platform, dpo=action.dpo
     )
     if not following.created:
         return [Message(say(context.language, "retrain.already", run=following.run.id, parent=run.id), run_id=run.id)]
@@ -636,7 +636,8 @@ def _retrain(context: Context, action: Retrain) -> list[Message]:
         version=following.version.number,
         change=change_phrase(following.summary, context.language),
     )
-    return [Message(text, run_id=next_run.id), run_card(context.session, next_run, context.language)]
+    lines = [say(context.language, "retrain.dpo", n=following.summary.pairs)] if action.dpo else []
+    return [Message(text, lines=lines, run_id=next_run.id), run_card(context.session, next_run, context.language)]
 
 
 # --- approval, deployment, rollback --------------------------------------------------------------------------

@@ -294,6 +294,10 @@ def summary_message(summary: ReviewSummary, run: Run, language: str) -> Message:
     if summary.changes:
         lines.append(say(language, "summary.change", change=change_phrase(summary, language)))
         buttons = [button(language, "retrain", Retrain(run=run.id), "primary")]
+        if summary.offers_dpo:
+            lines.append(say(language, "summary.pairs", n=summary.pairs))
+            dpo = Retrain(run=run.id, dpo=True)
+            buttons.append(Button(say(language, "button.retrain_dpo", n=summary.pairs), dpo, spell(dpo)))
     else:
         if reviewed:
             lines.append(say(language, "summary.no_change"))

@@ -22,9 +22,10 @@ The gate's decision does not fail the stage: a run that misses its bar is evalua
 to `reviewing`, where people see why (design.md: a gate failure stops at reviewing)."""
 
 import hashlib
+import json
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -42,6 +43,7 @@ from engine.evaluate.metric_judge import metric_judge
 from engine.evaluate.report import ReportFiles, ReportInputs, write_report
 from engine.evaluate.results import (
     ForgettingReport,
+    GeneratedSample,
     Generation,
     GenerationSettings,
     ReferenceMetrics,
@@ -50,12 +52,14 @@ from engine.evaluate.results import (
 from engine.evaluate.weakest import WeakestReport, judge_scores, weakest_samples
 from engine.events import Event, EventSink, ignore_events
 from engine.files import write_atomic_text
+from engine.loop.preferences import project_pairs
 from engine.loop.reviews import iteration_comparison
 from engine.loop.runs import (
     IllegalTransition,
     RunCancelled,
     StageStopped,
     fail_run,
+    latest_evaluation,
     stop_if_cancelled,
     transition,
     worker_actor,
@@ -122,6 +126,19 @@ class Generated:
 
 
 @dataclass(frozen=True)
+class VersusPrevious:
+    """A DPO iteration's answers judged pairwise against the previous iteration's answers to the same questions
+    (in the base's place). `trained_as_pairs`: how many of those questions were among the DPO pairs, so not unseen
+    (pairs come from reviewers' fixes of judged test samples)."""
+
+    __pydantic_config__ = _FILE_CONFIG
+    run: int
+    iteration: int
+    judge: JudgeResult
+    trained_as_pairs: int
+
+
+@dataclass(frozen=True)
 class Judged:
     """judged.json: the judge stage's verdicts and the generated.json (its sha256) they are about."""
 
@@ -129,6 +146,7 @@ class Judged:
     kind: JudgeKind
     judge: JudgeResult
     generated_sha256: str
+    previous: VersusPrevious | None = None  # a DPO iteration with an LLM judge: against iteration k-1
 
 
 _GENERATED = TypeAdapter(Generated)
@@ -433,7 +451,51 @@ def judge_for_run(
             )
         else:
             judge = metric_judge(samples, generated.metrics)
-        write_atomic_text(folder / JUDGED, _JUDGED.dump_json(Judged(kind, judge, digest), indent=1).decode())
+        previous = None
+        compared = previous_iteration_samples(session, run, samples) if kind == "llm" and options.pairwise else None
+        if compared is not None:
+            parent, against = compared
+            stage("judge", kind=kind, against_run=parent.id)
+            verdicts = judge_samples_blocking(
+                against, rubric=rubric, pairwise=True, settings=settings, events=events, project=project.name
+            )
+            trained = _dpo_prompts(session, project)
+            seen = sum(1 for s in against if _prompt_key(s.prompt) in trained)
+            previous = VersusPrevious(parent.id, parent.iteration, verdicts, seen)  # type: ignore[arg-type]
+        judged = Judged(kind, judge, digest, previous)
+        write_atomic_text(folder / JUDGED, _JUDGED.dump_json(judged, indent=1).decode())
+
+
+def previous_iteration_samples(
+    session: Session, run: Run, samples: Sequence[GeneratedSample]
+) -> tuple[Run, list[GeneratedSample]] | None:
+    """For a DPO iteration (`stage: dpo`): its answers with the previous iteration's answers to the same questions
+    (from that run's latest evaluation) in the base's place, for the pairwise judge; None for any other run, or
+    when the previous iteration was not evaluated on any of these questions."""
+    if (run.recipe or {}).get("stage") != "dpo" or run.parent_run_id is None:
+        return None
+    parent = session.get(Run, run.parent_run_id)
+    evaluation = latest_evaluation(session, run.parent_run_id)
+    if parent is None or evaluation is None:
+        return None
+    answers = dict(
+        session.exec(
+            select(Judgement.question, Judgement.tuned_answer).where(
+                Judgement.evaluation_id == evaluation.id, col(Judgement.tuned_answer).is_not(None)
+            )
+        ).all()
+    )
+    compared = [replace(s, base_answer=answers[s.question]) for s in samples if s.question in answers]
+    return (parent, compared) if compared else None
+
+
+def _prompt_key(messages: Sequence[dict]) -> str:
+    return json.dumps(list(messages), ensure_ascii=False, sort_keys=True)
+
+
+def _dpo_prompts(session: Session, project: Project) -> set[str]:
+    pairs = project_pairs(session, project.id)  # type: ignore[arg-type]
+    return {_prompt_key([m.model_dump(exclude_none=True) for m in s.messages[:-1]]) for s in pairs}
 
 
 def _read_judged(folder: Path) -> tuple[Generated, Judged]:
@@ -493,6 +555,7 @@ def _store_evaluation(session: Session, run: Run, a: _Assessment) -> Evaluation:
             "gate": a.decision.to_dict(),
             "weakest": {"summary": a.weakest.summary, "indices": [w.index for w in a.weakest.weakest]},
             "agreement": a.agreement.to_dict(),
+            "versus_previous": _versus_previous(a.judged.previous),
         },
         gate_passed=a.decision.passed,
         gate_reasons=a.decision.reasons,
@@ -505,6 +568,19 @@ def _store_evaluation(session: Session, run: Run, a: _Assessment) -> Evaluation:
     ids = _test_sample_ids(session, run.dataset_version_id)
     session.add_all(_judgement_rows(evaluation.id, generation, judge, metrics, ids))
     return evaluation
+
+
+def _versus_previous(previous: VersusPrevious | None) -> dict | None:
+    if previous is None:
+        return None
+    summary = previous.judge.summary()
+    return {
+        "run": previous.run,
+        "iteration": previous.iteration,
+        "pairwise": summary["pairwise"],
+        "trained_as_pairs": previous.trained_as_pairs,
+        "invalid_rate": summary["invalid_rate"],
+    }
 
 
 def _report(

@@ -25,6 +25,8 @@ Starting the next iteration also plans data for the sub-scenarios where run k's 
 weakest (engine.loop.targeting): new samples synthesized by the next run's synthesize stage, or, without a synthesis
 endpoint, the weak tags' training samples oversampled. The summary states the plan before anyone starts it; the
 next run keeps it in its `plan`, and its report names what the iteration changed beside each tag's score.
+A Fix of a judgement also yields a preference pair for DPO (engine.loop.preferences, which says why a Keep
+yields none).
 
 A changed sample gets a new content hash; the samples no review changed keep theirs, and the old version is
 never touched (entries are loaded, changed in memory and saved as a new version). When the reviews change
@@ -41,6 +43,7 @@ from sqlmodel import Session, col, select
 from engine.data.sample import Message, Sample
 from engine.data.versions import Entry, load_entries, save_version
 from engine.evaluate.weakest import UNTAGGED
+from engine.loop.preferences import DEFAULT_DPO_MIN_PAIRS, count_pairs, min_pairs, note_review
 from engine.loop.prepare import PreparePlan, TargetedData, plan_of
 from engine.loop.projects import is_listed
 from engine.loop.targeting import TargetingError, plan_targeted, tag_means
@@ -68,6 +71,12 @@ class ReviewSummary:
     new_training_samples: int = 0  # fixed test samples added to train (only with review_fixes_train)
     targeted: TargetedData | None = None  # data for the weak sub-scenarios (engine.loop.targeting)
     by_tag: dict[str, dict[str, int]] = field(default_factory=dict)  # sub-scenario -> "fixes" / "drops" -> count
+    pairs: int = 0  # the project's preference pairs from reviews, this run's included
+    min_pairs: int = DEFAULT_DPO_MIN_PAIRS  # pairs needed before the next iteration may train SFT + DPO
+
+    @property
+    def offers_dpo(self) -> bool:
+        return self.pairs >= self.min_pairs
 
     @property
     def changes(self) -> int:
@@ -84,7 +93,10 @@ class ReviewSummary:
         head = f"{_plural(reviewed, 'sample')} of run {self.run_id} reviewed: {counts}."
         if not self.changes:
             return [head, "No review changes the data: there is nothing to retrain on yet."]
-        return [head, f"The next iteration would {_change_phrase(self, future=True)}."]
+        lines = [head, f"The next iteration would {_change_phrase(self, future=True)}."]
+        if self.offers_dpo:
+            lines.append(f"It may also train SFT + DPO on {_plural(self.pairs, 'preference pair')}.")
+        return lines
 
 
 @dataclass
@@ -110,10 +122,14 @@ class IterationComparison:
     gate_passed: tuple[bool | None, bool | None]
     tags: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)  # sub-scenario -> means
     changes: dict[str, list[str]] = field(default_factory=dict)  # sub-scenario -> what iteration k changed there
+    # A DPO iteration judged pairwise against iteration k-1's answers (Evaluation.scores["versus_previous"])
+    versus_previous: dict | None = None
 
     @property
     def lines(self) -> list[str]:
         lines = [_move("overall", *self.overall, "{:.1f}", "{:+.1f}")]
+        if self.versus_previous:
+            lines.append(_versus_line(self.versus_previous, self.parent_iteration))
         if self.win_rate != (None, None):
             lines.append(_move("win rate", *_percent(self.win_rate), "{:.0f}%", "{:+.0f} pts"))
         if self.invalid_rate != (None, None):
@@ -191,6 +207,8 @@ def record_review(
     )
     session.add(review)
     session.flush()
+    if judgement_id is not None:
+        note_review(session, review, judgement, project.id, _run_of_judgement(session, judgement))  # type: ignore[arg-type]
     session.add(
         AuditEvent(
             actor=reviewer,
@@ -213,6 +231,12 @@ def _project_of_judgement(session: Session, judgement: Judgement) -> Project:
     if project is None:
         raise ReviewError(f"judgement {judgement.id} belongs to no project")
     return project
+
+
+def _run_of_judgement(session: Session, judgement: Judgement) -> int:
+    evaluation = session.get(Evaluation, judgement.evaluation_id)
+    assert evaluation is not None  # a foreign key
+    return evaluation.run_id
 
 
 def _project_of_sample(session: Session, row: SampleRow) -> Project:
@@ -298,6 +322,8 @@ def _plan(session: Session, run: Run) -> _Plan:
     index_of = {row_id: index for index, row_id in enumerate(row_ids)}
     summary = ReviewSummary(run.id, dict.fromkeys(VERDICTS, 0))  # type: ignore[arg-type]
     answers: dict[str, list[str]] = {}  # sub-scenario -> the reviewers' corrected answers
+    summary.pairs = count_pairs(session, run.project_id)
+    summary.min_pairs = min_pairs(project.settings if project else None)
     for row_id, review in sorted(_latest_reviews(session, run, index_of).items()):
         index = index_of.get(row_id)
         if index is None or not entries[index].in_use:
@@ -371,8 +397,12 @@ def _targeted_phrase(targeted: TargetedData) -> str:
     return f"no synthesis endpoint: oversampling {factors} instead of new data"
 
 
-def start_next_iteration(session: Session, run_id: int, *, by: str, platform: str | None = None) -> NextIteration:
-    """Turn the reviews of run `run_id` into a new dataset version and queue the next iteration's run on it."""
+def start_next_iteration(
+    session: Session, run_id: int, *, by: str, platform: str | None = None, dpo: bool = False
+) -> NextIteration:
+    """Turn the reviews of run `run_id` into a new dataset version and queue the next iteration's run on it;
+    with `dpo`, the run trains SFT then DPO on the project's preference pairs (`stage: dpo`), which needs the
+    project's `dpo_min_pairs` of them."""
     run = _get_run(session, run_id)
     started = session.exec(select(Run).where(Run.parent_run_id == run.id).order_by(col(Run.id))).first()
     if started is not None:
@@ -384,6 +414,11 @@ def start_next_iteration(session: Session, run_id: int, *, by: str, platform: st
     if not plan.summary.changes:
         raise ReviewError(
             f"no reviews change the data of run {run.id}, and no sub-scenario is weak; nothing to retrain on"
+        )
+    if dpo and not plan.summary.offers_dpo:
+        raise ReviewError(
+            f"SFT + DPO needs {plan.summary.min_pairs} preference pairs from reviews; "
+            f"the project has {plan.summary.pairs}"
         )
     dataset = session.get(Dataset, plan.version.dataset_id)
     assert dataset is not None
@@ -417,7 +452,7 @@ def start_next_iteration(session: Session, run_id: int, *, by: str, platform: st
         iteration=(last or run.iteration) + 1,
         parent_run_id=run.id,
         dataset_version_id=change.version.id,
-        recipe=dict(run.recipe) if run.recipe is not None else None,
+        recipe={**(run.recipe or {}), "stage": "dpo"} if dpo else dict(run.recipe) if run.recipe is not None else None,
         plan=plan.prepare.model_dump(mode="json", exclude_none=True) if plan.prepare else None,
         state="queued",
         requested_by=by,
@@ -434,7 +469,12 @@ def start_next_iteration(session: Session, run_id: int, *, by: str, platform: st
             project_id=run.project_id,
             subject_type="run",
             subject_id=next_run.id,
-            detail={"parent_run": run.id, "dataset_version": change.version.id, "iteration": next_run.iteration},
+            detail={
+                "parent_run": run.id,
+                "dataset_version": change.version.id,
+                "iteration": next_run.iteration,
+                "dpo_pairs": summary.pairs if dpo else None,
+            },
         )
     )
     session.flush()
@@ -473,6 +513,7 @@ def iteration_comparison(
             tag: (before_tags.get(tag), after_tags.get(tag)) for tag in sorted(before_tags.keys() | after_tags.keys())
         },
         changes=_iteration_changes(session, run),
+        versus_previous=(current.scores or {}).get("versus_previous"),
     )
 
 
@@ -520,6 +561,18 @@ def _score(evaluation: Evaluation, *path: str) -> float | None:
     for key in path:
         value = value.get(key) if isinstance(value, dict) else None
     return float(value) if isinstance(value, int | float) else None
+
+
+def _versus_line(versus: dict, parent_iteration: int) -> str:
+    """ "win rate against iteration 1: 75% (3 won, 1 lost, 0 tied of 4; 2 were DPO pairs)"."""
+    pairwise = versus.get("pairwise") or {}
+    rate = pairwise.get("win_rate")
+    shown = f"{rate * 100:.0f}%" if isinstance(rate, int | float) else "n/a"
+    counts = f"{pairwise.get('wins', 0)} won, {pairwise.get('losses', 0)} lost, {pairwise.get('ties', 0)} tied"
+    counts += f" of {pairwise.get('pairs', 0)}"
+    if versus.get("trained_as_pairs"):
+        counts += f"; {versus['trained_as_pairs']} of these questions were DPO pairs, not unseen"
+    return f"win rate against iteration {parent_iteration}: {shown} ({counts})"
 
 
 def _percent(pair: tuple[float | None, float | None]) -> tuple[float | None, float | None]:

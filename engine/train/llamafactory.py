@@ -130,9 +130,10 @@ STAGES = {
     "rm": "stage: rm (reward model training) is not supported: tuneloop trains with stage: sft",
     "ppo": "stage: ppo is not supported: tuneloop trains with stage: sft",
     "kto": "stage: kto is not supported: with stage: sft, KTO data trains on the answers labelled good only",
-    "dpo": "stage: dpo (preference training) is not in this version of tuneloop: "
-    "stage: sft trains on the chosen answers of preference data",
 }
+# With stage: dpo, LLaMA-Factory's YAML trains DPO alone, so these are the DPO phase's; a tuneloop run trains SFT
+# first, whose own keys then take the defaults.
+_DPO_PHASE = {"learning_rate": "pref_learning_rate", "num_train_epochs": "pref_num_train_epochs"}
 
 
 def refusal(values: dict[str, Any], stages: tuple[str, ...]) -> str | None:
@@ -155,7 +156,13 @@ def take_over(values: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     and a sentence for each key taken out. A checkpoint to resume from stays in, for the recipe to refuse."""
     ignored = [key for key in IGNORED if key in values and not (key == "resume_from_checkpoint" and values[key])]
     kept = {key: value for key, value in values.items() if key not in ignored}
-    return {**DEFAULTS, **kept}, [f"{key}: ignored: {IGNORED[key]}" for key in ignored]
+    notes = [f"{key}: ignored: {IGNORED[key]}" for key in ignored]
+    if kept.get("stage") == "dpo":
+        for key, ours in _DPO_PHASE.items():
+            if key in kept and ours not in kept:
+                kept[ours] = kept.pop(key)
+                notes.append(f"{key}: read as {ours}, the DPO phase's (the SFT phase before it takes the default)")
+    return {**DEFAULTS, **kept}, notes
 
 
 def template_problem(name: str) -> str | None:

@@ -61,9 +61,11 @@ def overfitting_warning(metrics: Sequence[Metric], window: int = 2) -> str | Non
 
 
 class MetricsCallback(TrainerCallback):
-    """Writes the trainer's logs to storage and announces them; only the main process writes."""
+    """Writes the trainer's logs to storage and announces them; only the main process writes. A second phase of
+    a run (DPO after SFT) counts its steps on from `step_offset`, the first phase's last step."""
 
-    def __init__(self, session: Session, run_id: int, project: str, events: EventSink) -> None:
+    def __init__(self, session: Session, run_id: int, project: str, events: EventSink, step_offset: int = 0) -> None:
+        self.step_offset = step_offset
         self.session = session
         self.run_id = run_id
         self.project = project
@@ -100,9 +102,10 @@ class MetricsCallback(TrainerCallback):
         if self._started is not None and state.global_step > self._started[1]:
             per_step = (now - self._started[0]) / (state.global_step - self._started[1])
             values["eta_seconds"] = per_step * max(0, state.max_steps - state.global_step)
-        record_metric(self.session, self.run_id, state.global_step, values)
+        step, total = self.step_offset + state.global_step, self.step_offset + state.max_steps
+        record_metric(self.session, self.run_id, step, values)
         shown = {k: round(v, 6) for k, v in values.items() if v is not None}
-        self.events(progress_event(self.project, "train", state.global_step, state.max_steps, run=self.run_id, **shown))
+        self.events(progress_event(self.project, "train", step, total, run=self.run_id, **shown))
 
 
 def warning_event(project: str, run_id: int, message: str) -> Event:

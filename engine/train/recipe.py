@@ -25,14 +25,42 @@ class RecipeError(ValueError):
     """A recipe that cannot be used; the message names the file, the key and what is wrong."""
 
 
-class Recipe(BaseModel):
+class PreferenceKeys(BaseModel):
+    """`stage: dpo`: after SFT, the run trains on preference pairs (its dataset's preference samples and the
+    project's pairs from reviews) with TRL's DPOTrainer, on top of the SFT adapter, the SFT policy being the
+    reference (engine/train/dpo.py). LLaMA-Factory's `pref_*` keys where TRL has the same thing.
+
+    Unlike LLaMA-Factory, where a `stage: dpo` YAML trains DPO alone on an adapter an earlier SFT run made, one
+    run here trains both phases: learning_rate and num_train_epochs stay the SFT phase's, and pref_learning_rate
+    and pref_num_train_epochs are the DPO phase's (the other keys, batch shape and schedule, serve both)."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    pref_beta: float = Field(
+        default=0.1, gt=0, description="DPO's beta: how far the policy may move from the reference (TRL's beta)."
+    )
+    pref_loss: Literal["sigmoid", "hinge", "ipo"] = Field(
+        default="sigmoid", description="The preference loss (TRL's loss_type): sigmoid (DPO), hinge or ipo."
+    )
+    pref_ftx: float = Field(
+        default=0.0, ge=0, description="Weight of an SFT loss on the chosen answers added to the preference loss."
+    )
+    pref_learning_rate: float = Field(
+        default=5e-5, gt=0, description="Learning rate of the DPO phase (learning_rate is the SFT phase's)."
+    )
+    pref_num_train_epochs: float = Field(
+        default=1.0, gt=0, description="Epochs over the preference pairs (num_train_epochs is the SFT phase's)."
+    )
+
+
+class Recipe(PreferenceKeys):
     """One training run's settings. Defaults follow the seeds: LoRA rank 16, alpha 32 on every linear
     layer, lr 2e-4 cosine with 10% warmup, 3 epochs, loss on assistant turns only."""
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
     # LLaMA-Factory's own header keys, accepted so that its SFT YAMLs load unchanged.
-    stage: Literal["sft"] = "sft"
+    stage: Literal["sft", "dpo"] = Field(default="sft", description="sft, or dpo: SFT then DPO on preference pairs.")
     do_train: Literal[True] = True
 
     model_name_or_path: str | None = Field(default=None, description="Base model folder; the project's if unset.")
@@ -125,6 +153,8 @@ class Recipe(BaseModel):
             self.lora_alpha = 2 * self.lora_rank
         if self.bf16 and self.fp16:
             raise ValueError("bf16 and fp16 cannot both be true")
+        if self.stage == "dpo" and not self.uses_lora:
+            raise ValueError("stage dpo trains on top of the SFT adapter: it needs finetuning_type lora or qlora")
         if self.use_dora and self.finetuning_type == "full":
             raise ValueError("use_dora needs finetuning_type lora or qlora")
         if self.early_stopping_steps and self.save_steps % self.logging_steps:

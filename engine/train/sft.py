@@ -64,6 +64,8 @@ from engine.train.recipe import Recipe, recipe_yaml
 from storage.artifacts import StoredArtifact, adapter_digest, record_artifact, run_key, sha256_file
 from storage.models import Adapter, DatasetVersion, Metric, Project, Run
 
+SFT_REPORT = "train_report.json"
+
 
 class TrainingError(RuntimeError):
     """A run that cannot start or whose result must not be used; the message says why."""
@@ -147,15 +149,13 @@ def train(
     try:
         # A next iteration without new data for its weak sub-scenarios sees their samples more often instead.
         targeted = (plan_of(run) or PreparePlan()).targeted
-        outcome = _train_run(
-            session,
-            project_row,
-            run,
-            prepared or prepare_run(session, version, recipe, targeted),
-            out_dir,
-            events,
-            callbacks,
-        )
+        prepared = prepared or prepare_run(session, version, recipe, targeted)
+        if recipe.stage == "dpo":
+            from engine.train.dpo import train_sft_then_dpo  # its own flow, in its own file
+
+            outcome = train_sft_then_dpo(session, project_row, run, prepared, out_dir, events, callbacks)
+        else:
+            outcome = run_sft(session, project_row, run, prepared, out_dir, events, callbacks)
     except StageStopped:
         raise  # its worker stopped it: the run stays training, and the job runs again from the last checkpoint
     except BaseException as error:
@@ -233,7 +233,7 @@ def prepare_run(
     return RunData(recipe, version, train_samples, val_samples, tokenizer, data)
 
 
-def _train_run(
+def run_sft(
     session: Session,
     project: Project,
     run: Run,
@@ -241,7 +241,10 @@ def _train_run(
     out_dir: Path,
     events: EventSink,
     callbacks: Sequence[TrainerCallback],
+    *,
+    adapter_name: str = "adapter",
 ) -> TrainOutcome | None:
+    """The SFT flow of a run into `out_dir` (checkpoints/, `adapter_name`/, the loss curve and SFT_REPORT)."""
     recipe, version, tokenizer, data = prepared.recipe, prepared.version, prepared.tokenizer, prepared.data
     train_samples, val_samples = prepared.train_samples, prepared.val_samples
     assert run.id is not None and recipe.model_name_or_path is not None
@@ -263,32 +266,19 @@ def _train_run(
     trainer.train(resume_from_checkpoint=last)
     if canceller.cancelled:
         raise TrainingError(f"run {run.id} was cancelled: training stopped at step {trainer.state.global_step}")
-    adapter_dir = out_dir / ("adapter" if recipe.uses_lora else "model")
+    adapter_dir = out_dir / (adapter_name if recipe.uses_lora else "model")
     save_trained(trainer, tokenizer, adapter_dir)  # every process: FSDP and ZeRO-3 gather the weights together
     if not trainer.is_world_process_zero():
         return None
 
-    prompts, max_new = eos_prompts(val_samples or train_samples, tokenizer, recipe.cutoff_len)
-    check = check_saved_model(
-        adapter_dir,
-        prompts,
-        base_model=recipe.model_name_or_path if recipe.uses_lora else None,
-        max_new_tokens=max_new,
-    )
-    checks = [check]
-    if recipe.uses_lora:
-        checks.append(check_merged(adapter_dir, recipe.model_name_or_path, prompts, max_new_tokens=max_new))
-    for result in checks:
-        if not result.passed:
-            raise TrainingError(f"EOS check failed: {result.message()}")
-
+    checks = check_adapter(adapter_dir, recipe, val_samples or train_samples, tokenizer)
     metrics = run_metrics(session, run.id)
     overfitting = overfitting_warning(metrics)
     if overfitting:
         events(warning_event(project.name, run.id, overfitting))
     warnings = [*notes, *([overfitting] if overfitting else [])]
     loss_curve = write_loss_curve(metrics, out_dir / "loss_curve.png", title=f"{project.name} run {run.id}")
-    report = out_dir / "train_report.json"
+    report = out_dir / SFT_REPORT
     report.write_text(
         json.dumps(
             {
@@ -309,9 +299,31 @@ def _train_run(
         encoding="utf-8",
     )
     adapter = record_adapter(session, project, run, version.id, recipe, adapter_dir)
-    _record_files(session, project, run, [loss_curve, report])
+    record_files(session, project, run, [loss_curve, report])
     session.commit()
     return TrainOutcome(run, adapter, adapter_dir, loss_curve, report, metrics, checks, warnings)
+
+
+def check_adapter(
+    adapter_dir: Path, recipe: Recipe, samples: Sequence[Sample], tokenizer: PreTrainedTokenizerBase
+) -> list[EosCheck]:
+    """The EOS check on what was saved (base + adapter, or the full model), and on the merged model for an
+    adapter; TrainingError when any generation does not stop at the end-of-turn token."""
+    assert recipe.model_name_or_path is not None
+    prompts, max_new = eos_prompts(samples, tokenizer, recipe.cutoff_len)
+    check = check_saved_model(
+        adapter_dir,
+        prompts,
+        base_model=recipe.model_name_or_path if recipe.uses_lora else None,
+        max_new_tokens=max_new,
+    )
+    checks = [check]
+    if recipe.uses_lora:
+        checks.append(check_merged(adapter_dir, recipe.model_name_or_path, prompts, max_new_tokens=max_new))
+    for result in checks:
+        if not result.passed:
+            raise TrainingError(f"EOS check failed: {result.message()}")
+    return checks
 
 
 def build_trainer(
@@ -333,37 +345,16 @@ def build_trainer(
         eos_token=end_of_turn_token(tokenizer),  # TRL adds it to the model's generation config EOS ids
         num_train_epochs=recipe.num_train_epochs,
         max_steps=recipe.max_steps or -1,
-        per_device_train_batch_size=recipe.per_device_train_batch_size,
         per_device_eval_batch_size=recipe.per_device_train_batch_size,
-        gradient_accumulation_steps=recipe.gradient_accumulation_steps,
         learning_rate=recipe.learning_rate,
-        lr_scheduler_type=recipe.lr_scheduler_type,
-        warmup_steps=recipe.warmup_ratio,  # transformers 5: a float below 1 is a ratio of the total steps
-        weight_decay=recipe.weight_decay,
-        bf16=bf16,
-        fp16=fp16,
-        # TRL's default is True; the recipe decides. transformers 5 renamed it activation_checkpointing.
-        activation_checkpointing=recipe.gradient_checkpointing,
-        gradient_checkpointing=recipe.gradient_checkpointing,
-        logging_steps=recipe.logging_steps,
-        logging_first_step=True,
-        save_strategy="steps",
-        save_steps=recipe.save_steps,
-        save_total_limit=2,
         eval_strategy="steps" if has_validation else "no",
         eval_steps=recipe.logging_steps if has_validation else None,
         load_best_model_at_end=bool(recipe.early_stopping_steps and has_validation),
         metric_for_best_model="eval_loss" if recipe.early_stopping_steps and has_validation else None,
         greater_is_better=False,
-        seed=recipe.seed,
-        data_seed=recipe.seed,
-        report_to=recipe.report_to,
         deepspeed=str(deepspeed_config(recipe)) if recipe.distributed == "zero3" else None,
         include_num_input_tokens_seen="non_padding",
-        disable_tqdm=True,
-        use_cpu=not torch.cuda.is_available(),  # several CPU processes then train with DDP over gloo
-        dataloader_pin_memory=torch.cuda.is_available(),
-        optim=("paged_adamw_8bit" if recipe.finetuning_type == "qlora" else "adamw_torch"),
+        **training_arguments(recipe),
     )
     # Packing needs varlen attention to pay off; when it was chosen for that, load the model with it.
     flash = packing and torch.cuda.is_available() and is_flash_attn_2_available()
@@ -431,6 +422,36 @@ class _SFTTrainer(SFTTrainer):
         lengths = [len(ids) for ids in dataset["input_ids"]]
         batch = self.args.train_batch_size * self.args.gradient_accumulation_steps
         return _LengthGroupedByEpoch(batch, lengths, self.args.data_seed or self.args.seed)
+
+
+def training_arguments(recipe: Recipe) -> dict[str, Any]:
+    """The Trainer arguments every training flow of a run takes from the recipe the same way (SFT, DPO): batch
+    shape, schedule, precision, logging and checkpoints, seed, device."""
+    bf16, fp16 = precision(recipe)
+    return {
+        "per_device_train_batch_size": recipe.per_device_train_batch_size,
+        "gradient_accumulation_steps": recipe.gradient_accumulation_steps,
+        "lr_scheduler_type": recipe.lr_scheduler_type,
+        "warmup_steps": recipe.warmup_ratio,  # transformers 5: a float below 1 is a ratio of the total steps
+        "weight_decay": recipe.weight_decay,
+        "bf16": bf16,
+        "fp16": fp16,
+        # TRL's default is True; the recipe decides. transformers 5 renamed it activation_checkpointing.
+        "activation_checkpointing": recipe.gradient_checkpointing,
+        "gradient_checkpointing": recipe.gradient_checkpointing,
+        "logging_steps": recipe.logging_steps,
+        "logging_first_step": True,
+        "save_strategy": "steps",
+        "save_steps": recipe.save_steps,
+        "save_total_limit": 2,
+        "seed": recipe.seed,
+        "data_seed": recipe.seed,
+        "report_to": recipe.report_to,
+        "disable_tqdm": True,
+        "use_cpu": not torch.cuda.is_available(),  # several CPU processes then train with DDP over gloo
+        "dataloader_pin_memory": torch.cuda.is_available(),
+        "optim": "paged_adamw_8bit" if recipe.finetuning_type == "qlora" else "adamw_torch",
+    }
 
 
 def uses_packing(recipe: Recipe) -> bool:
@@ -539,7 +560,7 @@ def record_adapter(
     return adapter
 
 
-def _record_files(session: Session, project: Project, run: Run, files: list[Path]) -> None:
+def record_files(session: Session, project: Project, run: Run, files: list[Path]) -> None:
     """Artifact rows for the files a run wrote inside the artifact store (a custom out_dir has none)."""
     root = get_artifact_store().root
     for path in files:
