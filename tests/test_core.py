@@ -288,7 +288,9 @@ def test_reviews_from_the_cards_and_the_next_iteration_on_the_queue(core: Core, 
         "2 reviewed: 0 kept, 1 fixed, 1 dropped.",
         "Retrain would: improve 1 reference, remove 1 sample.",
     ]
-    assert [button.action for button in summary.buttons] == [Retrain(run=world.run_id)]
+    assert [(button.label, button.action) for button in summary.buttons] == [
+        ("Retrain with 2 changes", Retrain(run=world.run_id))
+    ]
 
     started = core.perform(Retrain(run=world.run_id), ALICE)
     next_run = started[0].run_id

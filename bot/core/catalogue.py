@@ -253,6 +253,8 @@ CATALOGUE: dict[str, tuple[str, str]] = {
     "button.drop": ("Drop", "删除"),
     "button.review": ("Review samples", "审核样本"),
     "button.retrain": ("Retrain", "重新训练"),
+    "button.retrain_changes": ("Retrain with {n} changes", "重新训练（{n} 处改动）"),
+    "button.retrain_changes.one": ("Retrain with 1 change", "重新训练（1 处改动）"),
     "button.retrain_dpo": ("SFT + DPO on {n} pairs", "SFT + DPO（{n} 对偏好数据）"),
     "button.request_approval": ("Request approval", "提交审批"),
     "button.approve": ("Approve & deploy", "批准并部署"),

@@ -32,10 +32,14 @@ TIME = "%Y-%m-%d %H:%M"
 QUOTE_LIMIT = 600  # characters of a question or answer on a review card: a card is read, not scrolled
 
 
-def button(language: str, label: str, action: Action, style: Style = "default", **extra: str | None) -> Button:
+def button(
+    language: str, name: str, action: Action, style: Style = "default", label: str | None = None, **extra: str | None
+) -> Button:
+    """The button `name` of the catalogue (or with its own `label`) for `action`."""
     if extra.get("confirm"):
         extra["cancel"] = say(language, "button.cancel_confirm")  # the confirmation's way out
-    return Button(say(language, f"button.{label}"), action, spell(action), style, **extra)  # type: ignore[arg-type]
+    shown = label or say(language, f"button.{name}")
+    return Button(shown, action, spell(action), style, **extra)  # type: ignore[arg-type]
 
 
 def state_word(language: str, state: str) -> str:
@@ -293,7 +297,11 @@ def summary_message(summary: ReviewSummary, run: Run, language: str) -> Message:
         lines = [say(language, "summary.nothing", run=run.id)]
     if summary.changes:
         lines.append(say(language, "summary.change", change=change_phrase(summary, language)))
-        buttons = [button(language, "retrain", Retrain(run=run.id), "primary")]
+        # The button says how much the reviews change ("Retrain with 3 changes"); new data comes on top.
+        reviewed_changes = summary.changes - (summary.targeted.total if summary.targeted else 0)
+        retrain = Retrain(run=run.id)
+        label = say_count(language, "button.retrain_changes", reviewed_changes) if reviewed_changes else None
+        buttons = [button(language, "retrain", retrain, "primary", label=label)]
         if summary.offers_dpo:
             lines.append(say(language, "summary.pairs", n=summary.pairs))
             dpo = Retrain(run=run.id, dpo=True)
