@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 import urllib.parse
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +41,7 @@ from tests.slack_server import SlackServer
 from tests.test_core import core_on
 from tests.test_reviews import build
 from tests.test_runs import deploys  # noqa: F401  (a fixture)
+from tests.waiting import listening, until
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "8f742231b10e8888abcd99yyyzzz85a5"
@@ -450,13 +451,6 @@ def test_posting_waits_out_slacks_rate_limit_uploads_charts_into_the_thread_and_
 # --- the bot as it runs -------------------------------------------------------------------------------------------
 
 
-async def until(what: str, condition: Callable[[], object], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.05)
-
-
 def test_the_bot_over_socket_mode_answers_commands_and_relays_the_runs_events(core: Core, slack: SlackServer) -> None:
     run_id = build(core.engine).run_id
     events = stream_sink(redis.Redis.from_url(core.settings.redis_url), interval=0)
@@ -504,7 +498,7 @@ def test_tuneloop_bot_slack_over_http_answers_signed_requests_only_and_stops_on_
     try:
 
         async def scenario() -> list[int]:
-            await until("the bot to listen", lambda: _listening(port), timeout=60)
+            await until("the bot to listen", lambda: listening(port), timeout=60)
             async with aiohttp.ClientSession() as session:
                 bot_at = Bot(f"http://127.0.0.1:{port}/slack/events", session)
                 signed = await bot_at.command(slack, f"status {run_id}")
@@ -520,8 +514,3 @@ def test_tuneloop_bot_slack_over_http_answers_signed_requests_only_and_stops_on_
         bot.kill()
     (card,) = slack.messages
     assert card.blocks[0]["block_id"] == "title:card" and f"Run {run_id}" in card.text
-
-
-def _listening(port: int) -> bool:
-    with socket.socket() as probe:
-        return probe.connect_ex(("127.0.0.1", port)) == 0

@@ -10,9 +10,6 @@ import asyncio
 import json
 import logging
 import re
-import shutil
-import tempfile
-from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -28,14 +25,15 @@ from bot.core import conversations
 from bot.core.actions import Action, StartRun, with_text
 from bot.core.deliveries import Deliveries
 from bot.core.errors import UserError
+from bot.core.handoff import HandOff
 from bot.core.identity import Actor
 from bot.core.outbox import Outbox, Undeliverable
 from bot.core.perform import Core
+from bot.core.uploads import upload_folder, with_upload
 from bot.slack import blocks
 from bot.slack.sender import refusal
 
 COMMAND = "/finetune"
-WORKING_AT_ONCE = 8  # actions carried out at once; the rest wait their turn
 HTML_INSTEAD = (
     "Slack sent a web page instead of {name}: the app needs the files:read scope "
     "(add it to the app, reinstall it, then upload again)."
@@ -57,10 +55,9 @@ class SlackFace:
     ) -> None:
         self.core, self.client, self.outbox, self.deliveries = core, client, outbox, deliveries
         self.uploads = uploads or core.settings.home / "uploads" / "slack"
-        self.tasks: set[asyncio.Task] = set()
+        self.handoff = HandOff("Slack")
         self._authorized: AuthorizeResult | None = None
         self._authorizing = asyncio.Lock()
-        self._working = asyncio.Semaphore(WORKING_AT_ONCE)
 
     def app(self, *, signing_secret: str | None) -> AsyncApp:
         """The Bolt app; `signing_secret` None for Socket Mode, where Slack's own connection is the credential."""
@@ -95,8 +92,7 @@ class SlackFace:
 
     async def idle(self) -> None:
         """Wait for the work handed off so far (tests, and a clean stop)."""
-        while self.tasks:
-            await asyncio.gather(*list(self.tasks), return_exceptions=True)
+        await self.handoff.idle()
         await self.outbox.drain()
 
     # --- listeners --------------------------------------------------------------------------------------------
@@ -116,7 +112,8 @@ class SlackFace:
         await ack()
         actor = _actor(command["user_id"], command.get("user_name"), command["channel_id"])
         text = command.get("text", "").strip() or "help"
-        self._hand_off(self._command_text(text, actor, command, respond), in_turn=False)
+        # Not in turn: a modal must open within 3 s of the command; only carrying the action out waits its turn.
+        self.handoff.start(self._command_text(text, actor, command, respond), in_turn=False)
 
     async def _pressed(self, ack: AsyncAck, body: dict, action: dict) -> None:
         await ack()
@@ -144,7 +141,7 @@ class SlackFace:
             view = blocks.text_modal(prompt or label, label, label, where)
             await self.client.views_open(trigger_id=body["trigger_id"], view=view)
             return
-        self._hand_off(self._press(where, actor, message.get("blocks") or [], None))
+        self.handoff.start(self._press(where, actor, message.get("blocks") or [], None))
 
     async def _text_given(self, ack: AsyncAck, body: dict, view: dict) -> None:
         text = (view["state"]["values"][blocks.TEXT_BLOCK][blocks.TEXT_INPUT].get("value") or "").strip()
@@ -158,7 +155,7 @@ class SlackFace:
             shown = json.loads(where.pop("blocks", "[]"))
         except ValueError:
             shown = []  # the title was cut to fit: the outcome stands alone
-        self._hand_off(self._press(where, actor, shown, text))
+        self.handoff.start(self._press(where, actor, shown, text))
 
     async def _upload_given(self, ack: AsyncAck, body: dict, view: dict) -> None:
         values = view["state"]["values"]
@@ -178,26 +175,9 @@ class SlackFace:
             await ack(response_action="errors", errors={blocks.FILE_BLOCK: sentence})
             return
         await ack()
-        self._hand_off(self._start_with_file(action, files[0] if files else None, actor, where["channel"]))
+        self.handoff.start(self._start_with_file(action, files[0] if files else None, actor, where["channel"]))
 
     # --- the work, after acknowledging --------------------------------------------------------------------------
-
-    def _hand_off(self, work: Coroutine[Any, Any, None], *, in_turn: bool = True) -> None:
-        """Run `work` after acknowledging; `in_turn`: once fewer than WORKING_AT_ONCE others are running (a command
-        waits only for its action, not for reading its text: a modal must open within 3 s of the command)."""
-        task = asyncio.create_task(self._in_turn(work) if in_turn else work)
-        self.tasks.add(task)
-        task.add_done_callback(self._finished)
-
-    async def _in_turn(self, work: Coroutine[Any, Any, None]) -> None:
-        """A few pieces of work at a time, so that a burst of them never slows the acknowledgement of the next."""
-        async with self._working:
-            await work
-
-    def _finished(self, task: asyncio.Task) -> None:
-        self.tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            logger.error("a Slack action failed", exc_info=task.exception())
 
     async def _command_text(self, text: str, actor: Actor, command: dict, respond: Any) -> None:
         """A command's text as an action: a mistake answered to the person alone; a project named without data
@@ -213,7 +193,7 @@ class SlackFace:
                 trigger_id=command["trigger_id"], view=blocks.upload_modal(action.project, metadata)
             )
             return
-        await self._in_turn(self._perform(action, actor, command["channel_id"], None, respond=respond))
+        await self.handoff.in_turn(self._perform(action, actor, command["channel_id"], None, respond=respond))
 
     async def _perform(
         self, action: Action, actor: Actor, channel: str, thread: str | None, *, respond: Any = None
@@ -256,16 +236,12 @@ class SlackFace:
         if file is None:
             await self._perform(action, actor, channel, None)
             return
-        self.uploads.mkdir(parents=True, exist_ok=True)
-        folder = Path(tempfile.mkdtemp(dir=self.uploads))
-        try:
-            path = await self._download(file, folder)
-            action = action.model_copy(update={"upload": str(path), "upload_name": file.get("name")})
-            await self._perform(action, actor, channel, None)
-        except UserError as error:
-            await self._tell(actor, channel, str(error))
-        finally:
-            shutil.rmtree(folder, ignore_errors=True)
+        with upload_folder(self.uploads) as folder:
+            try:
+                path = await self._download(file, folder)
+                await self._perform(with_upload(action, path, file.get("name")), actor, channel, None)
+            except UserError as error:
+                await self._tell(actor, channel, str(error))
 
     async def _download(self, file: dict, folder: Path) -> Path:
         """The file a person uploaded, fetched into `folder` with the bot token and cut off past the upload limit."""
