@@ -9,13 +9,14 @@ the stream remembering what it handled, nothing twice. Card edits are not waited
 the database, and the next edit shows it again."""
 
 import asyncio
+import json
 import logging
 from dataclasses import dataclass, field
 
 from sqlmodel import Session
 
 from bot.core import conversations
-from bot.core.actions import ShowReport, ShowReview
+from bot.core.actions import ShowReport, ShowReview, dump_action
 from bot.core.errors import UserError
 from bot.core.identity import Actor
 from bot.core.messages import Message
@@ -44,6 +45,7 @@ class EventRelay:
         self.core, self.outbox, self.consumer = core, outbox, consumer
         self.platform = outbox.sender.platform
         self.reader = Actor(self.platform, "tuneloop")  # reads what the run's people see, in the project's language
+        self._card_buttons: dict[int, tuple[str, list[str]]] = {}  # run -> its card's buttons as shown, their keys
 
     async def run(self, stop: asyncio.Event, block_ms: int = 1000) -> None:
         """Relay events until `stop` is set."""
@@ -70,6 +72,7 @@ class EventRelay:
         if plan is None:
             return
         if place.card is not None:
+            await asyncio.to_thread(self._key_card_buttons, plan.card)
             self.outbox.edit(place.channel, place.card, plan.card)
         if plan.moved is not None:
             stale = await asyncio.to_thread(conversations.take_buttons, self.core.engine, place.id)
@@ -112,6 +115,20 @@ class EventRelay:
         elif moved_to == "deployed":
             said.buttons = rollback_buttons(project.name, language)
         return plan
+
+    def _key_card_buttons(self, card: Message) -> None:
+        """Key the card's buttons (unkeyed buttons are not shown), reusing the keys of the same buttons on the card's
+        last edit: a thousand progress edits store no thousand copies of its Cancel button, and an edit that
+        changes nothing stays unchanged."""
+        assert card.run_id is not None
+        shown = json.dumps([[b.label, dump_action(b.action), b.asks_for_text, b.confirm] for b in card.buttons])
+        known = self._card_buttons.get(card.run_id)
+        if known is not None and known[0] == shown:
+            for button, key in zip(card.buttons, known[1], strict=True):
+                button.key = key
+            return
+        self.core.store_buttons([card])
+        self._card_buttons[card.run_id] = (shown, [str(button.key) for button in card.buttons])
 
     def _asked(self, action: ShowReport | ShowReview) -> list[Message]:
         try:

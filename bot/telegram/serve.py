@@ -50,6 +50,7 @@ async def serve(
     consumer: str = "telegram-bot",
     stop: asyncio.Event | None = None,
     polling_timeout: int = POLLING_TIMEOUT_S,
+    pace_s: float = PACE_S,
 ) -> None:
     """Serve until `stop` is set (by default: SIGTERM or SIGINT): over a webhook at `webhook` (Telegram posts to
     it, and this bot listens on `port` at its path, checking `secret`), else by long polling; then finish the work
@@ -60,7 +61,7 @@ async def serve(
             asyncio.get_running_loop().add_signal_handler(signal_number, stop.set)
     bot = telegram_bot(token, api_url, local_files=local_files)
     memory = Memory.on(core.settings.redis_url)
-    outbox = Outbox(TelegramSender(bot, memory), pace_s=PACE_S)
+    outbox = Outbox(TelegramSender(bot, memory), pace_s=pace_s)
     deliveries = Deliveries.on(core.settings.redis_url, "telegram")
     face = TelegramFace(core, bot, outbox, deliveries, memory, local_files=local_files)
     dispatcher = face.dispatcher()
