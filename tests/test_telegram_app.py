@@ -20,7 +20,9 @@ import redis
 from aiogram.exceptions import TelegramUnauthorizedError
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
+from typer.testing import CliRunner
 
+from bot.cli import app
 from bot.core.deliveries import Deliveries
 from bot.core.messages import Message
 from bot.core.outbox import Outbox, Undeliverable
@@ -34,7 +36,7 @@ from engine.events.stream import stream_sink
 from engine.serve.local import free_port
 from storage.db import session_scope
 from storage.models import Conversation, DatasetVersion, Judgement, Project, Review, Run
-from tests.telegram_server import TelegramServer, group, person, private
+from tests.telegram_server import TOKEN, TelegramServer, group, person, private
 from tests.test_core import core_on
 from tests.test_reviews import build
 from tests.test_runs import add_run, deploys  # noqa: F401  (a fixture)
@@ -57,6 +59,12 @@ SAMPLE = {
 def telegram() -> Iterator[TelegramServer]:
     with TelegramServer() as server:
         yield server
+
+
+@pytest.fixture
+def db_url(tmp_path: Path) -> str:
+    """SQLite only: what the face stores goes through the core, whose tests run on PostgreSQL too."""
+    return f"sqlite:///{tmp_path / 'test.db'}"
 
 
 @pytest.fixture
@@ -497,3 +505,13 @@ def test_tuneloop_bot_telegram_polls_relays_the_runs_events_and_stops_on_sigterm
         bot.kill()
     card, warning = telegram.sent
     assert (warning.reply_to, warning.text) == (card.id, f"run {run_id}: warning: the loss went <up>")
+
+
+def test_tuneloop_bot_telegram_says_what_is_missing_instead_of_starting() -> None:
+    runner = CliRunner()
+    no_token = runner.invoke(app, ["bot", "telegram"], env={"TELEGRAM_BOT_TOKEN": "xoxb-a-slack-token"})
+    plain_http = runner.invoke(
+        app, ["bot", "telegram", "--webhook", "http://bot.example/hook"], env={"TELEGRAM_BOT_TOKEN": TOKEN}
+    )
+    assert no_token.exit_code != 0 and "TELEGRAM_BOT_TOKEN" in no_token.output
+    assert plain_http.exit_code != 0 and "https://" in plain_http.output
