@@ -170,6 +170,7 @@ class TelegramServer:
         self.files: dict[str, dict[str, Any]] = {}  # file_id -> {file_path, content, size, ...}
         self._updates: list[dict[str, Any]] = []  # not yet confirmed
         self._handed: dict[int, float] = {}  # update id -> when getUpdates first handed it over
+        self._handed_updates: list[dict[str, Any]] = []
         self._queries: dict[str, float] = {}  # callback query id -> when it was handed over
         self._slow_downs: dict[str, list[int]] = {}
         self._update_ids = itertools.count(500_000_001)
@@ -247,6 +248,12 @@ class TelegramServer:
         self._add_update({"callback_query": query})
         return query_id
 
+    def hand_over_again(self) -> None:
+        """The last update once more, under its own id: what a bot that stopped before confirming it is given."""
+        with self._lock:
+            last = max(self._handed)
+            self._updates.append(next(u for u in self._handed_updates if u["update_id"] == last))
+
     def answered_within(self, query_id: str) -> float:
         """Seconds from handing a callback query over to its answer."""
         return self.answers[query_id]["at"] - self._queries[query_id]
@@ -319,6 +326,8 @@ class TelegramServer:
                 if chosen:
                     now = time.monotonic()
                     for update in chosen:
+                        if update["update_id"] not in self._handed:
+                            self._handed_updates.append(update)
                         self._handed.setdefault(update["update_id"], now)
                         if "callback_query" in update:
                             self._queries.setdefault(update["callback_query"]["id"], now)

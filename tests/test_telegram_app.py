@@ -184,6 +184,24 @@ def test_a_press_is_answered_at_once_done_once_and_its_buttons_replaced_by_what_
     assert NOT_MODIFIED_REFUSALS(telegram) == []
 
 
+def test_an_update_handed_over_again_after_a_restart_is_done_once(core: Core, telegram: TelegramServer) -> None:
+    world = build(core.engine)
+    first = review_cards(core, telegram, world.run_id)[0]
+
+    async def scenario() -> None:
+        async with running(core, telegram) as face:
+            telegram.press(first, "Fix", ALICE)
+            await settled(telegram, face)
+            telegram.message(GROUP, ALICE, "请提供订单号。", reply_to=telegram.sent[-1])
+        async with running(core, telegram):  # the next bot, given the answer again (its offset was not confirmed)
+            telegram.hand_over_again()
+
+    asyncio.run(scenario())
+    assert reviews(core.engine) == [(world.judgement_ids[0], "fix", "请提供订单号。", "telegram:4242")]
+    told = f"alice marked sample #{world.judgement_ids[0]}: fix."
+    assert [s.text for s in telegram.sent].count(told) == 1
+
+
 def NOT_MODIFIED_REFUSALS(telegram: TelegramServer) -> list:
     return [r for r in telegram.refused if "not modified" in r[2]]
 
