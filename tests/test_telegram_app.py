@@ -181,32 +181,16 @@ def test_a_press_is_answered_at_once_done_once_and_its_buttons_replaced_by_what_
     assert reviews(core.engine) == [(world.judgement_ids[0], "keep", None, "telegram:4242")]
     assert first.buttons == []  # the keyboard went with the edit
     assert first.text.splitlines()[-1] == f"alice marked sample #{world.judgement_ids[0]}: keep."
-    assert NOT_MODIFIED_REFUSALS(telegram) == []
+    assert not_modified_refusals(telegram) == []
 
 
-def test_an_update_handed_over_again_after_a_restart_is_done_once(core: Core, telegram: TelegramServer) -> None:
-    world = build(core.engine)
-    first = review_cards(core, telegram, world.run_id)[0]
-
-    async def scenario() -> None:
-        async with running(core, telegram) as face:
-            telegram.press(first, "Fix", ALICE)
-            await settled(telegram, face)
-            telegram.message(GROUP, ALICE, "请提供订单号。", reply_to=telegram.sent[-1])
-        async with running(core, telegram):  # the next bot, given the answer again (its offset was not confirmed)
-            telegram.hand_over_again()
-
-    asyncio.run(scenario())
-    assert reviews(core.engine) == [(world.judgement_ids[0], "fix", "请提供订单号。", "telegram:4242")]
-    told = f"alice marked sample #{world.judgement_ids[0]}: fix."
-    assert [s.text for s in telegram.sent].count(told) == 1
-
-
-def NOT_MODIFIED_REFUSALS(telegram: TelegramServer) -> list:
+def not_modified_refusals(telegram: TelegramServer) -> list:
     return [r for r in telegram.refused if "not modified" in r[2]]
 
 
-def test_fix_asks_with_a_force_reply_and_the_reply_is_the_answer(core: Core, telegram: TelegramServer) -> None:
+def test_fix_asks_with_a_force_reply_and_the_reply_is_the_answer_once_even_when_handed_over_again(
+    core: Core, telegram: TelegramServer
+) -> None:
     world = build(core.engine)
     first = review_cards(core, telegram, world.run_id)[0]
 
@@ -218,9 +202,13 @@ def test_fix_asks_with_a_force_reply_and_the_reply_is_the_answer(core: Core, tel
             assert prompt.markup["force_reply"] is True
             assert f"#{world.judgement_ids[0]}" in prompt.text  # the core's own prompt
             telegram.message(GROUP, ALICE, "请把 <订单号> 发给我。", reply_to=prompt)
+        async with running(core, telegram):  # the next bot, given the answer again (its offset was not confirmed)
+            telegram.hand_over_again()
 
     asyncio.run(scenario())
     assert reviews(core.engine) == [(world.judgement_ids[0], "fix", "请把 <订单号> 发给我。", "telegram:4242")]
+    told = f"alice marked sample #{world.judgement_ids[0]}: fix."
+    assert [s.text for s in telegram.sent].count(told) == 1
     assert first.buttons == []  # replaced once the answer came
 
 
@@ -416,7 +404,7 @@ def test_sending_keeps_telegrams_limits_waits_out_flood_control_and_never_edits_
     (document,) = [sent for sent in thread if sent.kind == "document"]
     assert photo.content == b"\x89PNG loss curve" and document.file_name == "report.html"
     assert len(telegram.called("editMessageText")) == 1 and telegram.sent[0].text == "Run 1 · shop\ntraining"
-    assert NOT_MODIFIED_REFUSALS(telegram) == []
+    assert not_modified_refusals(telegram) == []
     assert refused == "tuneloop cannot see chat -100999: add the bot to it, then try again"
 
 
