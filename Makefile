@@ -22,9 +22,12 @@ demo: $(STAMP)
 	$(BIN)/python examples/build_customer_service.py
 	$(BIN)/tuneloop demo
 
+# Two test processes (pytest-xdist), a file each at a time: much of the suite waits on workers, servers and
+# subprocesses, so two keep both cores busy. Tests of one file share fixtures and their Redis database.
+TEST_PROCESSES ?= 2
 test: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_PROCESSES) --dist loadfile
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -34,6 +37,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/dedup.py
 	$(BIN)/python bench/synth.py
 	$(BIN)/python bench/train.py
+	$(BIN)/python bench/peer.py
 	$(BIN)/python bench/eval.py
 	$(BIN)/python bench/serve.py
 	$(BIN)/python bench/bot.py

@@ -18,12 +18,20 @@ def write_atomic(path: Path, parts: Iterable[str]) -> None:
             for part in parts:
                 f.write(part)
             f.flush()
+            os.fchmod(f.fileno(), _new_file_mode())  # mkstemp's 0600 would hide an export from its other readers
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         with suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def _new_file_mode() -> int:
+    """The mode `open()` gives a new file: 0666 less the process's umask."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 def write_atomic_text(path: Path, text: str) -> None:

@@ -44,6 +44,9 @@ class Settings(BaseSettings):
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
     vllm_api_key: SecretStr | None = None
     gateway_base_model: str | None = Field(default=None, description="The base model the gateway lets through.")
+    gateway_url: str | None = Field(
+        default=None, description="The gateway's OpenAI base URL as clients reach it (https://llm.example.com/v1)."
+    )
 
     # Run workers (engine/work/): arq queues "<queue_prefix>:gpu" and "<queue_prefix>:cpu" on redis_url.
     queue_prefix: str = "tuneloop"

@@ -977,7 +977,7 @@ def flawed_records(rng: random.Random, clean: list[dict[str, Any]]) -> list[dict
     r = fresh()
     out.append(flaw(r, "too_short", with_answer(r, "嗯")))
     r = fresh()
-    out.append(flaw(r, "too_short", with_answer(r, "好")))
+    out.append(flaw(r, "too_short", with_answer(r, "哦")))
     return out
 
 

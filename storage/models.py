@@ -105,6 +105,7 @@ class Sample(SQLModel, table=True):
     messages: list = Field(sa_column=Column(JSON, nullable=False))
     rejected: dict | None = _json()  # preference data: the rejected final assistant turn
     tools: list | None = _json()
+    label: bool | None = None  # KTO's tag: False for an answer labelled bad
     tags: list | None = _json()
     origin: str = Field(default="upload", max_length=20)  # upload | synthetic | review
     split: str | None = Field(default=None, max_length=12)  # train | test | validation

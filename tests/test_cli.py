@@ -83,7 +83,7 @@ def test_import_twice_yields_the_same_version(tuneloop, tmp_path: Path) -> None:
     data = write_dataset(tmp_path / "cs.jsonl")
     code, out = tuneloop("data", "import", data, "--project", "cs")
     assert code == 0, out
-    assert "cs/main v1" in out and "40 new sample(s)" in out
+    assert "cs/main v1" in out and "40 new samples" in out
     code, out = tuneloop("data", "import", data, "--project", "cs")
     assert code == 0, out
     assert "nothing new" in out and "v1" in out
@@ -107,7 +107,7 @@ def test_skip_invalid_keeps_the_valid_and_writes_rejects(tuneloop, tmp_path: Pat
     rejects = tmp_path / "rejects.jsonl"
     code, out = tuneloop("data", "import", data, "--project", "cs", "--skip-invalid", "--rejects", rejects)
     assert code == 0, out
-    assert "40 new sample(s)" in out
+    assert "40 new samples" in out and "40 valid, 1 refused" in out and f"file: {rejects}" in " ".join(out.split())
     reject = json.loads(rejects.read_text(encoding="utf-8").splitlines()[0])
     assert reject["line"] == 41 and reject["problem"]
 

@@ -7,6 +7,7 @@ actions carried out from inside a running event loop as the chat faces will."""
 import asyncio
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 import redis
@@ -400,6 +401,13 @@ def test_the_terminal_does_what_a_chat_user_does(
     assert redis.Redis.from_url(core.settings.redis_url).zrange(queue_name("gpu"), 0, -1) == [
         f"{following.id}:train:1".encode()
     ]
+    # A LLaMA-Factory YAML: what it asks of LLaMA-Factory's own I/O is said to be ignored, in the thread.
+    lf_recipe = Path(__file__).with_name("llamafactory") / "qwen3_lora_sft.yaml"
+    code, out = tuneloop("submit", "--project", "shop", "--recipe", str(lf_recipe), "--base-model", "m", "--by", "李工")
+    assert code == 0 and "配方 qwen3_lora_sft.yaml：dataset: ignored: the run trains on the dataset version" in out
+    lf_recipe = lf_recipe.with_name("qwen3_lora_pretrain.yaml")
+    code, out = tuneloop("submit", "--project", "shop", "--recipe", str(lf_recipe), "--by", "李工")
+    assert code == 2 and "stage: pt (pretraining on plain text) is not supported" in out
 
 
 def test_a_project_name_must_be_a_slug(core: Core) -> None:

@@ -25,7 +25,7 @@ from storage.migrate import upgrade
 from storage.models import Run, RunEvent, utcnow
 from tests.test_runs import add_run
 
-EVENTS_REDIS_DB = 12  # a logical database of these tests' own: the relay at commit writes the default stream
+EVENTS_REDIS_DB = 5  # a logical database of these tests' own: the relay at commit writes the default stream
 
 
 def on_stream(client: redis.Redis, stream: str) -> list[tuple[str, Event]]:

@@ -13,7 +13,6 @@ import time
 import urllib.parse
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,6 @@ import aiohttp
 import pytest
 import redis
 from aiohttp import web
-from slack_sdk.signature import SignatureVerifier
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
@@ -37,6 +35,7 @@ from engine.events import Event
 from engine.events.stream import stream_sink
 from storage.db import session_scope
 from storage.models import Conversation, DatasetVersion, Judgement, Project, Review, Run
+from tests.slack_requests import CHANNEL, SECRET, Bot, opened, press, submit
 from tests.slack_server import SlackServer
 from tests.test_core import core_on
 from tests.test_reviews import build
@@ -44,8 +43,6 @@ from tests.test_runs import deploys  # noqa: F401  (a fixture)
 from tests.waiting import listening, until
 
 ROOT = Path(__file__).resolve().parent.parent
-SECRET = "8f742231b10e8888abcd99yyyzzz85a5"
-CHANNEL = "C0TESTCHAN1"
 SLACK_REDIS_DB = 14  # arq job ids are global in one Redis database: these tests' own
 SAMPLE = {
     "messages": [
@@ -67,56 +64,12 @@ def core(db_engine: Engine, redis_url: str, monkeypatch: pytest.MonkeyPatch) -> 
         yield core
 
 
-@dataclass
-class Bot:
-    """A way to send the app what Slack sends; `face` when it runs in this process."""
-
-    url: str
-    session: aiohttp.ClientSession
-    face: SlackFace | None = None
-
-    async def idle(self) -> None:
-        """Wait for the work the app handed off."""
-        assert self.face is not None
-        await self.face.idle()
-
-    async def send(self, body: str, *, content_type: str, signed_at: int | None = None, secret: str = SECRET) -> Any:
-        stamp = str(signed_at or int(time.time()))
-        signature = SignatureVerifier(secret).generate_signature(timestamp=stamp, body=body)
-        headers = {
-            "Content-Type": content_type,
-            "X-Slack-Request-Timestamp": stamp,
-            "X-Slack-Signature": signature,
-        }
-        async with self.session.post(self.url, data=body.encode(), headers=headers) as answer:
-            text = await answer.text()
-            return answer.status, (json.loads(text) if text.startswith("{") else text)
-
-    async def command(self, slack: SlackServer, text: str, user: str = "U0ALICE") -> Any:
-        form = {
-            "token": "legacy",
-            "team_id": "T0TEST",
-            "channel_id": CHANNEL,
-            "user_id": user,
-            "user_name": user.lower(),
-            "command": "/finetune",
-            "text": text,
-            "response_url": slack.response_url(),
-            "trigger_id": f"{time.time()}.trigger",
-        }
-        return await self.send(urllib.parse.urlencode(form), content_type="application/x-www-form-urlencoded")
-
-    async def interact(self, payload: dict) -> Any:
-        body = urllib.parse.urlencode({"payload": json.dumps(payload)})
-        return await self.send(body, content_type="application/x-www-form-urlencoded")
-
-
 @asynccontextmanager
 async def running(core: Core, slack: SlackServer) -> AsyncIterator[Bot]:
     client = web_client(slack.bot_token, slack.api_url)
     deliveries = Deliveries.on(core.settings.redis_url, "slack")  # the tests' own Redis database, emptied after
     face = SlackFace(core, client, Outbox(SlackSender(client), pace_s=0), deliveries)
-    runner = web.AppRunner(face.app(signing_secret=SECRET).web_app(path="/slack/events"))
+    runner = web.AppRunner(face.http(signing_secret=SECRET))
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
@@ -126,56 +79,6 @@ async def running(core: Core, slack: SlackServer) -> AsyncIterator[Bot]:
     await face.idle()
     await runner.cleanup()
     await deliveries.close()
-
-
-async def opened(slack: SlackServer, count: int = 1) -> list[dict]:
-    """The modals opened, once `count` are: Bolt runs a listener on after acknowledging, so it may still be going."""
-    deadline = time.monotonic() + 5
-    while len(slack.views) < count and time.monotonic() < deadline:
-        await asyncio.sleep(0.02)
-    return slack.views
-
-
-def press(message: Any, label: str, *, user: str = "U0ALICE", action_ts: str | None = None) -> dict:
-    """The block_actions payload Slack sends when `user` presses the button labelled `label` on `message`."""
-    element = next(
-        element
-        for block in message.blocks
-        if block["type"] == "actions"
-        for element in block["elements"]
-        if element["text"]["text"] == label
-    )
-    return {
-        **sent_by(user, "block_actions"),
-        "container": {"type": "message", "message_ts": message.ts, "channel_id": CHANNEL},
-        "channel": {"id": CHANNEL, "name": "ml"},
-        "message": {"type": "message", "ts": message.ts, "thread_ts": message.thread_ts, "blocks": message.blocks},
-        "actions": [
-            {
-                "type": "button",
-                "block_id": "b",
-                "action_id": element["action_id"],
-                "value": element["value"],
-                "text": element["text"],
-                "action_ts": action_ts or f"{time.time():.6f}",
-            }
-        ],
-    }
-
-
-def submit(view: dict, values: dict, user: str = "U0ALICE") -> dict:
-    return {**sent_by(user, "view_submission"), "view": {**view, "state": {"values": values}}}
-
-
-def sent_by(user: str, kind: str) -> dict:
-    """What every interaction payload carries: its type, the workspace, the person, a fresh trigger id."""
-    return {
-        "type": kind,
-        "team": {"id": "T0TEST", "domain": "tuneloop"},
-        "user": {"id": user, "username": user.lower(), "team_id": "T0TEST"},
-        "api_app_id": "A0TUNELOOP",
-        "trigger_id": f"{time.time()}.trigger",
-    }
 
 
 # --- signatures -------------------------------------------------------------------------------------------------
@@ -324,8 +227,11 @@ def test_fix_asks_for_the_answer_in_a_modal_and_an_empty_one_is_refused_on_its_i
 @pytest.mark.usefixtures(
     "deploys"
 )  # deployment stands in: engine.loop.runs.deploy_run answers "shop now serves shop-v1"
-def test_deploying_over_a_failed_gate_asks_an_approver_for_the_reason(core: Core, slack: SlackServer) -> None:
+def test_deploying_over_a_failed_gate_asks_an_approver_for_the_reason(
+    core: Core, slack: SlackServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
     world = build(core.engine)  # its gate failed
+    monkeypatch.setattr(core.settings, "gateway_url", "https://llm.example.com/v1")
 
     async def scenario() -> None:
         async with running(core, slack) as bot:
@@ -342,6 +248,19 @@ def test_deploying_over_a_failed_gate_asks_an_approver_for_the_reason(core: Core
         assert session.get(Run, world.run_id).gate_override_reason == "tiny model; a demo"
     card, *replies = slack.thread(CHANNEL, slack.messages[0].ts)
     assert "shop now serves shop-v1" in replies[-1].text
+    # The name to call, and how, through the gateway: code blocks to copy.
+    assert "Model name: shop" in replies[-1].text
+    code = [b["text"]["text"] for b in replies[-1].blocks if b["type"] == "section" and "```" in b["text"]["text"]]
+    assert code == [
+        "```curl https://llm.example.com/v1/chat/completions \\\n"
+        '  -H "Authorization: Bearer $TUNELOOP_API_KEY" \\\n'
+        '  -H "Content-Type: application/json" \\\n'
+        '  -d \'{"model": "shop", "messages": [{"role": "user", "content": "Hello"}]}\'```',
+        "```import os\nfrom openai import OpenAI\n\n"
+        'client = OpenAI(base_url="https://llm.example.com/v1", api_key=os.environ["TUNELOOP_API_KEY"])\n'
+        'reply = client.chat.completions.create(model="shop", messages=[{"role": "user", "content": "Hello"}])\n'
+        "print(reply.choices[0].message.content)```",
+    ]
     rollback = [e["text"]["text"] for b in replies[-1].blocks if b["type"] == "actions" for e in b["elements"]]
     assert rollback == ["Roll back"]
     assert any(block["type"] == "actions" for block in card.blocks)  # a card is the relay's to update, not replaced
@@ -366,11 +285,7 @@ def test_someone_not_allowed_is_told_privately_and_nothing_changes(core: Core, s
 
 
 def test_finetune_without_data_opens_a_modal_and_trains_on_the_uploaded_file(core: Core, slack: SlackServer) -> None:
-    build(core.engine)
-    with session_scope(core.engine) as session:
-        project = session.exec(select(Project).where(Project.name == "shop")).one()
-        project.base_model = "/models/tiny"
-        session.add(project)
+    build_with_base_model(core.engine)
     content = "".join(json.dumps(SAMPLE | {"id": n}) + "\n" for n in range(4)).encode()
     shared = slack.add_file("orders.jsonl", content)
 
@@ -397,6 +312,15 @@ def test_finetune_without_data_opens_a_modal_and_trains_on_the_uploaded_file(cor
     card = next(m for m in slack.messages if m.blocks and m.blocks[0].get("block_id") == "title:card")
     thread = [m.text for m in slack.thread(CHANNEL, card.ts)]
     assert any("orders.jsonl" in text for text in thread)
+
+
+def build_with_base_model(engine: Engine) -> None:
+    """`build`'s project, with a base model to start runs on."""
+    build(engine)
+    with session_scope(engine) as session:
+        project = session.exec(select(Project).where(Project.name == "shop")).one()
+        project.base_model = "/models/tiny"
+        session.add(project)
 
 
 def test_a_download_refused_for_a_missing_scope_says_which_scope(core: Core, slack: SlackServer) -> None:
@@ -514,3 +438,180 @@ def test_tuneloop_bot_slack_over_http_answers_signed_requests_only_and_stops_on_
         bot.kill()
     (card,) = slack.messages
     assert card.blocks[0]["block_id"] == "title:card" and f"Run {run_id}" in card.text
+
+
+# --- a file shared in a channel -----------------------------------------------------------------------------------
+
+
+def jsonl(*records: dict) -> bytes:
+    return "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records).encode()
+
+
+NO_ANSWER = {"messages": [{"role": "user", "content": "还在吗？"}]}
+
+
+def opened_thread(core: Core, slack: SlackServer, run_id: int) -> str:
+    """The run's thread, opened by its card (`status`)."""
+
+    async def scenario() -> None:
+        async with running(core, slack) as bot:
+            await bot.command(slack, f"status {run_id}")
+
+    asyncio.run(scenario())
+    return slack.messages[-1].ts
+
+
+def share(core: Core, slack: SlackServer, file: dict, text: str = "", thread: str | None = None) -> int:
+    async def scenario() -> int:
+        async with running(core, slack) as bot:
+            status, _ = await bot.share(file, text, thread=thread)
+            await bot.idle()
+        return status
+
+    return asyncio.run(scenario())
+
+
+def versions(engine: Engine) -> list[int]:
+    with Session(engine) as session:
+        return [version.number for version in session.exec(select(DatasetVersion).order_by(DatasetVersion.id)).all()]
+
+
+def test_a_file_shared_in_a_runs_thread_is_imported_and_its_summary_and_rejects_go_in_the_thread(
+    core: Core, slack: SlackServer
+) -> None:
+    world = build(core.engine)
+    thread = opened_thread(core, slack, world.run_id)
+    content = jsonl(*(SAMPLE | {"id": n} for n in range(3)), NO_ANSWER)
+    file = slack.add_file("more.jsonl", content)
+
+    assert share(core, slack, file, "more data", thread) == 200
+    assert versions(core.engine)[-1] == 2
+    (summary,) = [m for m in slack.thread(CHANNEL, thread) if "more.jsonl" in m.text]
+    assert summary.user is None  # for everyone in the thread
+    assert "more.jsonl: 3 new samples, 0 already present; shop/main v2." in summary.text
+    assert "1 records were refused" in summary.text
+    assert "more.jsonl, line 4, field 'messages': conversation has no assistant turn" in summary.text
+    assert "/tmp" not in summary.text and "uploads" not in summary.text  # no path of this machine
+    assert "shop data=2" in summary.text  # how to train on it
+    (rejects,) = [f for f in slack.files.values() if f.name == "more.jsonl.rejects.jsonl"]
+    assert rejects.shares == [(CHANNEL, thread)]
+    assert "no assistant turn" in rejects.content.decode()
+    assert not any((core.settings.home / "uploads" / "slack").iterdir())
+
+
+def test_a_refused_file_shared_in_a_runs_thread_says_record_by_record_what_is_wrong_in_the_thread(
+    core: Core, slack: SlackServer
+) -> None:
+    world = build(core.engine)
+    thread = opened_thread(core, slack, world.run_id)
+    file = slack.add_file("broken.jsonl", jsonl(NO_ANSWER, {"messages": [{"role": "user"}]}))
+
+    share(core, slack, file, thread=thread)
+    assert versions(core.engine) == [1]  # nothing imported
+    (refused,) = [m for m in slack.thread(CHANNEL, thread) if "broken.jsonl" in m.text]
+    assert refused.user is None
+    assert "broken.jsonl, line 1, field 'messages': conversation has no assistant turn" in refused.text
+    assert "broken.jsonl, line 2, field 'messages[0].content': missing field" in refused.text
+
+
+def test_a_file_in_a_format_the_importer_refuses_is_told_in_the_channel(core: Core, slack: SlackServer) -> None:
+    build(core.engine)
+    file = slack.add_file("notes.txt", b"a few thoughts about the shop")
+
+    share(core, slack, file, "shop")
+    (refused,) = [m for m in slack.messages if "notes.txt" in m.text]
+    assert refused.user is None and refused.thread_ts is None
+    assert "notes.txt: cannot tell whether this is JSON, JSON Lines, CSV or TSV" in refused.text
+    with Session(core.engine) as session:
+        assert len(session.exec(select(Run)).all()) == 1  # only the one build made
+
+
+def test_a_file_shared_in_the_channel_with_a_project_named_starts_a_run_on_it(core: Core, slack: SlackServer) -> None:
+    build_with_base_model(core.engine)
+    file = slack.add_file("orders.jsonl", jsonl(*(SAMPLE | {"id": n} for n in range(2))))
+
+    share(core, slack, file, "shop epochs=1")
+    share(core, slack, slack.add_file("chatter.jsonl", jsonl(SAMPLE)), "look at this")  # not a command: not ours
+    with Session(core.engine) as session:
+        run = session.exec(select(Run).order_by(Run.id.desc())).first()
+        assert run.state == "queued" and run.recipe["num_train_epochs"] == 1
+        assert session.get(DatasetVersion, run.dataset_version_id).number == 2
+    card = next(m for m in slack.messages if m.blocks and m.blocks[0].get("block_id") == "title:card")
+    assert any("orders.jsonl" in m.text for m in slack.thread(CHANNEL, card.ts))
+    assert not any("chatter.jsonl" in m.text for m in slack.messages)
+
+
+def test_a_shared_file_over_the_upload_limit_is_refused_in_words_before_it_is_fetched(
+    core: Core, slack: SlackServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    world = build(core.engine)
+    thread = opened_thread(core, slack, world.run_id)
+    monkeypatch.setattr(core.settings, "max_upload_bytes", 64)
+    file = slack.add_file("big.jsonl", jsonl(*(SAMPLE | {"id": n} for n in range(4))))
+
+    share(core, slack, file, thread=thread)
+    assert slack.downloads == []
+    (told,) = [m for m in slack.messages if m.user == "U0ALICE"]
+    assert f"big.jsonl is {file['size']} bytes; tuneloop takes files up to 64 bytes." == told.text
+    assert versions(core.engine) == [1]
+
+
+# --- Slack's refusals, in words -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("channel", "known", "told"),
+    [
+        ("C0OUTSIDE01", True, "invite @tuneloop to channel C0OUTSIDE01 (/invite @tuneloop), then try again"),
+        ("C0GONE00001", False, "tuneloop cannot see channel C0GONE00001: invite it there, or use a channel it is in"),
+    ],
+)
+def test_a_command_in_a_channel_the_bot_cannot_post_in_is_answered_with_what_to_do(
+    core: Core, slack: SlackServer, channel: str, known: bool, told: str
+) -> None:
+    run_id = build(core.engine).run_id
+    if known:
+        slack.other_channels.add(channel)
+
+    async def scenario() -> None:
+        async with running(core, slack) as bot:
+            await bot.command(slack, f"status {run_id}", channel=channel)
+
+    asyncio.run(scenario())
+    assert slack.messages == []
+    (answer,) = slack.responses
+    assert answer == {"text": told, "response_type": "ephemeral"}
+
+
+def test_a_command_whose_card_is_rate_limited_is_posted_once_after_the_wait(core: Core, slack: SlackServer) -> None:
+    run_id = build(core.engine).run_id
+    slack.slow_down("chat.postMessage", retry_after=1)
+    slack.slow_down("chat.postMessage", retry_after=1)
+
+    async def scenario() -> None:
+        async with running(core, slack) as bot:
+            await bot.command(slack, f"status {run_id}")
+
+    asyncio.run(scenario())
+    assert len(slack.calls("chat.postMessage")) == 3
+    (card,) = slack.messages
+    assert f"Run {run_id}" in card.text and slack.responses == []
+
+
+def test_modals_and_refusals_speak_the_persons_language(core: Core, slack: SlackServer) -> None:
+    build(core.engine)
+    slack.other_channels.add("C0OUTSIDE01")
+
+    async def scenario() -> Any:
+        async with running(core, slack) as bot:
+            await bot.command(slack, "lang zh")
+            await bot.idle()
+            await bot.command(slack, "shop")
+            (modal,) = await opened(slack)
+            await bot.command(slack, "status 1", channel="C0OUTSIDE01")
+            return modal
+
+    modal = asyncio.run(scenario())
+    assert modal["title"]["text"] == "微调 shop" and modal["submit"]["text"] == "开始"
+    assert [block["label"]["text"] for block in modal["blocks"]] == ["训练数据（JSONL、JSON、CSV 或 Parquet）", "选项"]
+    assert slack.responses[-1]["text"] == "请先邀请 @tuneloop 加入频道 C0OUTSIDE01（/invite @tuneloop），然后重试"

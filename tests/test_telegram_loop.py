@@ -14,30 +14,18 @@ import httpx
 import pytest
 from sqlmodel import Session, select
 
-from bot.core.perform import Core
 from bot.telegram.serve import serve
-from engine.serve.local import LocalServer, start_local_server
-from engine.settings import get_settings
-from engine.train.tiny import build_tiny_model
-from storage.db import session_scope
-from storage.models import Deployment, Project, Run
+from storage.models import Deployment, Run
+from tests.loop_fixtures import WAIT_S, Loop, loop_model_fixture, running_loop  # noqa: F401  (the fixture `loop_model`)
 from tests.telegram_server import Sent, TelegramServer, group, person
 from tests.test_telegram_app import TELEGRAM_REDIS_DB
 from tests.training_data import SHOP_QA, SHOP_SYSTEM
 from tests.waiting import until
-from tests.workers import WAIT_S, Setup, worker_setup
 
 GROUP = group(-1009876543210)
 ALICE = person(4242, "alice")
-# The shop's questions and two more, two held out by the split: the other six train twelve steps (four epochs, two
-# samples a step), which pass the EOS check at the end of training (eight steps, as tests/test_worker.py's runs on six
-# samples take, fail it here about as often as they pass).
-QUESTIONS = [*SHOP_QA, ("能改地址吗？", "发货前可以在订单页修改地址。"), ("有优惠券吗？", "新用户注册即送优惠券。")]
-CAPTION = (
-    "/finetune shop split test_size=2 epochs=4 batch=2 gradient_accumulation_steps=1 lr=0.005 cutoff=64 dropout=0 "
-    "logging_steps=1 save_steps=4"
-)
-RANK = 16  # the default recipe's lora_rank
+# The project's recipe is tests/loop_fixtures.py's tiny one; the caption asks for two samples held out as the test set.
+CAPTION = "/finetune shop split test_size=2"
 FIXED = "订单会在48小时内发货，请耐心等待。"
 
 
@@ -47,35 +35,12 @@ def telegram() -> Iterator[TelegramServer]:
         yield server
 
 
-@pytest.fixture(scope="module")
-def base_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_model(tmp_path_factory.mktemp("telegram") / "model")
-
-
 @pytest.fixture
-def server(base_model: Path, tmp_path: Path) -> Iterator[LocalServer]:
-    served = start_local_server(base_model, tmp_path / "serve.log", args=["--max-lora-rank", str(RANK)])
-    yield served
-    served.stop()
-
-
-@pytest.fixture
-def setup(
-    redis_url: str, base_model: Path, server: LocalServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[Setup]:
-    database = f"sqlite:///{tmp_path / 'tuneloop.db'}"
-    with worker_setup(redis_url, database, base_model, tmp_path, monkeypatch, TELEGRAM_REDIS_DB, dataset=False) as made:
-        deploying = {"TUNELOOP_VLLM_URLS": json.dumps([server.url]), "TUNELOOP_VLLM_API_KEY": server.api_key}
-        for name, value in deploying.items():
-            monkeypatch.setenv(name, value)
-        made.env.update(deploying)
-        get_settings.cache_clear()
-        with session_scope(made.engine) as session:
-            project = session.exec(select(Project).where(Project.name == "shop")).one()
-            project.base_model = str(base_model)
-            session.add(project)
-        made.start_workers()
-        yield made
+def loop(loop_model: Path, redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Loop]:
+    with running_loop(loop_model, tmp_path, redis_url, TELEGRAM_REDIS_DB, monkeypatch) as running:
+        running.project("shop")
+        running.start_workers()
+        yield running
 
 
 def shop_file() -> bytes:
@@ -83,7 +48,7 @@ def shop_file() -> bytes:
         said = [("system", SHOP_SYSTEM), ("user", question), ("assistant", answer)]
         return {"messages": [{"role": role, "content": content} for role, content in said]}
 
-    return "".join(json.dumps(chat(q, a), ensure_ascii=False) + "\n" for q, a in QUESTIONS).encode()
+    return "".join(json.dumps(chat(q, a), ensure_ascii=False) + "\n" for q, a in SHOP_QA).encode()
 
 
 def card_of(telegram: TelegramServer, run_id: int) -> Sent:
@@ -106,9 +71,9 @@ def review_cards(telegram: TelegramServer, card: Sent) -> list[Sent]:
 
 @pytest.mark.slow
 def test_a_document_captioned_finetune_becomes_a_deployed_adapter_with_the_bot_restarted_midway(
-    setup: Setup, telegram: TelegramServer, server: LocalServer
+    loop: Loop, telegram: TelegramServer
 ) -> None:
-    core = Core(setup.engine, get_settings())
+    core, server = loop.core(), loop.server
     telegram.chats[GROUP["id"]] = GROUP
     presses: list[str] = []
 
@@ -121,7 +86,7 @@ def test_a_document_captioned_finetune_becomes_a_deployed_adapter_with_the_bot_r
             await until(what, condition, timeout=WAIT_S)
         except AssertionError:
             sent = "\n".join(f"{s.id} ← {s.reply_to} {s.kind}: {s.text[:300]!r} {s.buttons}" for s in telegram.sent)
-            raise AssertionError(f"timed out waiting for {what}; sent:\n{sent}\n{setup.worker_logs()}") from None
+            raise AssertionError(f"timed out waiting for {what}; sent:\n{sent}\n{loop.log_tails()}") from None
 
     async def scenario() -> None:
         def start_bot() -> tuple[asyncio.Event, asyncio.Task]:
@@ -133,15 +98,15 @@ def test_a_document_captioned_finetune_becomes_a_deployed_adapter_with_the_bot_r
         await wait("the bot to poll", lambda: telegram.called("deleteWebhook"))
         document = telegram.add_file("shop.jsonl", shop_file())
         telegram.message(GROUP, ALICE, CAPTION, document=document)
-        await wait("run 1 to train", lambda: runs(setup) and setup.state(1) == "training")
+        await wait("run 1 to train", lambda: runs(loop) and loop.state(1) == "training")
 
         stop.set()  # the bot goes away while the run trains, and comes back
         await bot
         await asyncio.sleep(1)
         stop, bot = start_bot()
 
-        await wait("run 1 to wait for review", lambda: setup.settled(1, "reviewing", "failed"))
-        assert setup.state(1) == "reviewing", setup.worker_logs()
+        await wait("run 1 to wait for review", lambda: loop.state(1) in ("reviewing", "failed"))
+        assert loop.state(1) == "reviewing", loop.log_tails()
         first = card_of(telegram, 1)
         await wait("the samples to review", lambda: len(review_cards(telegram, first)) == 2)
         fix, keep = review_cards(telegram, first)
@@ -152,9 +117,8 @@ def test_a_document_captioned_finetune_becomes_a_deployed_adapter_with_the_bot_r
         await wait("both reviews", lambda: keep.buttons == [] and fix.buttons == [])
         press(first, "Retrain")
 
-        await wait("run 2 to wait for review", lambda: runs(setup) == [1, 2] and setup.settled(2, "reviewing",
-                    "failed"))  # fmt: skip
-        assert setup.state(2) == "reviewing", setup.worker_logs()
+        await wait("run 2 to wait for review", lambda: loop.state(2) in ("reviewing", "failed"))
+        assert loop.state(2) == "reviewing", loop.log_tails()
         second = card_of(telegram, 2)
         await wait("run 2's card to offer approval", lambda: any("Approve" in b["text"] for b in second.buttons))
         (approve,) = [b["text"] for b in second.buttons if b["text"].startswith("Approve")]
@@ -165,8 +129,8 @@ def test_a_document_captioned_finetune_becomes_a_deployed_adapter_with_the_bot_r
             press(question, "Approve & deploy")
         else:  # the gate failed: an approver's reason
             telegram.message(GROUP, ALICE, "a tiny model; testing the loop", reply_to=question)
-        await wait("run 2 deployed", lambda: setup.settled(2, "deployed", "failed"))
-        assert setup.state(2) == "deployed", setup.worker_logs()
+        await wait("run 2 deployed", lambda: loop.state(2) in ("deployed", "failed"))
+        assert loop.state(2) == "deployed", loop.log_tails()
         await wait("the deployment told", lambda: any("Roll back" in str(s.buttons) for s in in_thread(telegram,
                     second)))  # fmt: skip
         stop.set()
@@ -175,7 +139,7 @@ def test_a_document_captioned_finetune_becomes_a_deployed_adapter_with_the_bot_r
     asyncio.run(scenario())
 
     # The deployed adapter answers on the embedded server under its version name.
-    with Session(setup.engine) as session:
+    with Session(loop.engine) as session:
         (deployment,) = session.exec(select(Deployment).where(Deployment.status == "active")).all()
         assert session.get(Run, 2).requested_by == "telegram:4242"
     answer = httpx.post(
@@ -204,6 +168,6 @@ def test_a_document_captioned_finetune_becomes_a_deployed_adapter_with_the_bot_r
     assert first.edits and second.edits  # each run's one message, edited in place
 
 
-def runs(setup: Setup) -> list[int]:
-    with Session(setup.engine) as session:
+def runs(loop: Loop) -> list[int]:
+    with Session(loop.engine) as session:
         return list(session.exec(select(Run.id).order_by(Run.id)).all())

@@ -32,11 +32,12 @@ def terminal_actor(by: str | None = None) -> Actor:
 
 def act(action: Action, by: str | None = None) -> list[Message]:
     """Carry out `action` for the person at the keyboard and print what the core answers; a mistake or refusal is
-    printed as its sentence, with exit code 2 (1 when it names something that does not exist)."""
+    printed as its sentence, with exit code 2 (1 when it names something that does not exist, or could not be done
+    now)."""
     try:
         messages = Core.from_settings().perform(action, terminal_actor(by))
     except UserError as error:
-        fail_plain(str(error), EXIT_NOT_FOUND if error.not_found else EXIT_INVALID_DATA)
+        fail_plain(str(error), EXIT_NOT_FOUND if error.not_found or error.transient else EXIT_INVALID_DATA)
     print_messages(messages)
     return messages
 
@@ -67,10 +68,12 @@ def print_message(message: Message) -> None:
         console.print(Text(f"  {line}"), highlight=False)
     for label, value in message.fields:
         console.print(Text(f"  {label}: ", style="dim") + Text(value), highlight=False)
+    for code in message.code:
+        console.print(Text(code, style="green"), highlight=False)
     for path in message.images:
         console.print(Text(f"  chart: {path}"), highlight=False)
     for path in message.files:
-        console.print(Text(f"  report: {path}"), highlight=False)
+        console.print(Text(f"  {'report' if message.kind == 'report' else 'file'}: {path}"), highlight=False)
     if message.buttons:
         choices = [f"[{button.label}] tuneloop chat {shlex.quote(button.command)}" for button in message.buttons]
         console.print(Text("  " + "   ".join(choices), style="cyan"), highlight=False)

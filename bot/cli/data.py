@@ -8,6 +8,7 @@ from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 
+from bot.cli.act import act
 from bot.cli.common import (
     DatasetOption,
     ProjectOption,
@@ -18,6 +19,7 @@ from bot.cli.common import (
     open_session,
     validated,
 )
+from bot.core.actions import ImportData
 from engine.artifacts import get_artifact_store
 from engine.data.export import EXPORT_FORMATS
 from engine.data.filters import FilterConfig
@@ -25,7 +27,6 @@ from engine.data.formats import FORMATS
 from engine.data.pipeline import (
     export_version,
     filter_version,
-    import_file,
     publish_report,
     report_version,
     split_version,
@@ -41,7 +42,6 @@ from engine.data.versions import (
     version_label,
 )
 from engine.files import write_atomic_text
-from engine.settings import get_settings
 
 app = typer.Typer(help="Datasets: import → filter → split → export → report.", no_args_is_help=True)
 
@@ -61,36 +61,19 @@ def data_import(
     """Import a dataset file into a project as a new dataset version."""
     if fmt != "auto" and fmt not in FORMATS:
         fail(f"unknown format '{fmt}'; choose one of: auto, {', '.join(FORMATS)}")
-    with open_session() as session:
-        outcome = import_file(
-            session,
-            project,
-            file,
-            dataset_name=dataset,
-            fmt=fmt,
-            encoding=encoding,
-            entry=entry,
-            limits=get_settings().read_limits(max_bytes),
-            skip_invalid=skip_invalid,
-            rejects_path=rejects,
-        )
-        version = outcome.change.version
-        loaded = outcome.loaded
-        console.print(
-            f"read {loaded.records} record(s) from {file.name} ({loaded.format}, {loaded.encoding}): "
-            f"{len(loaded.samples)} valid, {len(loaded.problems)} problem(s)"
-        )
-        if outcome.rejects_path:
-            console.print(f"[yellow]rejects written to {escape(str(outcome.rejects_path))}[/yellow]")
-        if outcome.change.created:
-            console.print(
-                f"[green]{escape(project)}/{escape(dataset)} v{version.number}[/green]: {outcome.added} new sample(s), "
-                f"{outcome.already_present} already present, {version.sample_count} in use"
-            )
-        else:
-            console.print(
-                f"nothing new: {project}/{dataset} v{version.number} already holds every sample", markup=False
-            )
+    upload = ImportData(
+        upload=str(file),
+        project=project,
+        create=True,
+        dataset=dataset,
+        format=fmt,
+        encoding=encoding,
+        entry=entry,
+        skip_invalid=skip_invalid,
+        rejects=str(rejects) if rejects else None,
+        max_bytes=max_bytes,
+    )
+    act(upload)
 
 
 @app.command("filter")

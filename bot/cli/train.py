@@ -18,7 +18,7 @@ from bot.cli.common import (
 from bot.core.errors import UserError
 from bot.core.grammar import parse_dataset
 from engine.artifacts import get_artifact_store
-from engine.train.recipe import DEFAULT_RECIPE, RecipeError, load_recipe
+from engine.train.recipe import DEFAULT_RECIPE, RecipeError, read_recipe
 from storage.models import Run
 
 
@@ -61,9 +61,12 @@ def train_command(
 
     dataset_name, number = dataset_option(dataset)
     try:
-        loaded = load_recipe(recipe, **({"model_name_or_path": base_model} if base_model else {}))
+        read = read_recipe(recipe, **({"model_name_or_path": base_model} if base_model else {}))
     except RecipeError as error:
         fail(str(error))
+    for note in read.notes:
+        console.print(f"{recipe.name}: {note}")
+    loaded = read.recipe
     with announcing(print_event) as events, open_session() as session:
         try:
             if processes > 1:

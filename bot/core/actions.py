@@ -65,6 +65,29 @@ class StartRun(_Action):
     test_size: float = 0.1
 
 
+class ImportData(_Action):
+    """A file shared with the bot, imported as a new version of a project's dataset: the project of `run` (a file
+    shared in a run's thread) or `project`. Its summary answers in the run's thread, with the rejects file when
+    some records were refused."""
+
+    kind: Literal["import_data"] = "import_data"
+    upload: str = ""  # the file's path on this machine: a face sets it once it has fetched the file
+    upload_name: str | None = None
+    run: int | None = None
+    project: str | None = None
+    create: bool = False  # a project of that name is created first (the terminal's import)
+    dataset: str = "main"
+    # How to read the file (the terminal's options; a chat file is read as detected).
+    format: str = "auto"
+    encoding: str | None = None
+    entry: str | None = None  # the entry of a dataset_info.json
+    # A chat keeps the valid records and answers with the rejects file; the terminal refuses a file with any invalid
+    # record unless asked to skip them.
+    skip_invalid: bool = True
+    rejects: str | None = None  # where the refused records go; beside the upload if unset
+    max_bytes: int | None = None  # the operator's own size limit (the terminal); the settings' otherwise
+
+
 class Status(_Action):
     kind: Literal["status"] = "status"
     run: int | None = None  # None: the runs still going
@@ -167,6 +190,7 @@ Action = Annotated[
     | ConfigureProject
     | ShowProject
     | StartRun
+    | ImportData
     | Status
     | ListRuns
     | ShowHistory

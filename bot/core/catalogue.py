@@ -70,6 +70,23 @@ CATALOGUE: dict[str, tuple[str, str]] = {
         "{file}: {added} new samples, {present} already present; {project}/{dataset} v{version}.",
         "{file}：新增 {added} 个样本，{present} 个已存在；{project}/{dataset} 第 {version} 版。",
     ),
+    "import.rejected": (
+        "{n} records were refused and left out; each with its reason in {file}:",
+        "{n} 条记录未通过校验，已跳过；原因逐条见 {file}：",
+    ),
+    "import.nothing_new": (
+        "{file}: nothing new; {project}/{dataset} v{version} already holds every sample.",
+        "{file}：没有新内容；{project}/{dataset} 第 {version} 版已包含全部样本。",
+    ),
+    "import.read": (
+        "Read {records} records ({format}, {encoding}): {valid} valid, {refused} refused.",
+        "读取 {records} 条记录（{format}，{encoding}）：{valid} 条有效，{refused} 条未通过。",
+    ),
+    "import.warning": ("Warning: {warning}", "注意：{warning}"),
+    "import.more_problems": ("… and {n} more.", "……另有 {n} 条。"),
+    "import.next": ("Train on it: {command}", "用它训练：{command}"),
+    "import.whose": ("There is no file to import.", "没有可导入的文件。"),
+    "run.recipe_note": ("Recipe {recipe}: {note}.", "配方 {recipe}：{note}。"),
     "run.title": ("Run {run}: {project}, iteration {iteration}", "运行 {run}：{project}，第 {iteration} 轮"),
     "run.state": ("state", "状态"),
     "run.requested_by": ("requested by", "发起人"),
@@ -186,6 +203,15 @@ CATALOGUE: dict[str, tuple[str, str]] = {
         "运行 {run} 已由 {who} 未经审批部署：{reason}。",
     ),
     "deploy.answered": ("{server} answered the test prompt: {answer}", "{server} 对测试问题的回答：{answer}"),
+    "deploy.model": ("Model name: {model}", "模型名称：{model}"),
+    "deploy.call": (
+        "Call it through the gateway at {url}, with one of its API keys:",
+        "通过网关 {url} 调用（使用网关的 API 密钥之一）：",
+    ),
+    "deploy.no_gateway": (
+        "Set TUNELOOP_GATEWAY_URL to show here how to call it through the gateway.",
+        "设置 TUNELOOP_GATEWAY_URL 后，这里会显示如何通过网关调用它。",
+    ),
     "deploy.warning": ("warning: {warning}", "警告：{warning}"),
     "rollback.done": ("{project} rolled back: {message}", "{project} 已回滚：{message}"),
     # refusals
@@ -246,6 +272,63 @@ CATALOGUE: dict[str, tuple[str, str]] = {
     "report.win_rate": ("win rate", "胜率"),
     "report.since": ("since iteration {iteration}: {line}", "相比第 {iteration} 轮：{line}"),
     "report.file": ("report", "报告"),
+    # what a chat face asks for and tells about files and posting
+    "modal.upload_title": ("Fine-tune {project}", "微调 {project}"),
+    "modal.start": ("Start", "开始"),
+    "modal.data": ("Training data (JSONL, JSON, CSV or Parquet)", "训练数据（JSONL、JSON、CSV 或 Parquet）"),
+    "modal.options": ("Options", "选项"),
+    "modal.options_hint": ("e.g. epochs=2 lr=1e-4 rank=8 split", "例如 epochs=2 lr=1e-4 rank=8 split"),
+    "modal.empty": ("Please write something first.", "请先填写内容。"),
+    "button.cancel_confirm": ("Cancel", "取消"),
+    "upload.send_data": (
+        "Send the training data for {project} as a file (JSONL, JSON, CSV or Parquet) in reply to this message, with "
+        "options such as epochs=2 as its caption; or reply data=latest to train on the project's current data.",
+        "请回复本消息，以文件形式发送 {project} 的训练数据（JSONL、JSON、CSV 或 Parquet），可在文件说明中写选项，"
+        "例如 epochs=2；或回复 data=latest，用项目现有的数据训练。",
+    ),
+    "upload.over_download_limit": (
+        "{name} is {size} MB, and Telegram lets a bot download files of up to 20 MB. Send it in parts under 20 MB, "
+        "or ask whoever runs tuneloop to run a local Bot API server (see the README), which takes files up to 2 GB.",
+        "{name} 有 {size} MB，而 Telegram 只允许机器人下载不超过 20 MB 的文件。请拆成小于 20 MB 的几部分发送，"
+        "或请 tuneloop 的管理员运行本地 Bot API 服务器（见 README），它可接收最大 2 GB 的文件。",
+    ),
+    "upload.without_command": (
+        "To train on {name}, send it with /finetune <project> as its caption.",
+        "要用 {name} 训练，请在发送文件时把 /finetune <项目> 写在文件说明里。",
+    ),
+    "confirm.not_done": ("Not done.", "未执行。"),
+    "upload.too_big": (
+        "{name} is {size} bytes; tuneloop takes files up to {limit} bytes.",
+        "{name} 有 {size} 字节；tuneloop 只接收不超过 {limit} 字节的文件。",
+    ),
+    "upload.too_big_unknown": (
+        "{name} is over {limit} bytes, the most tuneloop takes; split it or leave out what it does not need.",
+        "{name} 超过 {limit} 字节，超出 tuneloop 的上限；请拆分文件或删去不需要的部分。",
+    ),
+    "upload.not_given": (
+        "The chat did not hand over {name} (HTTP {status}); try uploading it again.",
+        "聊天平台没有提供文件 {name}（HTTP {status}），请重新上传。",
+    ),
+    "upload.html_instead": (
+        "Slack sent a web page instead of {name}: the app needs the files:read scope "
+        "(add it to the app, reinstall it, then upload again).",
+        "Slack 返回了网页而不是 {name}：应用缺少 files:read 权限（请在应用中添加该权限并重新安装，然后再次上传）。",
+    ),
+    "post.not_in_channel": (
+        "invite @tuneloop to channel {channel} (/invite @tuneloop), then try again",
+        "请先邀请 @tuneloop 加入频道 {channel}（/invite @tuneloop），然后重试",
+    ),
+    "post.channel_not_found": (
+        "tuneloop cannot see channel {channel}: invite it there, or use a channel it is in",
+        "tuneloop 看不到频道 {channel}：请邀请它加入，或在它所在的频道中使用",
+    ),
+    "post.is_archived": ("channel {channel} is archived", "频道 {channel} 已归档"),
+    "post.too_long": ("the message was too long for the chat", "消息太长，聊天平台无法发送"),
+    "post.layout": ("the chat refused the message's layout", "聊天平台拒绝了消息的版式"),
+    "post.rate_limited": (
+        "the chat keeps asking tuneloop to slow down; try again in a minute",
+        "聊天平台一直要求 tuneloop 放慢速度，请一分钟后重试",
+    ),
     # errors
     "error.internal": (
         "Something went wrong on our side ({kind}); the operators' logs have the details.",

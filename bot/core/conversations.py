@@ -5,6 +5,7 @@ same stale buttons. Every face (Slack, Telegram) delivers through here with its 
 
 import asyncio
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
@@ -29,10 +30,21 @@ class Place:
 
 
 def find(engine: Engine, platform: str, run_id: int) -> Place | None:
+    return _find(engine, Conversation.platform == platform, Conversation.run_id == run_id)
+
+
+def find_thread(engine: Engine, platform: str, channel: str, thread: str | None) -> Place | None:
+    """The run whose conversation is `thread` of `channel`, if any."""
+    if thread is None:
+        return None
+    return _find(
+        engine, Conversation.platform == platform, Conversation.channel == channel, Conversation.thread == thread
+    )
+
+
+def _find(engine: Engine, *conditions: Any) -> Place | None:
     with Session(engine) as session:
-        row = session.exec(
-            select(Conversation).where(Conversation.platform == platform, Conversation.run_id == run_id)
-        ).first()
+        row = session.exec(select(Conversation).where(*conditions)).first()
         return _place(row) if row is not None else None
 
 

@@ -13,19 +13,19 @@ import json
 import logging
 from dataclasses import dataclass, field
 
-from sqlmodel import Session
+from sqlmodel import Session, col, select
 
 from bot.core import conversations
 from bot.core.actions import ShowReport, ShowReview, dump_action
 from bot.core.errors import UserError
 from bot.core.identity import Actor
-from bot.core.messages import Message
+from bot.core.messages import Button, Message
 from bot.core.outbox import Outbox, Undeliverable
 from bot.core.perform import Core
-from bot.core.render import event_message, progress_bar, progress_text, rollback_buttons, run_card
+from bot.core.render import deployed_message, event_message, progress_bar, progress_text, run_card
 from engine.events import Event
 from engine.events.stream import EventConsumer
-from storage.models import Project, Run
+from storage.models import Deployment, Project, Run
 
 # The moves people are told of in the thread; the others show on the card only.
 TOLD_MOVES = frozenset({"reviewing", "awaiting_approval", "deployed", "failed", "cancelled"})
@@ -45,7 +45,7 @@ class EventRelay:
         self.core, self.outbox, self.consumer = core, outbox, consumer
         self.platform = outbox.sender.platform
         self.reader = Actor(self.platform, "tuneloop")  # reads what the run's people see, in the project's language
-        self._card_buttons: dict[int, tuple[str, list[str]]] = {}  # run -> its card's buttons as shown, their keys
+        self._card_keys: dict[str, str] = {}  # a card button's action -> the key it was stored under
 
     async def run(self, stop: asyncio.Event, block_ms: int = 1000) -> None:
         """Relay events until `stop` is set."""
@@ -71,14 +71,18 @@ class EventRelay:
         plan = await asyncio.to_thread(self._plan, event)
         if plan is None:
             return
+        # A card is edited at every event, progress too, with the same buttons most of the time: each is stored
+        # once, not once an edit.
+        for button in plan.card.buttons:
+            button.key = self._card_keys.get(_button_id(button))
+        await asyncio.to_thread(self.core.store_buttons, [plan.card, *plan.posts])
+        self._card_keys.update((_button_id(button), button.key) for button in plan.card.buttons if button.key)
         if place.card is not None:
-            await asyncio.to_thread(self._key_card_buttons, plan.card)
             self.outbox.edit(place.channel, place.card, plan.card)
         if plan.moved is not None:
             stale = await asyncio.to_thread(conversations.take_buttons, self.core.engine, place.id)
             for held in stale:
                 self.outbox.edit(place.channel, held["id"], Message(held["title"], lines=[plan.moved]))
-        await asyncio.to_thread(self.core.store_buttons, plan.posts)
         for message in plan.posts:
             try:
                 await conversations.post(self.core, self.outbox, message, place, place.channel, place.thread)
@@ -95,6 +99,11 @@ class EventRelay:
                 return None
             language = self.core.language_for(session, self.reader, project)
             plan = _Plan(run_card(session, run, language))
+            serving = session.exec(
+                select(Deployment.version_name)
+                .where(Deployment.project_id == project.id, Deployment.status == "active")
+                .order_by(col(Deployment.id).desc())
+            ).first()
         payload, said = event.payload, event_message(event, language)
         if event.type == "progress":
             stage = str(payload.get("stage", ""))
@@ -108,30 +117,21 @@ class EventRelay:
             plan.moved = said.title
         if event.type == "report" and payload.get("stage") == "evaluate":
             plan.posts += self._asked(ShowReport(run=event.run))  # type: ignore[arg-type]
+        elif moved_to == "deployed" and serving is not None:
+            gateway = self.core.settings.gateway_url
+            plan.posts.append(deployed_message(project.name, serving, run.id, language, gateway, [said.title]))  # type: ignore[arg-type]
         elif event.type in ("report", "warning", "failure") or moved_to in TOLD_MOVES:
             plan.posts.append(said)
         if moved_to == "reviewing":
             plan.posts += self._asked(ShowReview(run=event.run))  # type: ignore[arg-type]
-        elif moved_to == "deployed":
-            said.buttons = rollback_buttons(project.name, language)
         return plan
-
-    def _key_card_buttons(self, card: Message) -> None:
-        """Key the card's buttons (unkeyed buttons are not shown), reusing the keys of the same buttons on the card's
-        last edit: a thousand progress edits store no thousand copies of its Cancel button, and an edit that
-        changes nothing stays unchanged."""
-        assert card.run_id is not None
-        shown = json.dumps([[b.label, dump_action(b.action), b.asks_for_text, b.confirm] for b in card.buttons])
-        known = self._card_buttons.get(card.run_id)
-        if known is not None and known[0] == shown:
-            for button, key in zip(card.buttons, known[1], strict=True):
-                button.key = key
-            return
-        self.core.store_buttons([card])
-        self._card_buttons[card.run_id] = (shown, [str(button.key) for button in card.buttons])
 
     def _asked(self, action: ShowReport | ShowReview) -> list[Message]:
         try:
             return self.core.perform(action, self.reader)
         except UserError as error:
             return [Message(str(error), kind="error", run_id=action.run)]
+
+
+def _button_id(button: Button) -> str:
+    return json.dumps([dump_action(button.action), button.asks_for_text], sort_keys=True)

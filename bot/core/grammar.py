@@ -405,6 +405,8 @@ def spell(action: Action) -> str:
             return f"request {action.run}"
         case Status(run=None):
             return "status"
+        case StartRun():  # a run on a dataset version, as typed (its options are the person's to add)
+            return action.project + (f" data={action.data}" if action.data != "latest" else "")
         case ShowHistory() | ShowReport() | Cancel() | Retry() | Retrain() | Status():
             return f"{_VERBS[type(action)]} {action.run}"
         case _:

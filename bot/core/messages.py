@@ -24,6 +24,7 @@ class Button:
     key: str | None = None
     asks_for_text: str | None = None  # a prompt for text the action needs first (a Fix asks for the answer)
     confirm: str | None = None  # a question to confirm before acting (deploying)
+    cancel: str | None = None  # the confirmation's label for not acting
 
 
 @dataclass
@@ -33,6 +34,7 @@ class Message:
     fields: list[tuple[str, str]] = field(default_factory=list)
     images: list[Path] = field(default_factory=list)
     files: list[Path] = field(default_factory=list)
+    code: list[str] = field(default_factory=list)  # blocks shown verbatim, to copy (a face shows them monospaced)
     buttons: list[Button] = field(default_factory=list)
     kind: Kind = "reply"
     run_id: int | None = None  # the run it is about: a chat face posts it in that run's thread
@@ -40,6 +42,6 @@ class Message:
 
     @property
     def text(self) -> str:
-        """The whole message as plain text: the title, the lines, then the fields."""
-        parts = [self.title, *self.lines, *(f"{label}: {value}" for label, value in self.fields)]
+        """The whole message as plain text: the title, the lines, the fields, then the code."""
+        parts = [self.title, *self.lines, *(f"{label}: {value}" for label, value in self.fields), *self.code]
         return "\n".join(part for part in parts if part)

@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
+from bot.core.catalogue import CATALOGUE, DEFAULT_LANGUAGE, say
 from bot.core.messages import Message
 
 PACE_S = 1.1  # seconds between two sends into one channel: Slack allows about one a second, kept with a margin
@@ -29,8 +30,16 @@ class RateLimited(Exception):
 
 
 class Undeliverable(Exception):
-    """The platform refused for good (not in the channel, no such channel): retrying cannot help. Its message is
-    the sentence to show a person."""
+    """The platform refused for good (not in the channel, no such channel): retrying cannot help. `said` is the
+    catalogue's entry for it, filled in with `values` (or a sentence the catalogue does not hold, as it is):
+    `sentence(language)` for a person; str() is the English one, for logs."""
+
+    def __init__(self, said: str, **values: object) -> None:
+        self.said, self.values = said, values
+        super().__init__(self.sentence(DEFAULT_LANGUAGE))
+
+    def sentence(self, language: str) -> str:
+        return say(language, self.said, **self.values) if self.said in CATALOGUE else self.said
 
 
 class Sender(Protocol):

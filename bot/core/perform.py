@@ -8,9 +8,10 @@ synthesis, and that a Fix needs the answer. Engine errors become UserErrors, who
 refusals are audited."""
 
 import asyncio
+import os
 import secrets
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -26,6 +27,7 @@ from bot.core.actions import (
     ConfigureProject,
     DeployUnapproved,
     Help,
+    ImportData,
     ListRuns,
     NewProject,
     RequestApproval,
@@ -46,24 +48,25 @@ from bot.core.actions import (
 )
 from bot.core.catalogue import DEFAULT_LANGUAGE, LANGUAGES, say
 from bot.core.errors import UserError
-from bot.core.grammar import parse, parse_dataset
+from bot.core.grammar import parse, parse_dataset, spell
 from bot.core.identity import Actor
 from bot.core.messages import Message
 from bot.core.render import (
     change_phrase,
+    deployed_message,
     help_message,
     history_message,
     project_message,
     report_message,
     review_cards,
-    rollback_buttons,
     run_card,
     runs_message,
     state_word,
     summary_message,
 )
-from engine.data.errors import DataError
+from engine.data.errors import DataError, RecordProblem
 from engine.data.split import SplitError
+from engine.data.versions import DEFAULT_DATASET
 from engine.database import DatabaseNotReadyError
 from engine.loop.projects import NotFoundError, ProjectNameError, get_or_create_project, get_project, list_projects
 from engine.loop.reviews import ReviewError, record_review, review_summary, start_next_iteration
@@ -81,12 +84,13 @@ from engine.loop.runs import (
 )
 from engine.serve.adapters import DeployError
 from engine.settings import Settings, get_settings
-from engine.train.recipe import DEFAULT_RECIPE, RecipeError, load_recipe
+from engine.train.recipe import DEFAULT_RECIPE, RecipeError, read_recipe
 from storage.db import ConflictError, session_scope
 from storage.models import AuditEvent, ChatAction, ChatUser, Evaluation, Judgement, Project, Run
 from storage.models import Review as ReviewRow
 
 Result = TypeVar("Result")
+SHOWN_PROBLEMS = 10  # a refused file's problems shown in chat; the rest are counted
 GOING = ("queued", "preparing", "training", "evaluating", "deploying")
 # What people see as engine sentences: the engine's own errors about what they asked.
 _ENGINE_MISTAKES = (
@@ -156,11 +160,13 @@ class Core:
                 self.audit_refusal(action, actor, str(error))
             raise
         except DataError as error:
-            raise UserError("\n".join([error.headline, *(str(p) for p in error.problems[:10])])) from None
+            # What is wrong with a file, record by record (file, record, field): for everyone who shares it.
+            raise UserError("\n".join(_problem_lines(error.headline, error.problems, language)), public=True) from None
         except _ENGINE_MISTAKES as error:
             # The core checked who may first; the engine's own refusals are its backstop and say why themselves.
             sentence = str(error) or say(language, "error.internal", kind=type(error).__name__)
-            raise UserError(sentence, not_found=isinstance(error, NotFoundError)) from None
+            transient = isinstance(error, ConflictError | DatabaseNotReadyError)
+            raise UserError(sentence, not_found=isinstance(error, NotFoundError), transient=transient) from None
 
     def audit_refusal(self, action: Action, actor: Actor, reason: str) -> None:
         """Keep a refusal on record, in its own transaction: the refused action's own work was rolled back."""
@@ -207,6 +213,12 @@ class Core:
             return chosen
         language = (project.settings or {}).get("language") if project is not None else None
         return language if language in LANGUAGES else DEFAULT_LANGUAGE
+
+    def language_of(self, actor: Actor, project: str | None = None) -> str:
+        """`language_for` in a session of its own, `project` named (None or unknown: the person's or English)."""
+        with Session(self.engine) as session:
+            row = session.exec(select(Project).where(Project.name == project)).first() if project else None
+            return self.language_for(session, actor, row)
 
     def store_buttons(self, messages: list[Message]) -> list[Message]:
         """Give every button a short key under which its action is kept server-side (a chat face sends the key)."""
@@ -329,7 +341,6 @@ def _set_language(context: Context, action: SetLanguage) -> list[Message]:
 
 def _start_run(context: Context, action: StartRun) -> list[Message]:
     from engine.data.filters import FilterConfig
-    from engine.data.pipeline import import_file
     from engine.data.split import SplitConfig
     from engine.loop.prepare import PreparePlan, SynthPlan
     from engine.work.jobs import submit_run
@@ -340,37 +351,18 @@ def _start_run(context: Context, action: StartRun) -> list[Message]:
     dataset, number = parse_dataset(action.data, context.language)
     messages = []
     if action.upload is not None:
-        outcome = import_file(
-            session,
-            project.name,
-            Path(action.upload),
-            dataset_name=dataset,
-            limits=context.core.settings.read_limits(),
-            actor=actor.identity,
-            platform=actor.platform,
-        )
-        version = outcome.change.version
-        number = version.number
-        name = action.upload_name or Path(action.upload).name
-        messages.append(
-            Message(
-                say(
-                    context.language,
-                    "run.imported",
-                    file=name,
-                    added=outcome.added,
-                    present=outcome.already_present,
-                    project=project.name,
-                    dataset=dataset,
-                    version=version.number,
-                )
-            )
-        )
-        session.commit()  # the data is kept even when the run cannot start
+        upload = ImportData(upload=action.upload, upload_name=action.upload_name, dataset=dataset)
+        imported, number = _import(context, project, upload)
+        messages.append(imported)
     options = {**(project.recipe or {}), **action.options}
     if project.base_model and "model_name_or_path" not in action.options:
         options["model_name_or_path"] = project.base_model
-    recipe = load_recipe(Path(action.recipe) if action.recipe else DEFAULT_RECIPE, **options)
+    recipe_path = Path(action.recipe) if action.recipe else DEFAULT_RECIPE
+    loaded = read_recipe(recipe_path, **options)
+    recipe = loaded.recipe
+    messages += [
+        Message(say(context.language, "run.recipe_note", recipe=recipe_path.name, note=n)) for n in loaded.notes
+    ]
     try:
         plan = PreparePlan(
             synthesize=SynthPlan(task=action.task, n=action.synthesize) if action.task and action.synthesize else None,
@@ -404,6 +396,88 @@ def _start_run(context: Context, action: StartRun) -> list[Message]:
     )
     messages.append(run_card(session, run, context.language))
     return messages
+
+
+def _import_data(context: Context, action: ImportData) -> list[Message]:
+    created = []
+    if action.run is not None:
+        _, project = context.run(action.run)
+    else:
+        exists = select(Project.id).where(Project.name == action.project)
+        if action.create and context.session.exec(exists).first() is None:
+            created = _new_project(context, NewProject(project=action.project or ""))[:1]
+        project = context.project(action.project or "")
+    permissions.require(project, context.actor, "requester", context.language)
+    if not action.upload:
+        raise UserError(say(context.language, "import.whose"))
+    imported, number = _import(context, project, action)
+    data = str(number) if action.dataset == DEFAULT_DATASET else f"{action.dataset}:{number}"
+    train = spell(StartRun(project=project.name, data=data))
+    imported.lines.append(say(context.language, "import.next", command=train))
+    imported.run_id = action.run
+    return [*created, imported]
+
+
+def _import(context: Context, project: Project, action: ImportData) -> tuple[Message, int]:
+    """Import an uploaded file as a new version of the project's dataset (committed: the data is kept whatever
+    comes next); its summary (what was read, warnings, the rejects file when records were refused) and the version's
+    number. A file with no valid record, or any invalid one unless `skip_invalid`, is refused (DataError) record by
+    record."""
+    from engine.data.pipeline import import_file
+
+    path = Path(action.upload)
+    outcome = import_file(
+        context.session,
+        project.name,
+        path,
+        dataset_name=action.dataset,
+        fmt=action.format,
+        encoding=action.encoding,
+        entry=action.entry,
+        limits=context.core.settings.read_limits(action.max_bytes),
+        skip_invalid=action.skip_invalid,
+        rejects_path=Path(action.rejects) if action.rejects else None,
+        actor=context.actor.identity,
+        platform=context.actor.platform,
+    )
+    context.session.commit()  # the data is kept even when the run cannot start
+    version, loaded = outcome.change.version, outcome.loaded
+    language, shown = context.language, action.upload_name or path.name
+    where = {"project": project.name, "dataset": action.dataset, "version": version.number}
+    if outcome.change.created:
+        summary = say(
+            language, "run.imported", file=shown, added=outcome.added, present=outcome.already_present, **where
+        )
+    else:
+        summary = say(language, "import.nothing_new", file=shown, **where)
+    read = say(
+        language,
+        "import.read",
+        records=loaded.records,
+        format=loaded.format,
+        encoding=loaded.encoding,
+        valid=len(loaded.samples),
+        refused=len(loaded.problems),
+    )
+    lines, files = [read, *(say(language, "import.warning", warning=w) for w in loaded.warnings)], []
+    if outcome.rejects_path is not None:
+        headline = say(language, "import.rejected", n=len(loaded.problems), file=outcome.rejects_path.name)
+        lines += _problem_lines(headline, loaded.problems, language)
+        files.append(outcome.rejects_path)
+    return Message(summary, lines=lines, files=files), version.number
+
+
+def _problem_lines(headline: str, problems: list[RecordProblem], language: str) -> list[str]:
+    """A file's problems as people read them: the headline, then the first few (file, record, field: what is
+    wrong), the rest counted. A file is named by its name alone: where it was kept on this machine is nobody's
+    business in a chat."""
+    folders = {str(Path(problem.file).parent) + os.sep for problem in problems if problem.file}
+    shown = [str(replace(problem, file=Path(problem.file).name)) for problem in problems[:SHOWN_PROBLEMS]]
+    if len(problems) > SHOWN_PROBLEMS:
+        shown.append(say(language, "import.more_problems", n=len(problems) - SHOWN_PROBLEMS))
+    for folder in folders:
+        headline = headline.replace(folder, "")
+    return [headline, *shown]
 
 
 def _status(context: Context, action: Status) -> list[Message]:
@@ -634,10 +708,8 @@ def _deploy_message(context: Context, run: Run, project: Project, outcome: Any) 
     lines = [outcome.message]
     lines += [say(language, "deploy.answered", server=url, answer=answer) for url, answer in outcome.answers.items()]
     lines += [say(language, "deploy.warning", warning=warning) for warning in outcome.warnings]
-    title = say(language, "deploy.done", project=project.name, version=outcome.deployment.version_name, run=run.id)
-    return Message(
-        title, lines=lines, buttons=rollback_buttons(project.name, language), run_id=run.id, project=project.name
-    )
+    version = outcome.deployment.version_name
+    return deployed_message(project.name, version, run.id, language, context.core.settings.gateway_url, lines)  # type: ignore[arg-type]
 
 
 def _rollback(context: Context, action: Rollback) -> list[Message]:
@@ -677,6 +749,7 @@ _HANDLERS: dict[type, Callable[[Context, Any], list[Message]]] = {
     ShowProject: _show_project,
     SetLanguage: _set_language,
     StartRun: _start_run,
+    ImportData: _import_data,
     Status: _status,
     ListRuns: _list_runs,
     ShowHistory: _history,

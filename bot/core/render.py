@@ -1,6 +1,7 @@
 """Everything a face shows, as neutral messages: a run's card, its history, its evaluation report, review cards,
 the events the engine announces, lists and help. Every face renders these; none builds its own text."""
 
+import json
 from collections import Counter
 
 from sqlmodel import Session, col, select
@@ -31,6 +32,8 @@ QUOTE_LIMIT = 600  # characters of a question or answer on a review card: a card
 
 
 def button(language: str, label: str, action: Action, style: Style = "default", **extra: str | None) -> Button:
+    if extra.get("confirm"):
+        extra["cancel"] = say(language, "button.cancel_confirm")  # the confirmation's way out
     return Button(say(language, f"button.{label}"), action, spell(action), style, **extra)  # type: ignore[arg-type]
 
 
@@ -403,6 +406,40 @@ def project_message(project: Project, language: str) -> Message:
         ),
     ]
     return Message(say(language, "project.title", project=project.name), fields=fields, project=project.name)
+
+
+def deployed_message(
+    project: str, version: str, run_id: int, language: str, gateway_url: str | None, lines: list[str]
+) -> Message:
+    """After a deployment: what serves now, the name clients call, how to call it through the gateway (curl and
+    the OpenAI client, to copy) when its address is set, and Roll back."""
+    lines = [*lines, say(language, "deploy.model", model=project)]
+    code = gateway_snippets(gateway_url, project) if gateway_url else []
+    lines.append(say(language, "deploy.call", url=gateway_url) if gateway_url else say(language, "deploy.no_gateway"))
+    title = say(language, "deploy.done", project=project, version=version, run=run_id)
+    buttons = rollback_buttons(project, language)
+    return Message(title, lines=lines, code=code, buttons=buttons, run_id=run_id, project=project)
+
+
+def gateway_snippets(gateway_url: str, model: str) -> list[str]:
+    """A `curl` and an OpenAI-client call of `model` at the gateway; the key comes from the caller's environment.
+    `model` is a project name, a slug, so it needs no quoting."""
+    url = gateway_url.rstrip("/")
+    body = json.dumps({"model": model, "messages": [{"role": "user", "content": "Hello"}]})
+    curl = (
+        f"curl {url}/chat/completions \\\n"
+        '  -H "Authorization: Bearer $TUNELOOP_API_KEY" \\\n'
+        '  -H "Content-Type: application/json" \\\n'
+        f"  -d '{body}'"
+    )
+    client = (
+        "import os\n"
+        "from openai import OpenAI\n\n"
+        f'client = OpenAI(base_url="{url}", api_key=os.environ["TUNELOOP_API_KEY"])\n'
+        f'reply = client.chat.completions.create(model="{model}", messages=[{{"role": "user", "content": "Hello"}}])\n'
+        "print(reply.choices[0].message.content)"
+    )
+    return [curl, client]
 
 
 def rollback_buttons(project: str, language: str) -> list[Button]:

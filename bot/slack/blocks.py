@@ -6,6 +6,7 @@ cutting text, never by a refused message."""
 import json
 from typing import Any
 
+from bot.core.catalogue import say
 from bot.core.messages import Button, Message
 
 MAX_BLOCKS = 50
@@ -39,11 +40,12 @@ def cut(text: str, limit: int) -> str:
 
 
 def blocks_of(message: Message) -> list[dict[str, Any]]:
-    """The message's blocks: its title in bold, its lines, its fields two abreast, then its buttons."""
+    """The message's blocks: its title in bold, its lines, its code blocks, its fields two abreast, then its buttons."""
     title = _section(f"*{escape(message.title)}*" if message.title else "")
     blocks: list[dict[str, Any]] = [{**title, "block_id": f"{TITLE}{message.kind}"}]
     if message.lines:
         blocks += [_section(chunk) for chunk in _chunks("\n".join(escape(line) for line in message.lines))]
+    blocks += [_section(f"```{escape(code)}```") for code in message.code]
     fields = [
         {"type": "mrkdwn", "text": cut(f"*{escape(label)}*\n{escape(value)}", FIELD_TEXT)}
         for label, value in message.fields
@@ -87,29 +89,29 @@ def text_modal(prompt: str, label: str, submit: str, metadata: dict[str, str]) -
     }
 
 
-def upload_modal(project: str, metadata: dict[str, str]) -> dict[str, Any]:
+def upload_modal(project: str, metadata: dict[str, str], language: str) -> dict[str, Any]:
     """`/finetune <project>` without data: a file to train on (files:read), and recipe options in the grammar's
     words. The file is optional: without one the project's latest dataset version is used."""
     return {
         "type": "modal",
         "callback_id": UPLOAD_MODAL,
         "private_metadata": json.dumps(metadata),
-        "title": _plain(cut(f"Fine-tune {project}", MODAL_TITLE)),
-        "submit": _plain("Start"),
+        "title": _plain(cut(say(language, "modal.upload_title", project=project), MODAL_TITLE)),
+        "submit": _plain(cut(say(language, "modal.start"), MODAL_TITLE)),
         "blocks": [
             {
                 "type": "input",
                 "block_id": FILE_BLOCK,
                 "optional": True,
-                "label": _plain("Training data (JSONL, JSON, CSV or Parquet)"),
+                "label": _plain(say(language, "modal.data")),
                 "element": {"type": "file_input", "action_id": FILE_INPUT, "max_files": 1},
             },
             {
                 "type": "input",
                 "block_id": OPTIONS_BLOCK,
                 "optional": True,
-                "label": _plain("Options"),
-                "hint": _plain("e.g. epochs=2 lr=1e-4 rank=8 split"),
+                "label": _plain(say(language, "modal.options")),
+                "hint": _plain(say(language, "modal.options_hint")),
                 "element": {"type": "plain_text_input", "action_id": OPTIONS_INPUT},
             },
         ],
@@ -130,7 +132,7 @@ def _button(button: Button) -> dict[str, Any]:
             "title": _plain(cut(button.label, 100)),
             "text": _plain(cut(button.confirm, CONFIRM_TEXT)),
             "confirm": _plain(cut(button.label, 30)),
-            "deny": _plain("Cancel"),
+            "deny": _plain(cut(button.cancel or "✕", 30)),
         }
     return element
 

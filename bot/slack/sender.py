@@ -14,13 +14,13 @@ from bot.slack.blocks import blocks_of, fallback_text
 
 logger = logging.getLogger(__name__)
 
-# Refusals that no retry can change, as what a person should do about them.
+# Refusals that no retry can change: Slack's error code -> the catalogue's words for what a person should do.
 FOR_GOOD = {
-    "not_in_channel": "invite @tuneloop to channel {channel} (/invite @tuneloop), then try again",
-    "channel_not_found": "tuneloop cannot see channel {channel}: invite it there, or use a channel it is in",
-    "is_archived": "channel {channel} is archived",
-    "msg_too_long": "the message was too long for Slack",
-    "invalid_blocks": "Slack refused the message's layout",
+    "not_in_channel": "post.not_in_channel",
+    "channel_not_found": "post.channel_not_found",
+    "is_archived": "post.is_archived",
+    "msg_too_long": "post.too_long",
+    "invalid_blocks": "post.layout",
 }
 
 
@@ -31,7 +31,7 @@ def refusal(error: SlackApiError, channel: str) -> Exception:
         return RateLimited(float(response.headers.get("Retry-After", response.headers.get("retry-after", 1))))
     code = response.get("error", "")
     if code in FOR_GOOD:
-        return Undeliverable(FOR_GOOD[code].format(channel=channel))
+        return Undeliverable(FOR_GOOD[code], channel=channel)
     return error
 
 

@@ -54,11 +54,11 @@ async def serve(
     deliveries = Deliveries.on(core.settings.redis_url, "slack")
     face = SlackFace(core, client, outbox, deliveries)
     http = port is not None
-    app = face.app(signing_secret=signing_secret if http else None)
     events = EventConsumer(redis.Redis.from_url(core.settings.redis_url), GROUP, consumer)
     relay = asyncio.create_task(EventRelay(core, outbox, events).run(stop))
     if http:
-        runner = web.AppRunner(app.web_app(path="/slack/events"))
+        assert signing_secret is not None, "HTTP mode checks requests with the signing secret"
+        runner = web.AppRunner(face.http(signing_secret=signing_secret))
         await runner.setup()
         await web.TCPSite(runner, "0.0.0.0", port, backlog=BACKLOG).start()
         logger.info("tuneloop's Slack app listens on port %s at /slack/events", port)
@@ -67,7 +67,7 @@ async def serve(
     else:
         from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 
-        handler = AsyncSocketModeHandler(app, app_token)
+        handler = AsyncSocketModeHandler(face.app(signing_secret=None), app_token)
         await handler.connect_async()
         logger.info("tuneloop's Slack app is connected over Socket Mode")
         await stop.wait()

@@ -30,6 +30,7 @@ from aiogram.types import Message as TelegramMessage
 
 from bot.core import conversations
 from bot.core.actions import Action, StartRun, with_text
+from bot.core.catalogue import say
 from bot.core.deliveries import Deliveries
 from bot.core.errors import UserError
 from bot.core.handoff import HandOff
@@ -43,20 +44,6 @@ from bot.telegram.sender import refusal
 
 COMMAND = "finetune"
 CLOUD_DOWNLOAD_LIMIT = 20 * 1024 * 1024  # getFile on the cloud Bot API (core.telegram.org/bots/api#getfile)
-SEND_DATA = (
-    "Send the training data for {project} as a file (JSONL, JSON, CSV or Parquet) in reply to this message, with "
-    "options such as epochs=2 as its caption; or reply 'data=latest' to train on the project's current data."
-)
-TOO_BIG_FOR_TELEGRAM = (
-    "{name} is {size:.1f} MB, and Telegram lets a bot download files of up to 20 MB. Send it in parts under 20 MB, "
-    "or ask whoever runs tuneloop to run a local Bot API server (see the README), which takes files up to 2 GB."
-)
-TOO_BIG = "{name} is {size} bytes; tuneloop takes files up to {limit} bytes."
-FILE_WITHOUT_COMMAND = "To train on {name}, send it with /finetune <project> as its caption."
-NOTHING_PENDING = "That prompt is no longer waiting for an answer; press the button again."
-CANCELLED = "Not done."
-CANCEL_LABEL = "Cancel"
-
 logger = logging.getLogger(__name__)
 
 
@@ -126,7 +113,7 @@ class TelegramFace:
         chat, message_id = str(pressed.chat.id), str(pressed.message_id)
         shown = pressed.html_text if isinstance(pressed, TelegramMessage) else ""
         if kind == markup.DISMISS:
-            self.handoff.start(self._settle(chat, message_id, shown, CANCELLED))
+            self.handoff.start(self._dismiss(actor, chat, message_id, shown))
         elif kind == markup.ASK:
             self.handoff.start(self._ask(key, actor, chat, message_id, shown))
         elif kind == markup.CONFIRM:
@@ -148,7 +135,8 @@ class TelegramFace:
         if message.document is not None:
             await self._start_with_file(action, message.document, actor, chat, asked)
         elif isinstance(action, StartRun) and action == StartRun(project=action.project):
-            prompt = SEND_DATA.format(project=action.project)
+            language = await asyncio.to_thread(self.core.language_of, actor, action.project)
+            prompt = say(language, "upload.send_data", project=action.project)
             sent = await self._prompt(chat, asked, prompt, placeholder=f"{action.project} …")
             if sent is not None:
                 await self.memory.remember("prompt", f"{chat}:{sent}", {"start": action.project})
@@ -164,7 +152,9 @@ class TelegramFace:
         assert document is not None
         if waiting is None or "start" not in waiting:
             if message.chat.type == "private":
-                await self._tell(chat, asked, FILE_WITHOUT_COMMAND.format(name=document.file_name or "this file"))
+                language = await asyncio.to_thread(self.core.language_of, actor)
+                said = say(language, "upload.without_command", name=document.file_name or "?")
+                await self._tell(chat, asked, said)
             return
         try:
             text = f"{waiting['start']} {message.caption or ''}".strip()
@@ -212,12 +202,13 @@ class TelegramFace:
     async def _confirm(self, key: str, actor: Actor, chat: str, message_id: str) -> None:
         """A button that confirms first (deploying): its question, with the button itself and Cancel."""
         asked = await self.memory.recall("confirm", key) or {}
-        question, label = asked.get("question") or "Sure?", asked.get("label") or "OK"
+        question, label = asked.get("question") or "?", asked.get("label") or "OK"
+        language = await asyncio.to_thread(self.core.language_of, actor)
         keys = InlineKeyboardMarkup(
             inline_keyboard=[
                 [
                     InlineKeyboardButton(text=label, callback_data=f"{markup.DO}:{key}"),
-                    InlineKeyboardButton(text=CANCEL_LABEL, callback_data=markup.DISMISS),
+                    InlineKeyboardButton(text=say(language, "button.cancel_confirm"), callback_data=markup.DISMISS),
                 ]
             ]
         )
@@ -249,6 +240,10 @@ class TelegramFace:
         if not card:
             await self._settle(chat, message_id, shown, messages[0].title)
 
+    async def _dismiss(self, actor: Actor, chat: str, message_id: str, shown: str) -> None:
+        language = await asyncio.to_thread(self.core.language_of, actor)
+        await self._settle(chat, message_id, shown, say(language, "confirm.not_done"))
+
     async def _settle(self, chat: str, message_id: str, shown: str, outcome: str) -> None:
         """The pressed message without its buttons, what was done beneath what it showed."""
         text = f"{shown}\n\n<i>{markup.escape(markup.cut(outcome, 500))}</i>" if shown else markup.escape(outcome)
@@ -273,24 +268,24 @@ class TelegramFace:
         """The run on the document: checked against the download limits, fetched into a folder of its own,
         imported by the core as a new dataset version, then removed."""
         name = Path(document.file_name or f"{document.file_unique_id}.jsonl").name
+        language = await asyncio.to_thread(self.core.language_of, actor, getattr(action, "project", None))
         if not isinstance(action, StartRun):
-            await self._tell(chat, asked, FILE_WITHOUT_COMMAND.format(name=name))
+            await self._tell(chat, asked, say(language, "upload.without_command", name=name))
             return
         size, limit = document.file_size or 0, self.core.settings.max_upload_bytes
+        over_download_limit = say(language, "upload.over_download_limit", name=name, size=f"{size / 1024 / 1024:.1f}")
         if size > limit:
-            await self._tell(chat, asked, TOO_BIG.format(name=name, size=size, limit=limit))
+            await self._tell(chat, asked, say(language, "upload.too_big", name=name, size=size, limit=limit))
             return
         if size > CLOUD_DOWNLOAD_LIMIT and not self.local_files:
-            await self._tell(chat, asked, TOO_BIG_FOR_TELEGRAM.format(name=name, size=size / 1024 / 1024))
+            await self._tell(chat, asked, over_download_limit)
             return
         with upload_folder(self.uploads) as folder:
             try:
                 path = await self._download(document, folder / name)
             except TelegramAPIError as error:
-                if "file is too big" in error.message:
-                    sentence = TOO_BIG_FOR_TELEGRAM.format(name=name, size=size / 1024 / 1024)
-                else:
-                    sentence = f"Telegram did not give {name} ({error.message}); try sending it again."
+                too_big = "file is too big" in error.message
+                sentence = over_download_limit if too_big else say(language, "upload.not_given", name=name, status=400)
                 await self._tell(chat, asked, sentence)
                 return
             await self._perform(with_upload(action, path, name), actor, chat, asked)

@@ -77,6 +77,7 @@ class TelegramSender:
 
     async def update(self, channel: str, message_id: str, message: Message) -> None:
         text, keys = markup.card_text(message), markup.keyboard(message.buttons)
+        await self._remember_confirmations(message)  # a card gains its Approve & deploy in an edit
         shown = _digest(text, keys)
         if await self.memory.recall("shown", f"{channel}:{message_id}") == shown:
             return  # Telegram refuses an edit that changes nothing

@@ -12,8 +12,9 @@ Export formats (`EXPORT_FORMATS`):
 Every sample is checked before anything is written: one that the format cannot hold (tool calls
 in alpaca, a system turn in the middle for sharegpt, ...) raises DataError naming the sample, so
 nothing is lost silently. Files are written to a temporary name and renamed into place.
-Importing what was exported gives samples with the same `content_key()` and tags.
-"""
+Importing what was exported gives samples with the same `content_key()` and tags, except for the ids that the
+openai format gives tool calls without one (and the tool results answering them), as OpenAI requires.
+Files get the permissions any new file gets (0644 under the usual umask)."""
 
 import json
 from collections.abc import Iterable, Sequence
@@ -236,6 +237,10 @@ def _alpaca(sample: Sample) -> dict[str, Any]:
     pairs = [(body[i].content, body[i + 1].content) for i in range(0, len(body), 2)]
     question, answer = pairs[-1]
     record: dict[str, Any] = {"instruction": question, "input": ""}
+    original = sample.original or {}
+    instruction, query = original.get("instruction"), original.get("input")
+    if isinstance(instruction, str) and isinstance(query, str) and query and f"{instruction}\n{query}" == question:
+        record |= {"instruction": instruction, "input": query}  # as it came in: the importer joined the two
     if chosen is not None and sample.rejected is not None:
         record |= {"chosen": answer, "rejected": sample.rejected.content}
     else:
@@ -245,8 +250,28 @@ def _alpaca(sample: Sample) -> dict[str, Any]:
     return _common(record, sample, system)
 
 
+def _with_call_ids(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """OpenAI's format links each tool result to its call by id: calls without one get `call_<n>`, and a tool
+    result without a `tool_call_id` answers the earliest call not yet answered."""
+    waiting: list[str] = []
+    taken = {c["id"] for m in messages for c in m.get("tool_calls", []) if c.get("id")}
+    number = 0
+    for message in messages:
+        for call in message.get("tool_calls", []):
+            while not call.get("id"):
+                number += 1
+                call["id"] = f"call_{number}" if f"call_{number}" not in taken else None
+            waiting.append(call["id"])
+        if message["role"] == "tool":
+            if message.get("tool_call_id") in waiting:
+                waiting.remove(message["tool_call_id"])
+            elif not message.get("tool_call_id") and waiting:
+                message["tool_call_id"] = waiting.pop(0)
+    return messages
+
+
 def _openai(sample: Sample) -> dict[str, Any]:
-    messages = [m.model_dump(exclude_none=True) for m in sample.messages]
+    messages = _with_call_ids([m.model_dump(exclude_none=True) for m in sample.messages])
     if sample.rejected is not None:
         if sample.messages[-1].role != "assistant":
             raise _Cannot("preference data must end with the chosen assistant turn")

@@ -6,7 +6,8 @@ length does not "use up" a duplicate group and a masked sample is deduplicated a
 
     rule name             what it removes
     empty_answer          the last assistant turn is empty or whitespace
-    too_short             prompt or answer below `min_prompt_chars` / `min_answer_chars`
+    too_short             prompt or answer below `min_prompt_chars` / `min_answer_chars` (by default 2,
+                          except a number ("3") or a Chinese word ("嗨"): whole answers; not "嗯")
     too_long              prompt or answer above `max_prompt_chars` / `max_answer_chars`
     too_few_tokens        answer below `min_answer_tokens`
     too_many_tokens       prompt above `max_prompt_tokens`, answer above `max_answer_tokens`,
@@ -16,7 +17,8 @@ length does not "use up" a duplicate group and a masked sample is deduplicated a
                           shingle Jaccard >= `copy_threshold`)
     id_card, bank_card, phone, email, api_key, blocked_word
                           sensitive content; each rule's action is "drop", "mask" or "off"
-    exact_duplicate       same normalised text as an earlier sample or an `existing` one
+    exact_duplicate       same normalised text, tool calls and tools as an earlier sample or an
+                          `existing` one
     near_duplicate        shingle Jaccard >= `near_dup_threshold` with an `existing` sample or an
                           earlier kept sample of the batch
 
@@ -33,6 +35,7 @@ bank card.
 """
 
 import itertools
+import json
 import math
 import re
 from collections import Counter
@@ -48,6 +51,10 @@ from engine.data.normalize import normalize_text
 from engine.data.sample import Message, Sample
 
 Action = Literal["drop", "mask", "off"]
+
+_NUMBER = re.compile(r"[+-]?\d+(?:[.,]\d+)*%?")
+_FILLERS = frozenset("嗯哦噢喔啊呃额唔哼嘛呀哎诶")
+_HAN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]+[。！？!?.]?")
 
 SENSITIVE_RULES = ("id_card", "bank_card", "phone", "email", "api_key", "blocked_word")
 RULE_ORDER = (
@@ -87,9 +94,10 @@ class FilterConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     drop_empty_answers: bool = True
-    min_prompt_chars: int | None = 2
+    # "auto": 2, except that a number ("3") or Chinese characters ("嗨") are whole answers however short
+    min_prompt_chars: int | Literal["auto"] | None = "auto"
     max_prompt_chars: int | None = 16_000
-    min_answer_chars: int | None = 2
+    min_answer_chars: int | Literal["auto"] | None = "auto"
     max_answer_chars: int | None = 16_000
     min_answer_tokens: int | None = 1
     max_prompt_tokens: int | None = None
@@ -367,8 +375,25 @@ def _copies_prompt(sample: Sample, config: FilterConfig) -> str | None:
 
 
 def dedup_text(sample: Sample) -> str:
-    """What duplicate rules compare: the conversation without system prompts."""
-    return "\n".join(m.content or "" for m in sample.messages if m.role != "system")
+    """What duplicate rules compare: the conversation without system prompts, tool calls included."""
+    parts = []
+    for m in sample.messages:
+        if m.role != "system":
+            parts.append(m.content or "")
+            parts += [json.dumps(c.function, ensure_ascii=False, sort_keys=True) for c in m.tool_calls or []]
+    return "\n".join(parts)
+
+
+def exact_key(sample: Sample) -> str:
+    """Two samples are exact duplicates when this is equal: the normalised conversation and the tools offered."""
+    tools = json.dumps(sample.tools, ensure_ascii=False, sort_keys=True) if sample.tools else ""
+    return normalize_text(dedup_text(sample)) + "\n" + tools
+
+
+def _complete_short(text: str) -> bool:
+    """A short text that is still a whole answer: a number ("3", "42%") or a Chinese word ("嗨", "对"), not a
+    filler sound ("嗯", "哦"), which answers nothing."""
+    return bool(_NUMBER.fullmatch(text) or (_HAN.fullmatch(text) and not _FILLERS.issuperset(text.rstrip("。！？!?."))))
 
 
 def _length_removal(sample: Sample, config: FilterConfig, tokenizer: Any | None) -> Removal | None:
@@ -377,7 +402,9 @@ def _length_removal(sample: Sample, config: FilterConfig, tokenizer: Any | None)
         return Removal("empty_answer", "the answer is empty")
     chars = {"prompt": len(prompt), "answer": len(answer)}
     for part, lo in (("prompt", config.min_prompt_chars), ("answer", config.min_answer_chars)):
-        if lo is not None and chars[part] < lo:
+        whole = lo == "auto" and _complete_short(prompt if part == "prompt" else answer)
+        lo = 2 if lo == "auto" else lo
+        if lo is not None and chars[part] < lo and not whole:
             return Removal("too_short", f"{part} has {chars[part]} characters, minimum is {lo}")
     for part, hi in (("prompt", config.max_prompt_chars), ("answer", config.max_answer_chars)):
         if hi is not None and chars[part] > hi:
@@ -458,10 +485,10 @@ def apply_filters(
 
     texts = {i: dedup_text(out[i]) for i in range(len(out)) if i not in removed}
     if config.exact_dedup:
-        seen = {normalize_text(dedup_text(s)): k for k, s in reversed(list(enumerate(existing)))}
+        seen = {exact_key(s): k for k, s in reversed(list(enumerate(existing)))}
         first: dict[str, int] = {}
-        for i, text in texts.items():
-            key = normalize_text(text)
+        for i in texts:
+            key = exact_key(out[i])
             if key in seen:
                 removed[i] = Removal("exact_duplicate", f"same text as existing sample #{seen[key] + 1}")
             elif key in first:

@@ -25,6 +25,7 @@ unknown format or encoding name, a dataset_info.json entry that is absent or not
 """
 
 import json
+import re
 from collections import Counter
 from collections.abc import Callable
 from contextlib import suppress
@@ -42,6 +43,7 @@ from engine.data.sample import Sample
 FORMATS = ("alpaca", "sharegpt", "openai", "prompt_completion", "preference", "dataset_info")
 ROLES = ("system", "user", "assistant", "tool")
 TAG_FIELDS = ("tags", "tag", "category", "scenario")
+MEDIA_COLUMNS = ("images", "videos", "audios")  # LLaMA-Factory's multimodal columns
 
 # LLaMA-Factory's defaults for the sharegpt `tags` mapping
 SHAREGPT_TAGS = {
@@ -63,6 +65,8 @@ class LoadResult:
     encoding: str
     records: int
     path: Path
+    warnings: list[str] = field(default_factory=list)  # things imported as they are that a person should look at
+    detected: str | None = None  # the format the records look like, when --format named another
 
 
 @dataclass(frozen=True)
@@ -418,11 +422,38 @@ def detect_shape(record: Any) -> str | None:
     return None
 
 
+def _label(record: dict[str, Any], spec: Spec, from_text: bool) -> bool | None:
+    """KTO's tag: the `kto_tag` column of a dataset_info.json entry, else a boolean `label` field (TRL's KTO
+    shape); a `label` that is not a boolean is a field of the user's own and is left alone."""
+    key = spec.column("kto_tag", None if spec.explicit else "label")
+    value = record.get(key) if key else None
+    if from_text and isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        value = value.strip().lower() == "true"
+    if value is None or isinstance(value, bool):
+        return value
+    if "kto_tag" in spec.columns:
+        raise _Bad(key, f"expected true or false (the kto_tag column), got {_type_name(value)}", "wrong_type")
+    return None
+
+
+def _refuse_media(record: dict[str, Any], spec: Spec) -> None:
+    for name in MEDIA_COLUMNS:
+        key = spec.column(name, name)
+        if key is not None and not _absent(record.get(key)):
+            raise _Bad(
+                key,
+                f"{name} are not supported: tuneloop fine-tunes text models only, and would drop the {name} "
+                "and train their <image>/<video>/<audio> tags as text",
+                "multimodal",
+            )
+
+
 def _to_sample(record: Any, shape: str, spec: Spec | None = None, *, from_text: bool = False) -> Sample:
     """One record to a Sample; raises _Bad for the first thing wrong with it."""
     if not isinstance(record, dict):
         raise _Bad(None, f"expected an object (one record), got {_type_name(record)}", "wrong_type")
     spec = spec or Spec()
+    _refuse_media(record, spec)
     messages, rejected, tools = CONVERTERS[shape](record, spec, from_text)
     where = spec.column("messages", "conversations") if shape == "sharegpt" else None
     if shape == "openai":
@@ -441,6 +472,7 @@ def _to_sample(record: Any, shape: str, spec: Spec | None = None, *, from_text: 
             messages=messages,
             rejected=rejected,
             tools=tools,
+            label=_label(record, spec, from_text),
             tags=_tags(record, from_text),
             original=record,
             original_format=shape,
@@ -500,6 +532,7 @@ def load_file(
         else:
             problems.append(item)
             records = max(records, item.record or 0)
+    _refuse_pretraining_text(raws, path, spec)
     if shape == "auto":
         shape, skipped = _majority(raws, path, problems)
         raws = [r for r in raws if r.number not in skipped]
@@ -512,7 +545,73 @@ def load_file(
         else:
             problems.append(result)
     problems.sort(key=lambda p: (p.record or 0, p.line or 0))
-    return LoadResult(samples, problems, shape, opened.encoding, records, path)
+    media = [p for p in problems if p.kind == "multimodal"]
+    if media:
+        text = (
+            f"multimodal data ({media[0].field} in {len(media)} of {records} records): tuneloop fine-tunes text "
+            "models only; use a dataset without images, videos or audio"
+        )
+        raise DataError(media, f"{path.name}: {text}")
+    detected = None
+    if fmt not in ("auto", "dataset_info") and len(problems) == records:  # not one record read as that format
+        counts = Counter(detect_shape(r.data) for r in raws)
+        counts.pop(None, None)
+        detected = counts.most_common(1)[0][0] if counts else None
+        detected = detected if detected != fmt else None
+    warnings = _placeholders(samples) + _training_kinds(samples)
+    return LoadResult(samples, problems, shape, opened.encoding, records, path, warnings, detected)
+
+
+_PLACEHOLDER = re.compile(r"\{\{\s*\w+\s*\}\}")
+
+
+def _placeholders(samples: list[tuple[int, Sample]]) -> list[str]:
+    """LLaMA-Factory's identity.json holds {{name}} and {{author}} for its users to fill in; trained as they are,
+    the model would introduce itself as "{{name}}"."""
+    found = [(n, m) for n, s in samples for m in _PLACEHOLDER.findall(s.full_text())]
+    if not found:
+        return []
+    names = ", ".join(sorted({m for _, m in found}))
+    records = sorted({n for n, _ in found})
+    which = ", ".join(map(str, records[:10])) + (", ..." if len(records) > 10 else "")
+    return [
+        f"{len(records)} record(s) hold placeholders ({names}; records {which}): replace them with real text "
+        "before training, or the model learns to say them"
+    ]
+
+
+def _training_kinds(samples: list[tuple[int, Sample]]) -> list[str]:
+    """What supervised fine-tuning will do with data made for preference or KTO training."""
+    bad = sum(1 for _, s in samples if s.label is False)
+    preference = sum(1 for _, s in samples if s.rejected is not None)
+    notes = []
+    if bad:
+        notes.append(
+            f"{bad} answer(s) are labelled bad (KTO label false): kept with their label; "
+            "supervised fine-tuning never trains on them"
+        )
+    if preference:
+        notes.append(
+            f"{preference} preference sample(s): supervised fine-tuning trains on the chosen answers; "
+            "the rejected ones are kept for preference training"
+        )
+    return notes
+
+
+def _refuse_pretraining_text(raws: list[RawRecord], path: Path, spec: Spec) -> None:
+    """Records of one text field (LLaMA-Factory's c4_demo: {"text": ...}, read with stage: pt) are pretraining
+    text, not conversations."""
+    text_key = spec.column("prompt", "text") if spec.explicit else "text"
+    keys = {frozenset(r.data) for r in raws if isinstance(r.data, dict)}
+    if raws and keys == {frozenset([text_key])}:
+        raise fatal(
+            RecordProblem(
+                str(path),
+                f"pretraining text (records of one '{text_key}' field) is not supported: tuneloop fine-tunes on "
+                "conversations; give it questions and answers (alpaca, sharegpt, openai, ...)",
+                kind="pretraining_text",
+            )
+        )
 
 
 def _majority(raws: list[RawRecord], path: Path, problems: list[RecordProblem]) -> tuple[str, set[int]]:

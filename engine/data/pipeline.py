@@ -69,6 +69,8 @@ def import_file(
     Commits the session (storage.db.commit_retrying).
     """
     loaded = load_file(path, fmt=fmt, encoding=encoding, entry=entry, limits=limits or get_settings().read_limits())
+    if loaded.records == 0:
+        raise DataError(loaded.problems, f"{path.name}: the file is empty (no records); nothing was imported")
     if loaded.problems and not skip_invalid:
         raise DataError(loaded.problems, f"{path.name}: {_problem_headline(loaded)}; nothing was imported")
     written_rejects = None
@@ -234,6 +236,8 @@ def export_version(
         which = f" in split '{split}'" if split else ""
         raise DataError([], f"{version_label(session, version)} has no samples{which} to export")
     name = f"{project_name}_{dataset_name}_v{version.number}" + (f"_{split}" if split else "")
+    if all(e.sample.rejected is not None for e in entries):
+        name += "_preference"  # chosen and rejected answers: for preference training, not SFT
     return export_samples([e.sample for e in entries], fmt, out, name=name)
 
 
@@ -305,7 +309,8 @@ def write_rejects(path: Path, problems: list[RecordProblem]) -> None:
 
 def _problem_headline(loaded: LoadResult) -> str:
     bad = len({p.record for p in loaded.problems})
-    return f"{bad} of {loaded.records} record(s) are invalid"
+    hint = f" as {loaded.format}; they look like {loaded.detected}: try --format {loaded.detected}"
+    return f"{bad} of {loaded.records} record(s) are invalid" + (hint if loaded.detected else "")
 
 
 def _dataset_of(session: Session, version: DatasetVersion) -> Dataset:

@@ -33,6 +33,7 @@ KINDS = ("json", "jsonl", "csv", "tsv")
 CHUNK = 64 * 1024
 _EXTENSIONS = {".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".tsv": "tsv"}
 _WHITESPACE = re.compile(r"[ \t\r\n]*")
+_SPREADSHEETS = (".xlsx", ".xlsm", ".xls", ".ods")
 
 
 @dataclass(frozen=True)
@@ -129,6 +130,11 @@ def _check_size(path: Path, limits: ReadLimits) -> None:
         raise fatal(_problem(path, "is a folder, not a data file", "missing_file"))
     if st.st_size > limits.max_bytes:
         raise _too_large(path, _human(st.st_size), limits.max_bytes)
+    with path.open("rb") as f:
+        head = f.read(8)
+    if path.suffix.lower() in _SPREADSHEETS or head.startswith((b"PK\x03\x04", b"\xd0\xcf\x11\xe0")):
+        text = "a spreadsheet (Excel or OpenDocument), not a text data file: save it as CSV (UTF-8) and import that"
+        raise fatal(_problem(path, text, "spreadsheet"))
 
 
 def _chunks(path: Path, codec: str, skip: int, limits: ReadLimits, max_chunks: int | None = None) -> Iterator[str]:

@@ -41,13 +41,15 @@ class Message(BaseModel):
 
 class Sample(BaseModel):
     """One training example. For preference data, the last assistant turn of `messages` is the
-    chosen answer and `rejected` the rejected one."""
+    chosen answer and `rejected` the rejected one. `label` is KTO's tag (LLaMA-Factory's `kto_tag`):
+    True for an answer to learn from, False for one labelled bad, which supervised training skips."""
 
     model_config = ConfigDict(extra="forbid")
 
     messages: list[Message] = Field(min_length=1)
     rejected: Message | None = None
     tools: list[dict[str, Any]] | None = None
+    label: bool | None = None
     tags: list[str] = Field(default_factory=list)
     origin: Literal["upload", "synthetic", "review"] = "upload"
     original: dict[str, Any] | None = None
@@ -71,6 +73,8 @@ class Sample(BaseModel):
             key["rejected"] = self.rejected.model_dump(exclude_none=True)
         if self.tools:
             key["tools"] = self.tools
+        if self.label is not None:
+            key["label"] = self.label
         return key
 
     @property

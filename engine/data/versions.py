@@ -114,6 +114,7 @@ def load_entries(session: Session, version: DatasetVersion) -> list[Entry]:
                 messages=[Message.model_validate(m) for m in row.messages],
                 rejected=Message.model_validate(row.rejected) if row.rejected else None,
                 tools=row.tools,
+                label=row.label,
                 tags=row.tags or [],
                 origin=row.origin,  # type: ignore[arg-type]
                 original=row.original,
@@ -202,6 +203,7 @@ def save_version(
             messages=[m.model_dump(exclude_none=True) for m in entry.sample.messages],
             rejected=entry.sample.rejected.model_dump(exclude_none=True) if entry.sample.rejected else None,
             tools=entry.sample.tools,
+            label=entry.sample.label,
             tags=entry.sample.tags,
             origin=entry.sample.origin,
             split=entry.split,

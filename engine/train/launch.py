@@ -22,6 +22,7 @@ from engine.loop.projects import get_project
 from engine.loop.runs import fail_run, worker_actor
 from engine.train.distributed import DistributedError, check_distributed, deepspeed_config
 from engine.train.eos import EosCheck
+from engine.train.prepare import PrepareError, local_model
 from engine.train.recipe import Recipe
 from engine.train.sft import TrainingError, TrainOutcome, is_main_process, resume_run, start_run, train
 from storage.models import Adapter, Metric, Run
@@ -73,12 +74,15 @@ def launch_training(
         recipe = Recipe.model_validate(previous.recipe)  # a resumed run trains exactly what it started
     if not (recipe.model_name_or_path or project_row.base_model):
         raise TrainingError("no base model: set model_name_or_path in the recipe or the project's base model")
-    recipe = recipe.model_copy(update={"model_name_or_path": recipe.model_name_or_path or project_row.base_model})
     try:  # before any run or process exists
         chosen = check_distributed(recipe, num_processes)
+        base_model = recipe.model_name_or_path or project_row.base_model
+        if previous is None:  # a resumed run goes on with the folder it started from
+            base_model = local_model(base_model)  # type: ignore[arg-type]
+        recipe = recipe.model_copy(update={"model_name_or_path": base_model})
         if recipe.distributed == "zero3":  # the processes read it from the run, whatever their directory
             recipe = recipe.model_copy(update={"deepspeed": str(deepspeed_config(recipe))})
-    except DistributedError as error:
+    except (DistributedError, PrepareError) as error:
         raise TrainingError(str(error)) from None
     if previous is not None:
         run = previous

@@ -6,17 +6,22 @@ a token is trained on when it starts inside such a span. The span is the answer 
 end-of-turn token, so the model learns to stop; the newline the template writes after it is not.
 """
 
+import json
 import random
+import socket
 from collections.abc import Sequence
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 from datasets import Dataset
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from engine.data.sample import Sample
 from engine.data.versions import Entry
+from engine.train.llamafactory import OWN_TEMPLATES
 from engine.train.recipe import Recipe
 from engine.train.templates import NAMED_TEMPLATES
 
@@ -43,10 +48,12 @@ class PreparedData:
 
 
 def resolve_chat_template(tokenizer: PreTrainedTokenizerBase, template: str | None) -> str:
-    """The recipe's `template`: the tokenizer's own when None, a named one, or a .jinja file."""
-    if template is None:
+    """The recipe's `template`: the tokenizer's own when None or a LLaMA-Factory name of a model's own template
+    (`qwen3`, `llama3`, ...), a named one, or a .jinja file."""
+    if template is None or template in OWN_TEMPLATES:
         if not tokenizer.chat_template:
-            raise PrepareError("the tokenizer has no chat template; set `template` in the recipe (e.g. chatml)")
+            means = f"template: {template} means the model's own chat template, but " if template else "the "
+            raise PrepareError(f"{means}tokenizer has no chat template; set `template` in the recipe (e.g. chatml)")
         return tokenizer.chat_template
     if template in NAMED_TEMPLATES:
         return NAMED_TEMPLATES[template]
@@ -55,6 +62,36 @@ def resolve_chat_template(tokenizer: PreTrainedTokenizerBase, template: str | No
         return path.read_text(encoding="utf-8")
     names = ", ".join(NAMED_TEMPLATES)
     raise PrepareError(f"unknown template '{template}': use {names}, a .jinja file, or leave it unset")
+
+
+def local_model(name: str) -> str:
+    """`name` as a folder this machine loads without the network: itself, or a hub id's copy in the local hub cache.
+    A hub id with neither, where the hub cannot be reached, is refused in a sentence, not after minutes of retries."""
+    if Path(name).is_dir():
+        return name
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
+
+    try:
+        return snapshot_download(name, local_files_only=True)
+    except HFValidationError:
+        raise PrepareError(f"model_name_or_path '{name}': no such folder") from None
+    except LocalEntryNotFoundError:
+        pass
+    if constants.HF_HUB_OFFLINE or not _reachable(urlparse(constants.ENDPOINT).hostname or "huggingface.co"):
+        raise PrepareError(
+            f"model_name_or_path '{name}' is not a folder here and the hub is unreachable: "
+            "pass --base-model DIR or a local folder"
+        )
+    return name
+
+
+def _reachable(host: str) -> bool:
+    try:
+        socket.create_connection((host, 443), timeout=3).close()
+    except OSError:
+        return False
+    return True
 
 
 def load_tokenizer(model_path: str | Path, template: str | None = None) -> PreTrainedTokenizerBase:
@@ -66,8 +103,17 @@ def load_tokenizer(model_path: str | Path, template: str | None = None) -> PreTr
     return tokenizer
 
 
-def render(tokenizer: PreTrainedTokenizerBase, messages: Sequence[dict], *, generation_prompt: bool = False) -> str:
-    return tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=generation_prompt)
+def render(
+    tokenizer: PreTrainedTokenizerBase,
+    messages: Sequence[dict],
+    *,
+    tools: Sequence[dict] | None = None,
+    generation_prompt: bool = False,
+) -> str:
+    """The conversation as the chat template writes it, tool definitions included (`tools=`, as in transformers)."""
+    return tokenizer.apply_chat_template(
+        list(messages), tools=list(tools) if tools else None, tokenize=False, add_generation_prompt=generation_prompt
+    )
 
 
 def end_of_turn_token(tokenizer: PreTrainedTokenizerBase) -> str:
@@ -83,19 +129,40 @@ def end_of_turn_token(tokenizer: PreTrainedTokenizerBase) -> str:
 
 
 def message_dicts(sample: Sample) -> list[dict]:
-    return [m.model_dump(exclude_none=True) for m in sample.messages]
+    """The sample's messages as chat templates take them: a tool call's arguments as an object, as transformers'
+    templates expect (a sample keeps them as JSON text, OpenAI's spelling, which `tojson` would encode twice)."""
+    messages = [m.model_dump(exclude_none=True) for m in sample.messages]
+    for message in messages:
+        for call in message.get("tool_calls", []):
+            with suppress(ValueError):
+                arguments = json.loads(call["function"]["arguments"])
+                if isinstance(arguments, dict):
+                    call["function"]["arguments"] = arguments
+    return messages
 
 
-def assistant_spans(tokenizer: PreTrainedTokenizerBase, messages: Sequence[dict], eot: str) -> tuple[str, list]:
+def check_renders_tools(tokenizer: PreTrainedTokenizerBase, sample: Sample) -> None:
+    """A template that ignores `tools` would train the model to call functions it was never shown."""
+    messages = message_dicts(sample)
+    if render(tokenizer, messages, tools=sample.tools) == render(tokenizer, messages):
+        raise PrepareError(
+            "the chat template does not write tool definitions, and the data has samples with tools: "
+            "set `template: qwen` (or a .jinja template that renders `tools`)"
+        )
+
+
+def assistant_spans(
+    tokenizer: PreTrainedTokenizerBase, messages: Sequence[dict], eot: str, tools: Sequence[dict] | None = None
+) -> tuple[str, list]:
     """The rendered conversation and the [start, end) character span of each assistant turn,
     from the start of its answer through its end-of-turn token."""
-    text = render(tokenizer, messages)
+    text = render(tokenizer, messages, tools=tools)
     spans = []
     for index, message in enumerate(messages):
         if message["role"] != "assistant":
             continue
-        prompt = render(tokenizer, messages[:index], generation_prompt=True)
-        through = render(tokenizer, messages[: index + 1])
+        prompt = render(tokenizer, messages[:index], tools=tools, generation_prompt=True)
+        through = render(tokenizer, messages[: index + 1], tools=tools)
         if not (through.startswith(prompt) and text.startswith(through)):
             raise PrepareError(
                 "the chat template renders a conversation differently from its prefixes; "
@@ -111,7 +178,7 @@ def tokenize_sample(
     sample: Sample, tokenizer: PreTrainedTokenizerBase, *, cutoff_len: int, train_on_prompt: bool, eot: str
 ) -> Tokenized:
     """Token ids and labels: labels are -100 outside assistant turns unless `train_on_prompt`."""
-    text, spans = assistant_spans(tokenizer, message_dicts(sample), eot)
+    text, spans = assistant_spans(tokenizer, message_dicts(sample), eot, sample.tools)
     encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     input_ids: list[int] = encoded["input_ids"]
     labels = []
@@ -127,9 +194,16 @@ def tokenize_samples(
 ) -> tuple[Dataset, dict[str, int]]:
     """A Dataset of `input_ids` and `labels`; samples left with nothing to learn by truncation are dropped."""
     eot = end_of_turn_token(tokenizer)
+    with_tools = next((s for s in samples if s.tools), None)
+    if with_tools is not None:
+        check_renders_tools(tokenizer, with_tools)
     rows: dict[str, list] = {"input_ids": [], "labels": []}
     truncated = dropped = tokens = 0
+    undesirable = sum(1 for s in samples if s.label is False)
+    preference = sum(1 for s in samples if s.rejected is not None)
     for sample in samples:
+        if sample.label is False:
+            continue  # an answer labelled bad (KTO) is never a target to imitate
         item = tokenize_sample(
             sample, tokenizer, cutoff_len=recipe.cutoff_len, train_on_prompt=recipe.train_on_prompt, eot=eot
         )
@@ -140,16 +214,41 @@ def tokenize_samples(
         rows["input_ids"].append(item.input_ids)
         rows["labels"].append(item.labels)
         tokens += len(item.input_ids)
-    stats = {"samples": len(rows["input_ids"]), "truncated": truncated, "dropped": dropped, "tokens": tokens}
+    stats = {
+        "samples": len(rows["input_ids"]),
+        "truncated": truncated,
+        "dropped": dropped,
+        "tokens": tokens,
+        "labelled_bad": undesirable,
+        "preference": preference,
+    }
     return Dataset.from_dict(rows), stats
 
 
-def split_entries(entries: Sequence[Entry], val_size: float, seed: int) -> tuple[list[Sample], list[Sample]]:
+def data_notes(stats: dict[str, int]) -> list[str]:
+    """What supervised training did with data made for another kind of training, in a sentence each."""
+    notes = []
+    if stats.get("labelled_bad"):
+        notes.append(
+            f"{stats['labelled_bad']} sample(s) labelled bad (KTO label false) were not trained on: "
+            "supervised fine-tuning learns only from answers labelled good"
+        )
+    if stats.get("preference"):
+        notes.append(
+            f"{stats['preference']} preference sample(s): trained on the chosen answers only; "
+            "the rejected answers are not used by supervised fine-tuning"
+        )
+    return notes
+
+
+def split_entries(
+    entries: Sequence[Entry], val_size: float, seed: int, max_samples: int | None = None
+) -> tuple[list[Sample], list[Sample]]:
     """Training and validation samples of a dataset version: its train split (or every sample in use when it
-    was never split) and its validation split; with no validation split, `val_size` of train is held out.
-    Test samples are never trained on."""
+    was never split; the first `max_samples` of it, as LLaMA-Factory takes them) and its validation split; with
+    no validation split, `val_size` of train is held out. Test samples are never trained on."""
     usable = [e for e in entries if e.in_use]
-    train = [e.sample for e in usable if e.split in ("train", None)]
+    train = [e.sample for e in usable if e.split in ("train", None)][:max_samples]
     validation = [e.sample for e in usable if e.split == "validation"]
     if not validation and val_size > 0 and len(train) > 1:
         count = round(val_size * len(train)) if val_size < 1 else int(val_size)
@@ -168,6 +267,8 @@ def prepare_data(
     if not train:
         raise PrepareError("the dataset version has no training samples in use")
     train_set, train_stats = tokenize_samples(train, tokenizer, recipe)
+    if len(train_set) == 0 and train_stats["labelled_bad"] == len(train):
+        raise PrepareError("every training sample is labelled bad (KTO label false): there is no answer to learn")
     if len(train_set) == 0:
         raise PrepareError(f"no training sample has an assistant turn within cutoff_len={recipe.cutoff_len}")
     val_set, val_stats = tokenize_samples(validation, tokenizer, recipe) if validation else (None, {})

@@ -1,26 +1,24 @@
 """Training recipes: YAML whose keys follow LLaMA-Factory's names where a key means the same thing.
 
 Unknown keys are errors, never silently ignored: a misspelt `lora_rnak` or a LLaMA-Factory key we do not
-support would otherwise train with a default the user did not choose.
+support would otherwise train with a default the user did not choose. tuneloop's own defaults are those of its
+shipped recipe (recipes/default.yaml); any other recipe file is read as LLaMA-Factory reads it: unset keys take
+LLaMA-Factory's defaults, and the keys that steer only LLaMA-Factory's I/O are reported as ignored
+(engine/train/llamafactory.py).
 """
 
 import difflib
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-DEFAULT_RECIPE = Path(__file__).with_name("recipes") / "default.yaml"
+from engine.train import llamafactory
+from engine.train.templates import NAMED_TEMPLATES
 
-# LLaMA-Factory keys that tuneloop decides itself; their error says where the value comes from instead.
-_DECIDED_ELSEWHERE = {
-    "dataset": "the dataset comes from `tuneloop train --dataset VERSION`",
-    "eval_dataset": "validation samples come from the dataset version's validation split or `val_size`",
-    "output_dir": "a run writes into its own folder in the artifact store",
-    "resume_from_checkpoint": "a restarted run resumes from its last checkpoint by itself",
-    "overwrite_output_dir": "a run writes into its own folder in the artifact store",
-}
+DEFAULT_RECIPE = Path(__file__).with_name("recipes") / "default.yaml"
 
 
 class RecipeError(ValueError):
@@ -43,12 +41,14 @@ class Recipe(BaseModel):
     )
     finetuning_type: Literal["lora", "qlora", "full"] = "lora"
     lora_rank: int = Field(default=16, gt=0)
-    lora_alpha: float = Field(default=32, gt=0)
+    lora_alpha: float | None = Field(default=None, gt=0, description="2 × lora_rank if unset, as in LLaMA-Factory.")
     lora_dropout: float = Field(default=0.05, ge=0, lt=1)
     lora_target: str | list[str] = "all"
     use_dora: bool = False
     cutoff_len: int = Field(default=2048, gt=0)
     num_train_epochs: float = Field(default=3.0, gt=0)
+    max_steps: int | None = Field(default=None, gt=0, description="Optimizer steps to stop after; wins over epochs.")
+    max_samples: int | None = Field(default=None, gt=0, description="Train on the first this many samples only.")
     per_device_train_batch_size: int = Field(default=4, gt=0)
     gradient_accumulation_steps: int = Field(default=2, gt=0)
     learning_rate: float = Field(default=2e-4, gt=0)
@@ -61,9 +61,16 @@ class Recipe(BaseModel):
     packing: bool | None = Field(
         default=None, description="Chosen from the attention kernel when unset: on with flash attention."
     )
+    group_by_length: bool | None = Field(
+        default=None, description="Batches of samples of similar length; unset: on unless packing."
+    )
     train_on_prompt: bool = False
     val_size: float = Field(default=0.0, ge=0, description="Fraction (< 1) or count of training samples held out.")
     early_stopping_steps: int | None = Field(default=None, gt=0, description="Evaluations without improvement.")
+    token_metrics: bool = Field(
+        default=False,
+        description="Log entropy and token accuracy every step (TRL's fused loss path, which costs time on a CPU).",
+    )
     logging_steps: int = Field(default=10, gt=0)
     save_steps: int = Field(default=500, gt=0)
     seed: int = 42
@@ -88,6 +95,21 @@ class Recipe(BaseModel):
             raise ValueError("lora_target is 'all' or a list of module names (e.g. q_proj, v_proj)")
         return value
 
+    @field_validator("template")
+    @classmethod
+    def _template(cls, value: str | None) -> str | None:
+        if value is None or value in NAMED_TEMPLATES or Path(value).suffix in (".jinja", ".j2"):
+            return value
+        problem = llamafactory.template_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
+
+    @field_validator("max_steps", mode="before")
+    @classmethod
+    def _no_max_steps(cls, value: Any) -> Any:
+        return None if value == -1 else value  # transformers' and LLaMA-Factory's spelling of "no limit"
+
     @model_validator(mode="before")
     @classmethod
     def _deepspeed_means_zero3(cls, values: Any) -> Any:
@@ -99,6 +121,8 @@ class Recipe(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> "Recipe":
+        if self.lora_alpha is None:
+            self.lora_alpha = 2 * self.lora_rank
         if self.bf16 and self.fp16:
             raise ValueError("bf16 and fp16 cannot both be true")
         if self.use_dora and self.finetuning_type == "full":
@@ -130,8 +154,8 @@ def parse_recipe(values: dict[str, Any], source: str | Path | None = None) -> Re
             key = ".".join(str(part) for part in problem["loc"]) or "recipe"
             if problem["type"] == "extra_forbidden":
                 top = str(problem["loc"][0])
-                if top in _DECIDED_ELSEWHERE:
-                    hint = f" ({_DECIDED_ELSEWHERE[top]})"
+                if top in llamafactory.IGNORED:
+                    hint = f" ({llamafactory.IGNORED[top]})"
                 else:
                     close = suggest_key(top)
                     hint = f" (did you mean '{close}'?)" if close else ""
@@ -141,8 +165,15 @@ def parse_recipe(values: dict[str, Any], source: str | Path | None = None) -> Re
         raise RecipeError("\n".join(lines)) from None
 
 
-def load_recipe(path: Path | str | None = None, **overrides: Any) -> Recipe:
-    """The recipe in the YAML file `path` (the shipped default when None), with `overrides` applied."""
+@dataclass
+class LoadedRecipe:
+    recipe: Recipe
+    notes: list[str] = field(default_factory=list)  # what was read differently from LLaMA-Factory, and why
+
+
+def read_recipe(path: Path | str | None = None, **overrides: Any) -> LoadedRecipe:
+    """The recipe in the YAML file `path` (the shipped default when None), with `overrides` applied; a file other
+    than the shipped default is read as LLaMA-Factory reads it (its defaults, its I/O keys ignored with a note)."""
     path = Path(path) if path is not None else DEFAULT_RECIPE
     try:
         values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
@@ -150,7 +181,19 @@ def load_recipe(path: Path | str | None = None, **overrides: Any) -> Recipe:
         raise RecipeError(f"{path}: cannot read the recipe: {error}") from None
     if not isinstance(values, dict):
         raise RecipeError(f"{path}: expected a mapping of recipe keys, got {type(values).__name__}")
-    return parse_recipe({**values, **overrides}, source=path)
+    values = {**values, **overrides}
+    refusal = llamafactory.refusal(values, get_args(Recipe.model_fields["stage"].annotation))
+    if refusal:
+        raise RecipeError(f"{path}: {refusal}")
+    notes: list[str] = []
+    if path.resolve() != DEFAULT_RECIPE.resolve():
+        values, notes = llamafactory.take_over(values)
+    return LoadedRecipe(parse_recipe(values, source=path), notes)
+
+
+def load_recipe(path: Path | str | None = None, **overrides: Any) -> Recipe:
+    """`read_recipe` without its notes."""
+    return read_recipe(path, **overrides).recipe
 
 
 def recipe_yaml(recipe: Recipe) -> str:

@@ -27,6 +27,7 @@ from transformers import (
     PreTrainedModel,
     PreTrainedTokenizerBase,
     PrinterCallback,
+    Trainer,
     TrainerCallback,
 )
 from transformers.trainer import TRAINER_STATE_NAME
@@ -36,6 +37,7 @@ from transformers.utils import is_flash_attn_2_available
 from trl import SFTConfig, SFTTrainer
 
 from engine.artifacts import get_artifact_store
+from engine.data.sample import Sample
 from engine.data.versions import DEFAULT_DATASET, load_entries, resolve_version
 from engine.events import Event, EventSink, ignore_events
 from engine.loop.projects import get_project
@@ -48,8 +50,11 @@ from engine.train.merge import check_merged
 from engine.train.metrics import MetricsCallback, overfitting_warning, run_metrics, warning_event
 from engine.train.prepare import (
     PreparedData,
+    PrepareError,
+    data_notes,
     end_of_turn_token,
     load_tokenizer,
+    local_model,
     prepare_data,
     split_entries,
 )
@@ -111,14 +116,18 @@ def train(
         raise TrainingError(
             f"no base model: set model_name_or_path in the recipe or `tuneloop project set {project} --base-model`"
         )
-    recipe = recipe.model_copy(update={"model_name_or_path": base_model})
     try:  # fsdp / zero3 in one process, or without DeepSpeed, fails here rather than as a torch traceback
         check_distributed(recipe, int(os.environ.get("WORLD_SIZE", "1")))
-    except DistributedError as error:
+        if previous is None:  # a resumed run goes on with the folder it started from
+            base_model = local_model(base_model)
+        recipe = recipe.model_copy(update={"model_name_or_path": base_model})
+    except (DistributedError, PrepareError) as error:
         raise TrainingError(str(error)) from None
     main = is_main_process()
     if previous is None and not main:
         raise TrainingError("the processes of a multi-process launch continue a run that rank 0 created")
+    # A start refused for its data or template creates no run and uses up no iteration number.
+    prepared = None if previous is not None else prepare_run(session, version, recipe)
     run = previous or start_run(session, project_row, version.id, recipe, requested_by=requested_by)
     out_dir = Path(out_dir) if out_dir else get_artifact_store().path(run_key(project, run.id))
     if main:
@@ -134,7 +143,9 @@ def train(
         session.commit()
         events(Event("stage", project, {"stage": "train", "state": "training", "out_dir": str(out_dir)}, run=run.id))
     try:
-        outcome = _train_run(session, project_row, run, version, recipe, out_dir, events, callbacks)
+        outcome = _train_run(
+            session, project_row, run, prepared or prepare_run(session, version, recipe), out_dir, events, callbacks
+        )
     except StageStopped:
         raise  # its worker stopped it: the run stays training, and the job runs again from the last checkpoint
     except BaseException as error:
@@ -181,26 +192,52 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+@dataclass
+class RunData:
+    """What a run trains on: its recipe, dataset version, samples, tokenizer and token ids."""
+
+    recipe: Recipe
+    version: DatasetVersion
+    train_samples: list[Sample]
+    val_samples: list[Sample]
+    tokenizer: PreTrainedTokenizerBase
+    data: PreparedData
+
+
+def prepare_run(session: Session, version: DatasetVersion, recipe: Recipe) -> RunData:
+    """The run's samples as token ids; raises TrainingError for data or a template that cannot be trained on."""
+    assert recipe.model_name_or_path is not None
+    entries = load_entries(session, version)
+    train_samples, val_samples = split_entries(entries, recipe.val_size, recipe.seed, recipe.max_samples)
+    try:
+        tokenizer = load_tokenizer(recipe.model_name_or_path, recipe.template)
+        data = prepare_data(train_samples, val_samples, tokenizer, recipe)
+    except PrepareError as error:
+        raise TrainingError(str(error)) from None
+    if recipe.early_stopping_steps and data.validation is None:
+        raise TrainingError("early_stopping_steps needs validation samples: a validation split or val_size")
+    return RunData(recipe, version, train_samples, val_samples, tokenizer, data)
+
+
 def _train_run(
     session: Session,
     project: Project,
     run: Run,
-    version: DatasetVersion,
-    recipe: Recipe,
+    prepared: RunData,
     out_dir: Path,
     events: EventSink,
     callbacks: Sequence[TrainerCallback],
 ) -> TrainOutcome | None:
+    recipe, version, tokenizer, data = prepared.recipe, prepared.version, prepared.tokenizer, prepared.data
+    train_samples, val_samples = prepared.train_samples, prepared.val_samples
     assert run.id is not None and recipe.model_name_or_path is not None
     if is_main_process():
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "recipe.yaml").write_text(recipe_yaml(recipe), encoding="utf-8")
 
-    train_samples, val_samples = split_entries(load_entries(session, version), recipe.val_size, recipe.seed)
-    tokenizer = load_tokenizer(recipe.model_name_or_path, recipe.template)
-    data = prepare_data(train_samples, val_samples, tokenizer, recipe)
-    if recipe.early_stopping_steps and data.validation is None:
-        raise TrainingError("early_stopping_steps needs validation samples: a validation split or val_size")
+    notes = data_notes(data.stats["train"])  # said before the first step, and kept in the report
+    for note in notes if is_main_process() else []:
+        events(warning_event(project.name, run.id, note))
 
     trainer = build_trainer(recipe, tokenizer, data, out_dir / "checkpoints")
     trainer.add_callback(MetricsCallback(session, run.id, project.name, events))
@@ -232,9 +269,10 @@ def _train_run(
             raise TrainingError(f"EOS check failed: {result.message()}")
 
     metrics = run_metrics(session, run.id)
-    warnings = [w for w in [overfitting_warning(metrics)] if w]
-    for warning in warnings:
-        events(warning_event(project.name, run.id, warning))
+    overfitting = overfitting_warning(metrics)
+    if overfitting:
+        events(warning_event(project.name, run.id, overfitting))
+    warnings = [*notes, *([overfitting] if overfitting else [])]
     loss_curve = write_loss_curve(metrics, out_dir / "loss_curve.png", title=f"{project.name} run {run.id}")
     report = out_dir / "train_report.json"
     report.write_text(
@@ -277,9 +315,10 @@ def build_trainer(
         max_length=recipe.cutoff_len,
         packing=packing,
         packing_strategy="bfd",
-        train_sampling_strategy="random" if packing else "group_by_length",
+        train_sampling_strategy="group_by_length" if groups_by_length(recipe) else "random",
         eos_token=end_of_turn_token(tokenizer),  # TRL adds it to the model's generation config EOS ids
         num_train_epochs=recipe.num_train_epochs,
+        max_steps=recipe.max_steps or -1,
         per_device_train_batch_size=recipe.per_device_train_batch_size,
         per_device_eval_batch_size=recipe.per_device_train_batch_size,
         gradient_accumulation_steps=recipe.gradient_accumulation_steps,
@@ -330,7 +369,15 @@ def build_trainer(
         callbacks=callbacks,
     )
     trainer.remove_callback(PrinterCallback)  # progress goes to storage and events, not to stdout
+    trainer.fused_loss = uses_fused_loss(recipe)
     return trainer
+
+
+def uses_fused_loss(recipe: Recipe) -> bool:
+    """TRL's loss through its own LM-head kernel, in chunks, with entropy and token accuracy: it saves memory with
+    large vocabularies on a GPU, and packed batches need it; on a CPU transformers' loss is faster (bench/peer.py),
+    unless the recipe asks for `token_metrics`, which only TRL's path computes."""
+    return recipe.token_metrics or uses_packing(recipe) or torch.cuda.is_available()
 
 
 class _LengthGroupedByEpoch(LengthGroupedSampler):
@@ -351,7 +398,17 @@ class _LengthGroupedByEpoch(LengthGroupedSampler):
 
 
 class _SFTTrainer(SFTTrainer):
-    """SFTTrainer with a resumable length-grouped sampler; nothing else differs."""
+    """SFTTrainer with a resumable length-grouped sampler, and transformers' own loss where TRL's fused one does
+    not pay (`fused_loss`)."""
+
+    fused_loss = True
+
+    def compute_loss(
+        self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
+    ) -> Any:
+        if self.fused_loss:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
 
     def _get_train_sampler(self, train_dataset: Dataset | None = None) -> Sampler | None:
         dataset = train_dataset if train_dataset is not None else self.train_dataset
@@ -369,6 +426,11 @@ def uses_packing(recipe: Recipe) -> bool:
     if recipe.packing is not None:
         return recipe.packing
     return torch.cuda.is_available() and is_flash_attn_2_available()
+
+
+def groups_by_length(recipe: Recipe) -> bool:
+    """The recipe's `group_by_length`, else on unless packing (packed batches have no padding to save)."""
+    return recipe.group_by_length if recipe.group_by_length is not None else not uses_packing(recipe)
 
 
 def precision(recipe: Recipe) -> tuple[bool, bool]:
