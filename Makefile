@@ -12,8 +12,8 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install -q --upgrade pip
 	# The CPU build where one is on disk (CI), the normal build elsewhere; later deps accept it as is.
 	$(BIN)/pip install -q -c constraints.txt torch
-	# slack: the Slack face and its tests (bolt, slack-sdk, aiohttp)
-	$(BIN)/pip install -q -c constraints.txt -e ".[dev,slack]"
+	# slack, telegram: the chat faces and their tests (bolt, slack-sdk, aiohttp; aiogram)
+	$(BIN)/pip install -q -c constraints.txt -e ".[dev,slack,telegram]"
 	touch $(STAMP)
 
 install: $(STAMP)

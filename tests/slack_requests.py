@@ -4,10 +4,8 @@
 
 import asyncio
 import json
-import socket
 import time
 import urllib.parse
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -141,15 +139,3 @@ def sent_by(user: str, kind: str) -> dict:
         "api_app_id": "A0TUNELOOP",
         "trigger_id": f"{time.time()}.trigger",
     }
-
-
-async def until(what: str, condition: Callable[[], object], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.05)
-
-
-def listening(port: int) -> bool:
-    with socket.socket() as probe:
-        return probe.connect_ex(("127.0.0.1", port)) == 0

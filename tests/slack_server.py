@@ -35,6 +35,8 @@ from typing import Any
 
 from aiohttp import web
 
+from tests.threaded_app import ThreadedApp
+
 BOT_TOKEN = "xoxb-test-token"
 APP_TOKEN = "xapp-1-test-token"
 TEAM = "T0TEST"
@@ -83,9 +85,7 @@ class SlackServer:
         self._slow_downs: dict[str, list[int]] = {}
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._runner: web.AppRunner | None = None
-        self._thread: threading.Thread | None = None
+        self._served: ThreadedApp | None = None
         self.port = 0
 
     # --- the test's side ---------------------------------------------------------------------------------------
@@ -126,39 +126,21 @@ class SlackServer:
         return f"{self.url}/commands/{next(self._ids)}"
 
     def __enter__(self) -> "SlackServer":
-        started = threading.Event()
-        self._thread = threading.Thread(target=self._serve, args=(started,), daemon=True)
-        self._thread.start()
-        if not started.wait(10):
-            raise RuntimeError("the Slack test server did not start")
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        assert self._loop is not None and self._runner is not None
-        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        assert self._thread is not None
-        self._thread.join(10)
-
-    # --- serving ---------------------------------------------------------------------------------------------
-
-    def _serve(self, started: threading.Event) -> None:
-        self._loop = asyncio.new_event_loop()
-        asyncio.set_event_loop(self._loop)
         app = web.Application()
         app.router.add_route("*", "/api/{method}", self._api)
         app.router.add_post("/upload/v1/{file}", self._upload)
         app.router.add_get("/files-pri/{team_file}/{name}", self._download)
         app.router.add_post("/commands/{id}", self._respond)
         app.router.add_get("/link", self._link)
-        self._runner = web.AppRunner(app)
-        self._loop.run_until_complete(self._runner.setup())
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        self._loop.run_until_complete(site.start())
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        started.set()
-        self._loop.run_forever()
-        self._loop.close()
+        self._served = ThreadedApp(app, "Slack")
+        self.port = self._served.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        assert self._served is not None
+        self._served.stop()
+
+    # --- serving ---------------------------------------------------------------------------------------------
 
     async def _api(self, request: web.Request) -> web.Response:
         method = request.match_info["method"]
@@ -305,8 +287,8 @@ class SlackServer:
         its envelope id, which the app's acknowledgement names."""
         envelope_id = f"envelope-{next(self._ids)}"
         envelope = {"envelope_id": envelope_id, "type": kind, "payload": payload, "accepts_response_payload": True}
-        assert self._loop is not None and self.sockets, "no Socket Mode connection is open"
-        asyncio.run_coroutine_threadsafe(self.sockets[-1].send_json(envelope), self._loop).result(5)
+        assert self._served is not None and self._served.loop is not None and self.sockets, "no Socket Mode connection"
+        asyncio.run_coroutine_threadsafe(self.sockets[-1].send_json(envelope), self._served.loop).result(5)
         return envelope_id
 
     async def _respond(self, request: web.Request) -> web.Response:

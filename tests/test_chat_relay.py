@@ -198,6 +198,9 @@ def test_events_edit_the_card_reply_in_the_thread_and_replace_stale_buttons(
     card_edits = [message for _, message_id, message, _ in sender.edits if message_id == "100.1"]
     assert len(card_edits) < 10  # fifty progress events and two moves, coalesced
     assert card_edits[-1].lines[0] == titles[1]
+    # The card keeps its buttons, keyed (a face shows no unkeyed button) once for all its edits alike.
+    card_keys = {tuple(button.key for button in message.buttons) for message in card_edits}
+    assert len(card_keys) == 1 and all(next(iter(card_keys))) and len(next(iter(card_keys))) == 4
     # The buttons posted for the previous state are replaced by what happened.
     (stale,) = [message for _, message_id, message, _ in sender.edits if message_id == "100.5"]
     assert stale.buttons == [] and stale.lines == [titles[1]]

@@ -35,11 +35,12 @@ from engine.events import Event
 from engine.events.stream import stream_sink
 from storage.db import session_scope
 from storage.models import Conversation, DatasetVersion, Judgement, Project, Review, Run
-from tests.slack_requests import CHANNEL, SECRET, Bot, listening, opened, press, submit, until
+from tests.slack_requests import CHANNEL, SECRET, Bot, opened, press, submit
 from tests.slack_server import SlackServer
 from tests.test_core import core_on
 from tests.test_reviews import build
 from tests.test_runs import deploys  # noqa: F401  (a fixture)
+from tests.waiting import listening, until
 
 ROOT = Path(__file__).resolve().parent.parent
 SLACK_REDIS_DB = 14  # arq job ids are global in one Redis database: these tests' own

@@ -19,9 +19,10 @@ from sqlmodel import Session, select
 from engine.serve.local import free_port
 from storage.models import Deployment, Review, Run
 from tests.loop_fixtures import Loop, loop_model_fixture, running_loop  # noqa: F401  (the fixture `loop_model`)
-from tests.slack_requests import CHANNEL, SECRET, Bot, listening, opened, press, submit, until
+from tests.slack_requests import CHANNEL, SECRET, Bot, opened, press, submit
 from tests.slack_server import Posted, SlackServer
 from tests.training_data import SHOP_QA, SHOP_SYSTEM
+from tests.waiting import listening, until
 
 LOOP_REDIS_DB = 9  # arq job ids and the event stream's consumer groups: this test's own database
 

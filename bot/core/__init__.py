@@ -7,5 +7,7 @@ rendering of events, histories, reports and review cards live here; the engine u
 
 A chat face also plugs a `Sender` (post, update) into an `outbox.Outbox` (pacing, retry-after, coalesced edits),
 posts an action's answers with `conversations.deliver` (a run's card opens its thread, kept in `conversations`),
-and runs an `event_relay.EventRelay` on the event stream to keep each run's card and thread up to date.
+and runs an `event_relay.EventRelay` on the event stream to keep each run's card and thread up to date. It hands
+its work off after answering the platform with `handoff.HandOff`, tells repeated deliveries apart with
+`deliveries.Deliveries`, and brings a person's file in through `uploads.upload_folder`.
 """

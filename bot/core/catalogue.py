@@ -298,6 +298,23 @@ CATALOGUE: dict[str, tuple[str, str]] = {
     "modal.options_hint": ("e.g. epochs=2 lr=1e-4 rank=8 split", "例如 epochs=2 lr=1e-4 rank=8 split"),
     "modal.empty": ("Please write something first.", "请先填写内容。"),
     "button.cancel_confirm": ("Cancel", "取消"),
+    "upload.send_data": (
+        "Send the training data for {project} as a file (JSONL, JSON, CSV or Parquet) in reply to this message, with "
+        "options such as epochs=2 as its caption; or reply data=latest to train on the project's current data.",
+        "请回复本消息，以文件形式发送 {project} 的训练数据（JSONL、JSON、CSV 或 Parquet），可在文件说明中写选项，"
+        "例如 epochs=2；或回复 data=latest，用项目现有的数据训练。",
+    ),
+    "upload.over_download_limit": (
+        "{name} is {size} MB, and Telegram lets a bot download files of up to 20 MB. Send it in parts under 20 MB, "
+        "or ask whoever runs tuneloop to run a local Bot API server (see the README), which takes files up to 2 GB.",
+        "{name} 有 {size} MB，而 Telegram 只允许机器人下载不超过 20 MB 的文件。请拆成小于 20 MB 的几部分发送，"
+        "或请 tuneloop 的管理员运行本地 Bot API 服务器（见 README），它可接收最大 2 GB 的文件。",
+    ),
+    "upload.without_command": (
+        "To train on {name}, send it with /finetune <project> as its caption.",
+        "要用 {name} 训练，请在发送文件时把 /finetune <项目> 写在文件说明里。",
+    ),
+    "confirm.not_done": ("Not done.", "未执行。"),
     "upload.too_big": (
         "{name} is {size} bytes; tuneloop takes files up to {limit} bytes.",
         "{name} 有 {size} 字节；tuneloop 只接收不超过 {limit} 字节的文件。",

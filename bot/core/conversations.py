@@ -126,3 +126,14 @@ async def post(
     if place is not None and message.buttons:
         await asyncio.to_thread(keep_buttons, core.engine, place.id, message_id, message.title)
     return message_id
+
+
+def is_card(engine: Engine, platform: str, channel: str, message_id: str) -> bool:
+    """Whether a posted message is a run's card, which the relay keeps up to date itself."""
+    with Session(engine) as session:
+        found = session.exec(
+            select(Conversation.id).where(
+                Conversation.platform == platform, Conversation.channel == channel, Conversation.card == message_id
+            )
+        ).first()
+        return found is not None

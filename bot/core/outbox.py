@@ -15,6 +15,7 @@ from bot.core.messages import Message
 
 PACE_S = 1.1  # seconds between two sends into one channel: Slack allows about one a second, kept with a margin
 MAX_RATE_LIMITED = 5  # waits for one send before it is given up
+ATTACH_TRIES = 3  # tries of something sent after its message (a chart, a report file, a message's next part)
 
 logger = logging.getLogger(__name__)
 Result = TypeVar("Result")
@@ -125,3 +126,18 @@ class Outbox:
 
     def _channel(self, channel: str) -> _Channel:
         return self._channels.setdefault(channel, _Channel())
+
+
+async def attach(send: Callable[[], Awaitable[object]], what: str, tries: int = ATTACH_TRIES) -> None:
+    """Send what belongs to a message already posted (a chart, the report file, the next part of a long message),
+    waiting out rate limits; a failure is logged, never retried by posting the message again."""
+    for _ in range(tries):
+        try:
+            await send()
+            return
+        except RateLimited as limited:
+            await asyncio.sleep(limited.retry_after)
+        except Exception as error:  # the message stands without it
+            logger.warning("could not send %s: %s", what, error)
+            return
+    logger.warning("gave up sending %s: rate limited", what)

@@ -10,9 +10,6 @@ import asyncio
 import json
 import logging
 import re
-import shutil
-import tempfile
-from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
@@ -34,16 +31,17 @@ from bot.core.actions import Action, ImportData, StartRun, with_text
 from bot.core.catalogue import say
 from bot.core.deliveries import Deliveries
 from bot.core.errors import UserError
+from bot.core.handoff import HandOff
 from bot.core.identity import Actor
 from bot.core.messages import Message
 from bot.core.outbox import Outbox, Undeliverable
 from bot.core.perform import Core
+from bot.core.uploads import upload_folder, with_upload
 from bot.slack import blocks
 from bot.slack.sender import refusal
 
 COMMAND = "/finetune"
 EVENTS_PATH = "/slack/events"
-WORKING_AT_ONCE = 8  # actions carried out at once; the rest wait their turn
 
 logger = logging.getLogger(__name__)
 
@@ -60,10 +58,9 @@ class SlackFace:
     ) -> None:
         self.core, self.client, self.outbox, self.deliveries = core, client, outbox, deliveries
         self.uploads = uploads or core.settings.home / "uploads" / "slack"
-        self.tasks: set[asyncio.Task] = set()
+        self.handoff = HandOff("Slack")
         self._authorized: AuthorizeResult | None = None
         self._authorizing = asyncio.Lock()
-        self._working = asyncio.Semaphore(WORKING_AT_ONCE)
 
     def app(self, *, signing_secret: str | None) -> AsyncApp:
         """The Bolt app; `signing_secret` None for Socket Mode, where Slack's own connection is the credential."""
@@ -101,7 +98,7 @@ class SlackFace:
             body = await request.text()
             bolt_request = AsyncBoltRequest(body=body, query=request.query_string, headers=request.headers)  # type: ignore[arg-type]
             if _is_command(request, body) and verifier.is_valid_request(body, request.headers):
-                self._hand_off(self._dispatched(app, bolt_request), in_turn=False)
+                self.handoff.start(self._dispatched(app, bolt_request), in_turn=False)
                 return web.Response(status=200)
             return await to_aiohttp_response(await app.async_dispatch(bolt_request))
 
@@ -127,8 +124,7 @@ class SlackFace:
 
     async def idle(self) -> None:
         """Wait for the work handed off so far (tests, and a clean stop)."""
-        while self.tasks:
-            await asyncio.gather(*list(self.tasks), return_exceptions=True)
+        await self.handoff.idle()
         await self.outbox.drain()
 
     # --- listeners --------------------------------------------------------------------------------------------
@@ -148,7 +144,7 @@ class SlackFace:
         await ack()
         actor = _actor(command["user_id"], command.get("user_name"), command["channel_id"])
         text = command.get("text", "").strip() or "help"
-        self._hand_off(self._command_text(text, actor, command, respond), in_turn=False)
+        self.handoff.start(self._command_text(text, actor, command, respond), in_turn=False)
 
     async def _pressed(self, ack: AsyncAck, body: dict, action: dict) -> None:
         await ack()
@@ -162,9 +158,9 @@ class SlackFace:
         }
         if action["action_id"].startswith(f"{blocks.ASK}:"):
             # Without waiting its turn: the modal must open within 3 s of the press.
-            self._hand_off(self._ask_for_text(where, actor, action, message, body["trigger_id"]), in_turn=False)
+            self.handoff.start(self._ask_for_text(where, actor, action, message, body["trigger_id"]), in_turn=False)
             return
-        self._hand_off(self._press(where, actor, message.get("blocks") or [], None))
+        self.handoff.start(self._press(where, actor, message.get("blocks") or [], None))
 
     async def _ask_for_text(self, where: dict, actor: Actor, action: dict, message: dict, trigger: str) -> None:
         """Open the modal asking for the text a pressed button needs (a Fix's answer, an override's reason)."""
@@ -196,7 +192,7 @@ class SlackFace:
             shown = json.loads(where.pop("blocks", "[]"))
         except ValueError:
             shown = []  # the title was cut to fit: the outcome stands alone
-        self._hand_off(self._press(where, actor, shown, text))
+        self.handoff.start(self._press(where, actor, shown, text))
 
     async def _message(self, ack: AsyncAck, event: dict) -> None:
         """A message in a channel the bot is in: only one sharing a file matters (its own are not delivered: Bolt
@@ -205,7 +201,7 @@ class SlackFace:
         files = event.get("files") or []
         if files and event.get("user") and event.get("subtype") in (None, "file_share"):
             actor = _actor(event["user"], None, event["channel"])
-            self._hand_off(self._file_shared(event, files[0], actor), in_turn=False)
+            self.handoff.start(self._file_shared(event, files[0], actor), in_turn=False)
 
     async def _upload_given(self, ack: AsyncAck, body: dict, view: dict) -> None:
         values = view["state"]["values"]
@@ -224,26 +220,9 @@ class SlackFace:
             await ack(response_action="errors", errors={blocks.FILE_BLOCK: too_big})
             return
         await ack()
-        self._hand_off(self._with_file(action, files[0] if files else None, actor, where["channel"]), in_turn=False)
+        self.handoff.start(self._with_file(action, files[0] if files else None, actor, where["channel"]), in_turn=False)
 
     # --- the work, after acknowledging --------------------------------------------------------------------------
-
-    def _hand_off(self, work: Coroutine[Any, Any, None], *, in_turn: bool = True) -> None:
-        """Run `work` after acknowledging; `in_turn`: once fewer than WORKING_AT_ONCE others are running (a command
-        waits only for its action, not for reading its text: a modal must open within 3 s of the command)."""
-        task = asyncio.create_task(self._in_turn(work) if in_turn else work)
-        self.tasks.add(task)
-        task.add_done_callback(self._finished)
-
-    async def _in_turn(self, work: Coroutine[Any, Any, None]) -> None:
-        """A few pieces of work at a time, so that a burst of them never slows the acknowledgement of the next."""
-        async with self._working:
-            await work
-
-    def _finished(self, task: asyncio.Task) -> None:
-        self.tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            logger.error("a Slack action failed", exc_info=task.exception())
 
     async def _command_text(self, text: str, actor: Actor, command: dict, respond: Any) -> None:
         """A command's text as an action: a mistake answered to the person alone; a project named without data
@@ -259,7 +238,7 @@ class SlackFace:
             view = blocks.upload_modal(action.project, metadata, language)
             await self.client.views_open(trigger_id=command["trigger_id"], view=view)
             return
-        await self._in_turn(self._perform(action, actor, command["channel_id"], None, respond=respond))
+        await self.handoff.in_turn(self._perform(action, actor, command["channel_id"], None, respond=respond))
 
     async def _perform(
         self, action: Action, actor: Actor, channel: str, thread: str | None, *, respond: Any = None
@@ -335,23 +314,20 @@ class SlackFace:
         a folder of its own, imported by the core as a new dataset version, then removed (the version holds the
         samples; a rejects file is posted before it goes)."""
         if file is None:
-            await self._in_turn(self._perform(action, actor, channel, thread))
+            await self.handoff.in_turn(self._perform(action, actor, channel, thread))
             return
         language = await asyncio.to_thread(self.core.language_of, actor, getattr(action, "project", None))
         too_big = self._too_big(file, language)
         if too_big:
             await self._tell(actor, channel, too_big, thread=thread)
             return
-        self.uploads.mkdir(parents=True, exist_ok=True)
-        folder = Path(tempfile.mkdtemp(dir=self.uploads))
-        try:
-            path = await self._download(file, folder, language)
-            action = action.model_copy(update={"upload": str(path), "upload_name": file.get("name")})
-            await self._in_turn(self._perform(action, actor, channel, thread))
-        except UserError as error:
-            await self._tell(actor, channel, str(error), thread=thread)
-        finally:
-            shutil.rmtree(folder, ignore_errors=True)
+        with upload_folder(self.uploads) as folder:
+            try:
+                path = await self._download(file, folder, language)
+                action = with_upload(action, path, file.get("name"))
+                await self.handoff.in_turn(self._perform(action, actor, channel, thread))
+            except UserError as error:
+                await self._tell(actor, channel, str(error), thread=thread)
 
     def _too_big(self, file: dict, language: str) -> str | None:
         """What to tell when a file Slack describes is over the upload limit; None when it is not."""

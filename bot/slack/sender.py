@@ -2,7 +2,6 @@
 report uploaded into its thread with files_upload_v2 (`thread_ts` the thread's root: the upload gives back no
 message ts to rely on), and Slack's refusals in words."""
 
-import asyncio
 import logging
 from pathlib import Path
 
@@ -10,11 +9,10 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.core.messages import Message
-from bot.core.outbox import RateLimited, Undeliverable
+from bot.core.outbox import RateLimited, Undeliverable, attach
 from bot.slack.blocks import blocks_of, fallback_text
 
 logger = logging.getLogger(__name__)
-UPLOAD_TRIES = 3
 
 # Refusals that no retry can change: Slack's error code -> the catalogue's words for what a person should do.
 FOR_GOOD = {
@@ -68,16 +66,13 @@ class SlackSender:
         if not path.is_file():
             logger.warning("not uploading %s: it is not there", path)
             return
-        for _ in range(UPLOAD_TRIES):
+
+        async def upload() -> None:
             try:
                 await self.client.files_upload_v2(
                     channel=channel, thread_ts=thread, file=str(path), filename=path.name, title=path.name
                 )
-                return
             except SlackApiError as error:
-                reason = refusal(error, channel)
-                if not isinstance(reason, RateLimited):
-                    logger.warning("could not upload %s into %s: %s", path.name, channel, reason)
-                    return
-                await asyncio.sleep(reason.retry_after)
-        logger.warning("gave up uploading %s into %s: rate limited", path.name, channel)
+                raise refusal(error, channel) from None
+
+        await attach(upload, f"{path.name} into {channel}")
