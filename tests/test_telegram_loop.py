@@ -18,10 +18,10 @@ from bot.telegram.serve import serve
 from storage.models import Deployment, Run
 from tests.loop_fixtures import WAIT_S, Loop, loop_model_fixture, running_loop  # noqa: F401  (the fixture `loop_model`)
 from tests.telegram_server import Sent, TelegramServer, group, person
-from tests.test_telegram_app import TELEGRAM_REDIS_DB
 from tests.training_data import SHOP_QA, SHOP_SYSTEM
 from tests.waiting import until
 
+LOOP_REDIS_DB = 7  # arq job ids and the event stream's consumer groups: this test's own database
 GROUP = group(-1009876543210)
 ALICE = person(4242, "alice")
 # The project's recipe is tests/loop_fixtures.py's tiny one; the caption asks for two samples held out as the test set.
@@ -37,7 +37,7 @@ def telegram() -> Iterator[TelegramServer]:
 
 @pytest.fixture
 def loop(loop_model: Path, redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Loop]:
-    with running_loop(loop_model, tmp_path, redis_url, TELEGRAM_REDIS_DB, monkeypatch) as running:
+    with running_loop(loop_model, tmp_path, redis_url, LOOP_REDIS_DB, monkeypatch) as running:
         running.project("shop")
         running.start_workers()
         yield running
