@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from pathlib import Path
@@ -516,6 +517,29 @@ def test_a_refused_key_stops_the_job_and_names_the_variable_to_set(lite: Engine,
         run(lite, server, n=10, scenarios={"a": 1})
     assert "set TUNELOOP_SYNTH_API_KEY (or OPENAI_API_KEY) to a valid API key" in str(raised.value)
     assert len(server.requests) == 1  # not retried: no request of the job can succeed
+
+
+def test_replies_in_flight_when_the_key_is_refused_are_kept_and_never_paid_for_again(
+    lite: Engine, server: OpenAIServer
+) -> None:
+    answered = 0
+
+    def refuse_the_first(body: dict) -> Reply:
+        nonlocal answered
+        answered += 1  # the server answers one request at a time
+        if answered == 1:
+            return Reply.error(401)  # the key is revoked while the job's other three requests are out
+        return replace(default_reply(body), delay=0.3)
+
+    server.responder = refuse_the_first
+    with pytest.raises(SynthError, match="refused"):
+        run(lite, server, n=40, scenarios={"a": 1}, concurrency=4, job="revoked")
+    with session_scope(lite) as session:
+        kept = session.exec(select(SynthBatch).where(SynthBatch.status == "ok", SynthBatch.batch_index >= 0)).all()
+    assert len(kept) == 3 and len(server.requests) == 4  # the three in flight were stored, nothing else was asked
+    server.responder = default_reply  # a valid key again: only the refused batch is asked for
+    outcome = run(lite, server, n=40, scenarios={"a": 1}, concurrency=4, job="revoked")
+    assert len(server.requests) == 5 and outcome.report["kept"] == 40
 
 
 def test_an_exhausted_quota_is_not_retried(lite: Engine, server: OpenAIServer) -> None:

@@ -502,10 +502,18 @@ async def _run_batches(
     done = total - len(pending)
     ctx.events(_progress(ctx, done, total))
 
+    refused: list[SynthError] = []  # the endpoint refused the job: ask nothing more, keep what is in flight
+
     async def one(plan: BatchPlan) -> None:
         nonlocal done
         async with gate:
-            answer = await _ask(ctx, plan)
+            if refused:
+                return
+            try:
+                answer = await _ask(ctx, plan)
+            except SynthError as error:
+                refused.append(error)
+                return
         # Parsing and storing run as their own task: the next request (woken by the gate) goes out
         # first, and a cancelled job still stores the batch it paid for.
         finish = asyncio.ensure_future(_keep(engine, ctx, plan, answer, project_id, job_key))
@@ -517,7 +525,11 @@ async def _run_batches(
         done += 1
         ctx.events(_progress(ctx, done, total))
 
+    # A refusal ends the job, but only once the replies already paid for are stored: the next attempt pays for none
+    # of them again.
     await asyncio.gather(*(one(plan) for plan in pending))
+    if refused:
+        raise refused[0]
 
 
 async def _ask(ctx: _Context, plan: BatchPlan) -> "Reply | RequestFailed | None":
