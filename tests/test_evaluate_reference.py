@@ -95,7 +95,7 @@ def test_perplexity_counts_only_the_answer_and_its_end_token(tmp_path: Path) -> 
     counted = [token for token, label in zip(ids, labels, strict=True) if label != IGNORE_INDEX]
     assert loaded.tokenizer.decode(counted) == "一般三到五天送达。" + IM_END
     # Batching (right padding) changes nothing, and corpus perplexity weighs samples by their tokens.
-    pairs = [(prompt, "一般三到五天送达。"), ([{"role": "user", "content": "你好"}], "您好")]
+    pairs = [(prompt, "一般三到五天送达。", None), ([{"role": "user", "content": "你好"}], "您好", None)]
     together = answer_nlls(loaded.model, loaded.tokenizer, pairs, batch_size=2)
     alone = [answer_nlls(loaded.model, loaded.tokenizer, [pair])[0] for pair in pairs]
     assert [n.nll for n in together] == pytest.approx([n.nll for n in alone], rel=1e-5)

@@ -21,20 +21,25 @@ from engine.data.pipeline import export_version, import_file
 from engine.data.sample import Sample
 from engine.data.versions import DEFAULT_DATASET, Entry, load_entries, resolve_version
 from engine.database import get_engine
+from engine.evaluate.generate import generate_pairs, load_models, prompt_messages, prompt_text
+from engine.evaluate.reference import answer_labels
+from engine.evaluate.results import GenerationSettings
 from engine.train.prepare import (
     IGNORE_INDEX,
     PrepareError,
     data_notes,
     end_of_turn_token,
     load_tokenizer,
+    message_dicts,
     prepare_data,
+    render,
     resolve_chat_template,
     tokenize_sample,
     tokenize_samples,
 )
 from engine.train.recipe import DEFAULT_RECIPE, Recipe, RecipeError, load_recipe, read_recipe
 from engine.train.sft import TrainingError, build_trainer, groups_by_length, lora_config, train
-from engine.train.tiny import build_tiny_model
+from engine.train.tiny import IM_END, build_tiny_model
 from storage.db import session_scope
 from storage.models import Run
 from tests.training_data import add_dataset
@@ -74,6 +79,20 @@ def test_tool_definitions_and_calls_reach_the_trained_tokens_as_llamafactory_wri
     assert "退款已受理，退款单号R77。" in trained  # the answer after the tool's result
     assert '已受理"}' not in trained  # the tool's result is context, not a target
     assert "<tool_response>" in text
+
+
+def test_a_tool_sample_is_evaluated_in_the_context_it_was_trained_in(tiny: Path) -> None:
+    sample = [s for _, s in load_file(LF / "dataset_info.json", entry="glaive_toolcall_zh_demo").samples][1]
+    loaded = load_models(tiny, device="cpu")
+    # The question the models answer is the training text up to the answer: the tool definitions included.
+    trained = render(loaded.tokenizer, message_dicts(sample), tools=sample.tools)
+    asked = prompt_text(loaded.tokenizer, prompt_messages(sample), sample.tools)
+    assert "<tools>" in asked and "申请退款" in asked and trained.startswith(asked)
+    generation = generate_pairs(loaded, [sample], GenerationSettings(max_new_tokens=2))
+    assert generation.samples[0].tools == sample.tools
+    # The reference's perplexity is measured in the same context.
+    ids, _ = answer_labels(loaded.tokenizer, prompt_messages(sample), sample.answer_text(), IM_END, sample.tools)
+    assert loaded.tokenizer.decode(ids).startswith(asked)
 
 
 def test_a_template_that_drops_tool_definitions_is_refused(tiny: Path) -> None:

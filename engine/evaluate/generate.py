@@ -26,7 +26,7 @@ from transformers import AutoModelForCausalLM, GenerationConfig, PreTrainedModel
 from engine.data.sample import Sample
 from engine.evaluate.results import Answer, GeneratedSample, Generation, GenerationSettings, PassStats
 from engine.events import EventSink, ignore_events, progress_event
-from engine.train.prepare import end_of_turn_token, load_tokenizer, message_dicts
+from engine.train.prepare import end_of_turn_token, load_tokenizer, message_dicts, render
 
 
 @dataclass
@@ -42,6 +42,12 @@ class LoadedModels:
 def prompt_messages(sample: Sample) -> list[dict]:
     """The conversation up to, not including, the last assistant turn."""
     return message_dicts(sample)[: sample.last_assistant_index()]
+
+
+def prompt_text(tokenizer: PreTrainedTokenizerBase, messages: Sequence[dict], tools: Sequence[dict] | None) -> str:
+    """What a model is asked: the conversation as training wrote it (tool definitions included), then the
+    generation prompt, so a model is evaluated in the context it was trained in."""
+    return render(tokenizer, messages, tools=tools, generation_prompt=True)
 
 
 def default_device() -> str:
@@ -102,8 +108,10 @@ def generate_answers(
     project: str = "",
     run: int | None = None,
     stage: str = "generate",
+    tools: Sequence[Sequence[dict] | None] | None = None,
 ) -> tuple[list[Answer], PassStats]:
-    """One model's answers to `prompts` (lists of chat messages), in their order, and the pass's totals."""
+    """One model's answers to `prompts` (lists of chat messages, each with the tool definitions `tools` gives it),
+    in their order, and the pass's totals."""
     if settings.batch_size < 1 or settings.max_new_tokens < 1:
         raise ValueError("batch_size and max_new_tokens must be at least 1")
     stops = stop_token_ids(model, tokenizer)
@@ -117,10 +125,8 @@ def generate_answers(
         eos_token_id=stops,
         pad_token_id=pad_id,
     )
-    texts = [
-        tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
-        for messages in prompts
-    ]
+    offered = tools if tools is not None else [None] * len(prompts)
+    texts = [prompt_text(tokenizer, messages, tools) for messages, tools in zip(prompts, offered, strict=True)]
     lengths = [len(tokenizer(text, add_special_tokens=False)["input_ids"]) for text in texts]
     order = sorted(range(len(texts)), key=lambda i: lengths[i])  # similar lengths share a batch: less padding
     answers: list[Answer | None] = [None] * len(texts)
@@ -172,9 +178,18 @@ def generate_pairs(
 
     Without an adapter (`loaded.adapter_dir` None) the tuned answers are the base answers."""
     prompts = [prompt_messages(sample) for sample in samples]
+    tools = [sample.tools or None for sample in samples]
     with adapter_disabled(loaded.model) as base:
         base_answers, base_stats = generate_answers(
-            base, loaded.tokenizer, prompts, settings, progress=events, project=project, run=run, stage="generate_base"
+            base,
+            loaded.tokenizer,
+            prompts,
+            settings,
+            progress=events,
+            project=project,
+            run=run,
+            stage="generate_base",
+            tools=tools,
         )
     if loaded.adapter_dir is None:
         tuned_answers, tuned_stats = base_answers, base_stats
@@ -188,6 +203,7 @@ def generate_pairs(
             project=project,
             run=run,
             stage="generate_tuned",
+            tools=tools,
         )
     generated = [
         GeneratedSample(
@@ -204,6 +220,7 @@ def generate_pairs(
             tuned_seconds=tuned_answer.seconds,
             base_stopped=base_answer.stopped,
             tuned_stopped=tuned_answer.stopped,
+            tools=sample.tools or None,
         )
         for index, (sample, prompt, base_answer, tuned_answer) in enumerate(
             zip(samples, prompts, base_answers, tuned_answers, strict=True)

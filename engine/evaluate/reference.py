@@ -76,12 +76,16 @@ def corpus_perplexity(nlls: Sequence[AnswerNLL]) -> float:
 
 
 def answer_labels(
-    tokenizer: PreTrainedTokenizerBase, prompt: Sequence[dict], answer: str, eot: str
+    tokenizer: PreTrainedTokenizerBase,
+    prompt: Sequence[dict],
+    answer: str,
+    eot: str,
+    tools: Sequence[dict] | None = None,
 ) -> tuple[list[int], list[int]]:
-    """Token ids of the conversation `prompt` + the answer, and labels that are -100 except on the answer's
-    tokens and its end-of-turn token."""
+    """Token ids of the conversation `prompt` + the answer (with the tool definitions `tools`, as in training), and
+    labels that are -100 except on the answer's tokens and its end-of-turn token."""
     messages = [*prompt, {"role": "assistant", "content": answer}]
-    text, spans = assistant_spans(tokenizer, messages, eot)
+    text, spans = assistant_spans(tokenizer, messages, eot, tools)
     start, end = spans[-1]
     encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids: list[int] = encoded["input_ids"]
@@ -95,13 +99,14 @@ def answer_labels(
 def answer_nlls(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
-    pairs: Sequence[tuple[Sequence[dict], str]],
+    pairs: Sequence[tuple[Sequence[dict], str, Sequence[dict] | None]],
     *,
     batch_size: int = 8,
 ) -> list[AnswerNLL]:
-    """The NLL of each (prompt messages, answer) pair's answer under `model` as it stands (adapter on or off)."""
+    """The NLL of each (prompt messages, answer, tool definitions) answer under `model` as it stands (adapter on or
+    off)."""
     eot = end_of_turn_token(tokenizer)
-    rows = [answer_labels(tokenizer, prompt, answer, eot) for prompt, answer in pairs]
+    rows = [answer_labels(tokenizer, prompt, answer, eot, tools) for prompt, answer, tools in pairs]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     results: list[AnswerNLL] = []
     model.eval()
@@ -139,7 +144,7 @@ def reference_metrics(
     metrics = ReferenceMetrics(samples, mean_scores([s.base for s in samples]), mean_scores([s.tuned for s in samples]))
     if model is None or tokenizer is None or not generated:
         return metrics
-    pairs = [(g.prompt, g.reference) for g in generated]
+    pairs = [(g.prompt, g.reference, g.tools) for g in generated]
     with adapter_disabled(model) as base:
         base_nlls = answer_nlls(base, tokenizer, pairs, batch_size=batch_size)
     tuned_nlls = answer_nlls(model, tokenizer, pairs, batch_size=batch_size)

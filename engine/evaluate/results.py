@@ -46,6 +46,7 @@ class GeneratedSample:
     tuned_seconds: float
     base_stopped: bool
     tuned_stopped: bool
+    tools: list[dict] | None = None  # the tool definitions the prompt offered (rendered with it, as in training)
 
 
 @dataclass

@@ -407,7 +407,11 @@ def generate_for_run(
             stage("stability", prompts=options.stability_prompts, k=options.stability_k)
             prompts = [g.prompt for g in generation.samples]
             stability = base_and_tuned_stability(
-                loaded, prompts, k=options.stability_k, sample_size=options.stability_prompts
+                loaded,
+                prompts,
+                k=options.stability_k,
+                sample_size=options.stability_prompts,
+                tools=[g.tools for g in generation.samples],
             )
         forgetting = None
         if options.forgetting:

@@ -86,6 +86,7 @@ def stability(
     settings: GenerationSettings = STABILITY_SETTINGS,
     seed: int = 0,
     worst: int = 5,
+    tools: Sequence[Sequence[dict] | None] | None = None,
 ) -> StabilityReport:
     """How much `k` sampled answers to each of a seeded sample of `prompts` (lists of chat messages) agree."""
     if k < 2:
@@ -94,10 +95,13 @@ def stability(
         raise ValueError("sample_size must be at least 1 (or None for every prompt)")
     chosen = sample_indices(len(prompts), sample_size, seed)
     asked = [list(prompts[i]) for i in chosen]
+    offered = [tools[i] for i in chosen] if tools is not None else None
     draws: list[list[str]] = []
     total_tokens, total_seconds = 0, 0.0
     for draw in range(k):
-        answers, stats = generate_answers(model, tokenizer, asked, replace(settings, seed=seed * k + draw))
+        answers, stats = generate_answers(
+            model, tokenizer, asked, replace(settings, seed=seed * k + draw), tools=offered
+        )
         draws.append([a.text for a in answers])
         total_tokens += stats.tokens
         total_seconds += stats.seconds
