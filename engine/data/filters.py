@@ -473,6 +473,29 @@ def _remove_test_prompt_copies(
             removed[i] = Removal("copies_test_prompt", why)
 
 
+@dataclass(frozen=True)
+class Screened:
+    """A sample after the rules that judge it alone: as it goes on (masked), or why it is removed."""
+
+    sample: Sample
+    removal: Removal | None
+    masked: Counter[str]
+
+
+def screen(sample: Sample, config: FilterConfig, tokenizer: Any | None = None) -> Screened:
+    """The rules that look at one sample alone (length, repetition, copied prompt, sensitive content), in order."""
+    removal = _length_removal(sample, config, tokenizer)
+    if removal is None and config.drop_repetitive_answers:
+        why = _repetition(sample.answer_text(), config)
+        removal = Removal("repetitive_answer", why) if why else None
+    if removal is None and config.drop_prompt_copies:
+        why = _copies_prompt(sample, config)
+        removal = Removal("answer_copies_prompt", why) if why else None
+    if removal is not None:
+        return Screened(sample, removal, Counter())
+    return Screened(*_mask_or_drop(sample, config))
+
+
 def apply_filters(
     samples: Sequence[Sample],
     config: FilterConfig,
@@ -481,29 +504,21 @@ def apply_filters(
     held_out: Sequence[Sample] = (),
     tokenizer: Any | None = None,
     numbers: Sequence[int] | None = None,
+    screened: Sequence["Screened"] | None = None,
 ) -> FilterOutcome:
     """Run every rule (order in the module docstring) over `samples`; `existing` are samples
     already in the dataset, kept as they are, that new samples must not duplicate; `held_out` are
     the test samples whose questions new samples must not copy.
 
     Reasons name a duplicated sample by `numbers[i]` (what the user knows it by, e.g. its position
-    in the dataset version), by default its 1-based position in `samples`."""
+    in the dataset version), by default its 1-based position in `samples`. `screened`: `screen` of each of
+    `samples` with this config and tokenizer, done earlier (synthesis screens each batch as it arrives)."""
     label = (lambda i: numbers[i]) if numbers is not None else (lambda i: i + 1)
-    out = list(samples)
-    removed: dict[int, Removal] = {}
-    masked: dict[int, Counter[str]] = {}
-    for i, sample in enumerate(samples):
-        removal = _length_removal(sample, config, tokenizer)
-        if removal is None and config.drop_repetitive_answers:
-            why = _repetition(sample.answer_text(), config)
-            removal = Removal("repetitive_answer", why) if why else None
-        if removal is None and config.drop_prompt_copies:
-            why = _copies_prompt(sample, config)
-            removal = Removal("answer_copies_prompt", why) if why else None
-        if removal is None:
-            out[i], removal, masked[i] = _mask_or_drop(sample, config)
-        if removal is not None:
-            removed[i] = removal
+    if screened is None:
+        screened = [screen(sample, config, tokenizer) for sample in samples]
+    out = [one.sample for one in screened]
+    removed = {i: one.removal for i, one in enumerate(screened) if one.removal is not None}
+    masked = {i: one.masked for i, one in enumerate(screened)}
 
     if held_out:
         _remove_test_prompt_copies(out, held_out, config.test_prompt_threshold, removed)

@@ -24,6 +24,7 @@ import json
 import logging
 import random
 import re
+import threading
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -36,7 +37,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from engine import llm
-from engine.data.filters import FilterConfig, apply_filters, load_tokenizer
+from engine.data.filters import FilterConfig, Screened, apply_filters, load_tokenizer, screen
 from engine.data.sample import Message, Sample
 from engine.data.synth_prompts import PROMPT_VERSION, batch_messages, response_format, scenario_messages
 from engine.data.synth_replies import extract_json, items_of, to_sample
@@ -169,6 +170,43 @@ class BatchPlan:
 
 
 @dataclass
+class _Screening:
+    """Each batch's samples with the filter's rules that judge a sample alone, worked out in the thread that stores
+    the batch while other requests are still out: the filter at the end then only compares samples."""
+
+    def __init__(self, job_key: str, request: "SynthRequest", tokenizer_path: str | None) -> None:
+        self.job_key, self.system_prompt = job_key, request.system_prompt
+        self.config = request.filter_config or FilterConfig()
+        self.batches: dict[int, list[tuple[Sample, Screened]]] = {}  # batch index -> its samples, screened
+        self._tokenizer_path, self._tokenizer, self._loading = tokenizer_path, None, threading.Lock()
+
+    @property
+    def tokenizer(self) -> Any | None:
+        """The project's tokenizer for token lengths, loaded once (batches are screened in several threads)."""
+        with self._loading:
+            if self._tokenizer is None and self._tokenizer_path:
+                self._tokenizer = load_tokenizer(self._tokenizer_path)
+        return self._tokenizer
+
+    def samples(self, row: SynthBatch) -> list[Sample]:
+        """A stored batch's samples as the new version holds them: marked with the job, the system prompt first."""
+        system = [Message(role="system", content=self.system_prompt)] if self.system_prompt else []
+        made = []
+        for data in row.samples or []:
+            data = {**data, "original": {**(data.get("original") or {}), "synth_job": self.job_key}}
+            sample = Sample.model_validate(data)
+            made.append(sample.model_copy(update={"messages": [*system, *sample.messages]}) if system else sample)
+        return made
+
+    def screened(self, row: SynthBatch) -> list[tuple[Sample, Screened]]:
+        """The batch's samples, screened: as worked out when it arrived, else now (a batch of an earlier attempt)."""
+        done = self.batches.get(row.batch_index)
+        if done is None:
+            done = [(sample, screen(sample, self.config, self.tokenizer)) for sample in self.samples(row)]
+        return done
+
+
+@dataclass
 class _Context:
     """What every request of one job shares."""
 
@@ -176,6 +214,7 @@ class _Context:
     settings: Settings
     project: str
     events: EventSink
+    screening: _Screening
 
     @property
     def model(self) -> str:
@@ -216,7 +255,7 @@ async def synthesize(
         with session_scope(engine) as session:
             project = get_or_create_project(session, project_name)
             dataset = get_or_create_dataset(session, project, request.dataset)
-            project_id, dataset_name = project.id, dataset.name
+            project_id, dataset_name, tokenizer_path = project.id, dataset.name, project.tokenizer_path
             parent = _parent_version(session, project_name, request.dataset, request)
             tags = _tag_weights(load_entries(session, parent)) if parent else {}
             examples = _example_pool(session, project_name, request)
@@ -240,7 +279,7 @@ async def synthesize(
             usage=usage,
             rng=random.Random(request.seed),
         )
-        ctx = _Context(chat, settings, project_name, events)
+        ctx = _Context(chat, settings, project_name, events, _Screening(job_key, request, tokenizer_path))
         resumed = sum(1 for i, b in stored.items() if i != PLAN_INDEX and b.status == "ok")
         events(_stage(project_name, "plan", job=job_name, resumed_batches=resumed))
 
@@ -557,7 +596,7 @@ async def _keep(
         return None
     row = _batch_row(ctx, plan, answer)
     row.project_id, row.job_key = project_id, job_key
-    await asyncio.to_thread(_store_batch, engine, row)
+    await asyncio.to_thread(_store_and_screen, engine, row, ctx.screening)
     return row
 
 
@@ -665,6 +704,7 @@ def _make_version(
     received: Counter[str] = Counter()
     invalid: Counter[str] = Counter()
     new: list[Sample] = []
+    screened: list[Screened] = []
     failed = not_sent = 0
     for plan in plans:
         requested[plan.scenario.name] += len(plan.specs)
@@ -679,20 +719,15 @@ def _make_version(
             invalid[reason] += count
             if not reason.startswith("reply_"):
                 received[plan.scenario.name] += count
-        for data in row.samples or []:
-            data = dict(data)
-            data["original"] = {**(data.get("original") or {}), "synth_job": job_key}
-            new.append(Sample.model_validate(data))
+        for sample, judged in ctx.screening.screened(row):
+            new.append(sample)
+            screened.append(judged)
             received[plan.scenario.name] += 1
-    if request.system_prompt:
-        system = Message(role="system", content=request.system_prompt)
-        new = [s.model_copy(update={"messages": [system, *s.messages]}) for s in new]
 
-    config = request.filter_config or FilterConfig()
-    tokenizer = load_tokenizer(project.tokenizer_path) if project.tokenizer_path else None
+    config, tokenizer = ctx.screening.config, ctx.screening.tokenizer
     existing = [e.sample for e in entries if e.in_use]
     held_out = [e.sample for e in entries if e.in_use and e.split == "test"]
-    filtered = apply_filters(new, config, existing=existing, held_out=held_out, tokenizer=tokenizer)
+    filtered = apply_filters(new, config, existing=existing, held_out=held_out, tokenizer=tokenizer, screened=screened)
     kept_by: Counter[str] = Counter()
     added = []
     for position, sample in enumerate(filtered.samples):
@@ -813,6 +848,17 @@ def _stored_batches(engine: Engine, job_key: str) -> dict[int, SynthBatch]:
     with session_scope(engine) as session:
         rows = session.exec(select(SynthBatch).where(SynthBatch.job_key == job_key)).all()
         return {row.batch_index: row for row in rows}
+
+
+def _store_and_screen(engine: Engine, row: SynthBatch, screening: _Screening) -> None:
+    """Store a batch the moment it arrives, then screen its samples while the other requests are out."""
+    _store_batch(engine, row)
+    if row.status != "ok":
+        return
+    try:
+        screening.batches[row.batch_index] = screening.screened(row)
+    except Exception:  # the filter at the end screens it again, and says there what is wrong
+        log.debug("batch %d is screened at the end", row.batch_index, exc_info=True)
 
 
 def _store_batch(engine: Engine, row: SynthBatch) -> None:
