@@ -262,9 +262,18 @@ def _help(context: Context, action: Help) -> list[Message]:
     return [help_message(action.topic, context.language)]
 
 
+def _project_exists(session: Session, name: str) -> bool:
+    return session.exec(select(Project.id).where(Project.name == name)).first() is not None
+
+
+def _created_if_missing(context: Context, name: str) -> list[Message]:
+    """Create project `name` unless it exists (a terminal's `project set` or import); the sentence saying so."""
+    return [] if _project_exists(context.session, name) else _new_project(context, NewProject(project=name))[:1]
+
+
 def _new_project(context: Context, action: NewProject) -> list[Message]:
     session = context.session
-    if session.exec(select(Project.id).where(Project.name == action.project)).first() is not None:
+    if _project_exists(session, action.project):
         context.project(action.project)  # answered in the project's language
         raise UserError(say(context.language, "project.exists", project=action.project))
     project = get_or_create_project(session, action.project)
@@ -279,8 +288,8 @@ def _new_project(context: Context, action: NewProject) -> list[Message]:
 
 
 def _configure_project(context: Context, action: ConfigureProject) -> list[Message]:
-    if action.create and context.session.exec(select(Project.id).where(Project.name == action.project)).first() is None:
-        _new_project(context, NewProject(project=action.project))
+    if action.create:
+        _created_if_missing(context, action.project)
     project = context.project(action.project)
     people = {"reviewers": action.reviewers, "approvers": action.approvers, "requesters": action.requesters}
     if any(value is not None for value in (*people.values(), action.channels, action.four_eyes)):
@@ -403,9 +412,8 @@ def _import_data(context: Context, action: ImportData) -> list[Message]:
     if action.run is not None:
         _, project = context.run(action.run)
     else:
-        exists = select(Project.id).where(Project.name == action.project)
-        if action.create and context.session.exec(exists).first() is None:
-            created = _new_project(context, NewProject(project=action.project or ""))[:1]
+        if action.create:
+            created = _created_if_missing(context, action.project or "")
         project = context.project(action.project or "")
     permissions.require(project, context.actor, "requester", context.language)
     if not action.upload:
