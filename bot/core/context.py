@@ -9,6 +9,7 @@ from sqlmodel import Session
 
 from bot.core.identity import Actor
 from bot.core.messages import Message
+from engine.events import Event, EventSink
 from engine.loop.projects import get_project
 from engine.loop.runs import get_run
 from storage.models import AuditEvent, Project, Run
@@ -19,12 +20,19 @@ if TYPE_CHECKING:
 Result = TypeVar("Result")
 
 
+def ignore(event: Event) -> None:
+    """Where the events of an action go when nobody watches it here (a chat face: the workers announce theirs)."""
+
+
 @dataclass
 class Context:
     core: "Core"
     session: Session
     actor: Actor
     language: str
+    # What the engine announces while an action works in this process (the terminal's training, evaluation,
+    # synthesis): the terminal shows it as it comes.
+    events: EventSink = ignore
 
     def project(self, name: str) -> Project:
         """Project `name` (NotFoundError when there is none); answers from now on in its language."""

@@ -18,7 +18,7 @@ from sqlmodel import Session, select
 from bot.core import permissions
 from bot.core.actions import Action, dump_action, load_action
 from bot.core.catalogue import DEFAULT_LANGUAGE, LANGUAGES, say
-from bot.core.context import Context
+from bot.core.context import Context, ignore
 from bot.core.errors import UserError
 from bot.core.grammar import parse
 from bot.core.handlers import HANDLERS
@@ -28,6 +28,7 @@ from bot.core.messages import Message
 from engine.data.errors import DataError
 from engine.data.split import SplitError
 from engine.database import DatabaseNotReadyError
+from engine.events import EventSink
 from engine.loop.projects import NotFoundError, ProjectNameError, list_projects
 from engine.loop.reviews import ReviewError
 from engine.loop.runs import RunError
@@ -65,13 +66,14 @@ class Core:
 
     # --- carrying out -----------------------------------------------------------------------------------------
 
-    def perform(self, action: Action, actor: Actor) -> list[Message]:
-        """Carry out `action` for `actor`; raises UserError (the sentence to show) when it cannot be done."""
+    def perform(self, action: Action, actor: Actor, events: EventSink = ignore) -> list[Message]:
+        """Carry out `action` for `actor`; raises UserError (the sentence to show) when it cannot be done. What the
+        engine announces while the action works in this process goes to `events`."""
         handler = HANDLERS[type(action)]
         language = DEFAULT_LANGUAGE
         try:
             with session_scope(self.engine) as session:
-                context = Context(self, session, actor, self.language_for(session, actor))
+                context = Context(self, session, actor, self.language_for(session, actor), events)
                 try:
                     return handler(context, action)
                 finally:
