@@ -17,7 +17,7 @@ from bot.core.messages import Message
 from bot.core.perform import Core
 from bot.core.render import event_message, progress_text
 from engine.data.versions import current_actor
-from engine.events import Event
+from engine.events import Event, EventSink
 
 if TYPE_CHECKING:
     from arq.connections import ArqRedis
@@ -30,12 +30,13 @@ def terminal_actor(by: str | None = None) -> Actor:
     return Actor("cli", by or current_actor())
 
 
-def act(action: Action, by: str | None = None) -> list[Message]:
+def act(action: Action, by: str | None = None, events: EventSink | None = None) -> list[Message]:
     """Carry out `action` for the person at the keyboard and print what the core answers; a mistake or refusal is
     printed as its sentence, with exit code 2 (1 when it names something that does not exist, or could not be done
-    now)."""
+    now). What the engine announces while the action works here goes to `events` (a progress display)."""
     try:
-        messages = Core.from_settings().perform(action, terminal_actor(by))
+        core, actor = Core.from_settings(), terminal_actor(by)
+        messages = core.perform(action, actor, events) if events else core.perform(action, actor)
     except UserError as error:
         fail_plain(str(error), EXIT_NOT_FOUND if error.not_found or error.transient else EXIT_INVALID_DATA)
     print_messages(messages)
