@@ -24,7 +24,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
 from bot.core.deliveries import Deliveries
-from bot.core.messages import Message
+from bot.core.messages import Message, Table
 from bot.core.outbox import Outbox, Undeliverable
 from bot.core.perform import Core
 from bot.slack import blocks
@@ -615,3 +615,9 @@ def test_modals_and_refusals_speak_the_persons_language(core: Core, slack: Slack
     assert modal["title"]["text"] == "微调 shop" and modal["submit"]["text"] == "开始"
     assert [block["label"]["text"] for block in modal["blocks"]] == ["训练数据（JSONL、JSON、CSV 或 Parquet）", "选项"]
     assert slack.responses[-1]["text"] == "请先邀请 @tuneloop 加入频道 C0OUTSIDE01（/invite @tuneloop），然后重试"
+
+
+def test_a_table_shows_as_aligned_monospaced_text_with_user_text_escaped() -> None:
+    table = Table(["version", "what changed"], [["v1", "导入 <!channel>"], ["v12", "filter"]])
+    shown = [block["text"]["text"] for block in blocks.blocks_of(Message("versions", tables=[table]))[1:]]
+    assert shown == ["```version  what changed\nv1       导入 &lt;!channel&gt;\nv12      filter```"]

@@ -24,7 +24,7 @@ from typer.testing import CliRunner
 
 from bot.cli import app
 from bot.core.deliveries import Deliveries
-from bot.core.messages import Message
+from bot.core.messages import Message, Table
 from bot.core.outbox import Outbox, Undeliverable
 from bot.core.perform import Core
 from bot.telegram.app import TelegramFace
@@ -521,3 +521,25 @@ def test_tuneloop_bot_telegram_says_what_is_missing_instead_of_starting() -> Non
     )
     assert no_token.exit_code != 0 and "TELEGRAM_BOT_TOKEN" in no_token.output
     assert plain_http.exit_code != 0 and "https://" in plain_http.output
+
+
+def test_tables_and_code_show_monospaced_with_user_text_escaped(telegram: TelegramServer, redis_url: str) -> None:
+    telegram.chats[GROUP["id"]] = GROUP
+    table = Table(["version", "what changed"], [["v1", "导入 <b>"], ["v12", "filter"]])
+    snippet = 'curl -d \'{"model": "shop"}\' <url>'
+
+    async def scenario() -> None:
+        bot = telegram_bot(telegram.token, telegram.url)
+        memory = Memory.on(redis_url)
+        message = Message("versions", tables=[table], code=[snippet])
+        await Outbox(TelegramSender(bot, memory), pace_s=0).post(str(GROUP["id"]), None, message)
+        await bot.session.close()
+        await memory.close()
+
+    asyncio.run(scenario())
+    (sent,) = telegram.sent
+    # Two columns padded as a terminal pads them: a Chinese character takes two cells.
+    aligned = "version  what changed\nv1       导入 <b>\nv12      filter"
+    assert sent.text == f"versions\n{aligned}\n{snippet}"
+    pre = [e for e in sent.message["entities"] if e["type"] == "pre"]
+    assert [sent.text[e["offset"] : e["offset"] + e["length"]] for e in pre] == [aligned, snippet]

@@ -6,6 +6,8 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, NoReturn, TypeVar
 
 import typer
+from rich import box
+from rich.table import Table
 from rich.text import Text
 
 from bot.cli.common import EXIT_INVALID_DATA, EXIT_NOT_FOUND, console, errors
@@ -69,6 +71,11 @@ def print_message(message: Message) -> None:
         console.print(Text(f"  {line}"), highlight=False)
     for label, value in message.fields:
         console.print(Text(f"  {label}: ", style="dim") + Text(value), highlight=False)
+    for table in message.tables:
+        shown = Table(*table.columns, box=box.SIMPLE)
+        for row in table.rows:
+            shown.add_row(*(Text(cell) for cell in row))  # user text, never markup
+        console.print(shown)
     for code in message.code:
         console.print(Text(code, style="green"), highlight=False)
     for path in message.images:

@@ -40,12 +40,14 @@ def cut(text: str, limit: int) -> str:
 
 
 def blocks_of(message: Message) -> list[dict[str, Any]]:
-    """The message's blocks: its title in bold, its lines, its code blocks, its fields two abreast, then its buttons."""
+    """The message's blocks: its title in bold, its lines, its code blocks and tables (monospaced), its fields two
+    abreast, then its buttons."""
     title = _section(f"*{escape(message.title)}*" if message.title else "")
     blocks: list[dict[str, Any]] = [{**title, "block_id": f"{TITLE}{message.kind}"}]
     if message.lines:
         blocks += [_section(chunk) for chunk in _chunks("\n".join(escape(line) for line in message.lines))]
     blocks += [_section(f"```{escape(code)}```") for code in message.code]
+    blocks += [_section(f"```{escape(table.aligned())}```") for table in message.tables]
     fields = [
         {"type": "mrkdwn", "text": cut(f"*{escape(label)}*\n{escape(value)}", FIELD_TEXT)}
         for label, value in message.fields

@@ -34,8 +34,9 @@ def cut(text: str, limit: int) -> str:
 
 
 def parts(message: Message, limit: int = MESSAGE_TEXT) -> list[str]:
-    """The message as HTML texts of at most `limit` visible characters each: the title in bold, the lines, then
-    the fields as `label: value`; split between lines, a line longer than a part cut into slices."""
+    """The message as HTML texts of at most `limit` visible characters each: the title in bold, the lines, the
+    fields as `label: value`, then the tables and code blocks, monospaced; split between lines (a block stays whole),
+    a line or block longer than a part cut into slices."""
     pieces = [(f"<b>{escape(message.title)}</b>", message.title)] if message.title else []
     for line in message.lines:
         pieces += [(escape(s), s) for s in _slices(line, limit)]
@@ -45,6 +46,8 @@ def parts(message: Message, limit: int = MESSAGE_TEXT) -> list[str]:
             pieces.append((f"<b>{escape(label)}</b>: {escape(value)}", plain))
         else:
             pieces += [(escape(s), s) for s in _slices(plain, limit)]
+    for block in [*(table.aligned() for table in message.tables), *message.code]:
+        pieces += [(f"<pre>{escape(s)}</pre>", s) for s in _slices(block, limit)]
     texts: list[str] = []
     shown, size = [], 0
     for markup, plain in pieces:
