@@ -135,7 +135,7 @@ def _filter_data(context: Context, action: FilterData) -> list[Message]:
     from engine.data.pipeline import filter_version, report_version
 
     project = _changing(context, action.project)
-    config = settings_of(FilterConfig, action.settings, action.source, context.language)
+    config = _settings_of(FilterConfig, action.settings, action.source, context.language)
     if action.tokenizer is not None:
         require_tokenizer(action.tokenizer, context.language)
     change = _step(context, project, action, filter_version, config, tokenizer_path=action.tokenizer)
@@ -151,7 +151,7 @@ def _split_data(context: Context, action: SplitData) -> list[Message]:
     project = _changing(context, action.project)
     sizes = {"test_size": ratio_or_count(action.test_size), "val_size": ratio_or_count(action.val_size)}
     values = {**sizes, "seed": action.seed, "stratify_by_tag": action.stratify}
-    config = settings_of(SplitConfig, values, None, context.language)
+    config = _settings_of(SplitConfig, values, None, context.language)
     change = _step(context, project, action, split_version, config)
     return [change_message(version_label(context.session, change.version), change, context.language)]
 
@@ -165,7 +165,7 @@ def _step(
     **options: object,
 ) -> VersionChange:
     """A step that makes a new version (the filter, the split) on the version asked for, by the person asking."""
-    parent = chosen_version(context, project, action.dataset, action.version)
+    parent = _chosen_version(context, project, action.dataset, action.version)
     return step(
         context.session,
         project.name,
@@ -190,7 +190,7 @@ def _export_data(context: Context, action: ExportData) -> list[Message]:
     if action.format not in EXPORT_FORMATS:
         formats = ", ".join(EXPORT_FORMATS)
         raise UserError(say(language, "data.export_format", format=action.format, formats=formats))
-    version = chosen_version(context, project, action.dataset, action.version)
+    version = _chosen_version(context, project, action.dataset, action.version)
     paths = export_version(
         context.session,
         project.name,
@@ -213,7 +213,7 @@ def _show_data_report(context: Context, action: ShowDataReport) -> list[Message]
     from engine.data.pipeline import publish_report
 
     project = context.project(action.project)
-    version = chosen_version(context, project, action.dataset, action.version)
+    version = _chosen_version(context, project, action.dataset, action.version)
     store = get_artifact_store(context.core.settings)
     report, stored = publish_report(
         context.session, store, project.name, dataset_name=action.dataset, number=version.number
@@ -232,7 +232,7 @@ def _list_versions(context: Context, action: ListVersions) -> list[Message]:
 
 def _show_samples(context: Context, action: ShowSamples) -> list[Message]:
     project = context.project(action.project)
-    version = chosen_version(context, project, action.dataset, action.version)
+    version = _chosen_version(context, project, action.dataset, action.version)
     entries = load_entries(context.session, version)
     label = version_label(context.session, version)
     if action.samples and (bad := [n for n in action.samples if not 1 <= n <= len(entries)]):
@@ -248,7 +248,7 @@ def _show_samples(context: Context, action: ShowSamples) -> list[Message]:
     return samples_messages(label, shown, action.limit, context.language)
 
 
-def chosen_version(context: Context, project: Project, dataset: str, number: int | None) -> DatasetVersion:
+def _chosen_version(context: Context, project: Project, dataset: str, number: int | None) -> DatasetVersion:
     """Version `number` of the project's dataset (its latest when None); a number it does not have is said in plain
     words, with the numbers it has."""
     try:
@@ -262,7 +262,7 @@ def chosen_version(context: Context, project: Project, dataset: str, number: int
         raise UserError(sentence, not_found=True) from None
 
 
-def settings_of(model: type[Settings], values: dict, source: str | None, language: str) -> Settings:
+def _settings_of(model: type[Settings], values: dict, source: str | None, language: str) -> Settings:
     """`values` as the settings `model`, or what is wrong with them, naming the file and setting, with the closest
     valid name for a misspelt one."""
     try:
