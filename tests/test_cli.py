@@ -135,7 +135,7 @@ def test_filter_split_export_report(tuneloop, tmp_path: Path, db_url: str) -> No
     assert code == 0, out
     assert "cs/main v2" in out
     code, out = tuneloop("data", "filter", "--project", "cs")
-    assert "no change" in out, "filtering a filtered version changes nothing"
+    assert "No change: cs/main v2 already is the result" in out, "filtering a filtered version changes nothing"
     code, out = tuneloop("data", "show", "--project", "cs", "--rule", "exact_duplicate")
     assert code == 0 and "#43" in out and "sample #25" in out  # the copy names its original
     code, out = tuneloop("data", "show", "--project", "cs", "--sample", "99")

@@ -1,13 +1,12 @@
 import pytest
-from rich.console import Console
 
+from bot.core.render_data import data_report_message
 from engine.data import report as report_module
 from engine.data.report import (
     DataReport,
     build_report,
     length_stats,
     render_markdown,
-    render_terminal,
     write_length_histogram,
 )
 from engine.data.sample import Sample
@@ -96,21 +95,24 @@ def test_markdown_has_headline_rules_and_numbers(report: DataReport) -> None:
     assert md.count("```") == 2
 
 
-def test_terminal_rendering(report: DataReport) -> None:
-    console = Console(record=True, width=120)
-    render_terminal(report, console)
-    text = console.export_text()
-    assert "质量过滤:12 → 9 条 (75.0%)" in text
-    assert "exact_duplicate" in text and "pii_phone" in text
-    assert "手机号 138****5678 出现在用户消息中" in text
-    assert "train 6" in text
+@pytest.mark.parametrize(
+    ("language", "headline", "split"),
+    [("en", "Quality filter: 12 → 9 samples (75.0%).", "train 6"), ("zh", "质量过滤：12 → 9 条（75.0%）。", "训练 6")],
+)
+def test_the_report_as_a_message(report: DataReport, language: str, headline: str, split: str) -> None:
+    message = data_report_message(report, language)
+    text = message.text
+    assert message.lines[0] == headline and split in text
+    removed = {row[0]: row for row in message.tables[0].rows}
+    assert set(removed) == {"exact_duplicate", "pii_phone"}
+    assert "手机号 138****5678 出现在用户消息中" in removed["pii_phone"][2]
     assert "jsonl · utf-8" in text
 
 
 def test_empty_dataset_renders() -> None:
     empty = build_report([], title="empty")
     assert "0 → 0" in render_markdown(empty)
-    render_terminal(empty, Console(record=True))
+    assert "0 → 0" in data_report_message(empty, "en").lines[0]
 
 
 @pytest.mark.parametrize("font", ["detected", None])

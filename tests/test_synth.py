@@ -641,7 +641,7 @@ def test_cli_synth(server: OpenAIServer, monkeypatch: pytest.MonkeyPatch, tmp_pa
     args = ["data", "synth", "-p", "cs", "--task", TASK, "-n", "40", "--scenarios", "退货:3，换货:2,物流：5"]
     result = runner.invoke(app, [*args, "--max-requests", "2", "--markdown", str(md)])
     assert result.exit_code == 0, result.output
-    assert "合成报告" in result.output and "budget reached" in result.output and "cs/main v1" in result.output
+    assert "Synthesis report" in result.output and "Budget reached" in result.output and "cs/main v1" in result.output
     assert "请求 40 条" in md.read_text(encoding="utf-8")
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output

@@ -1,7 +1,6 @@
 """What every command shares: the consoles, option types, and turning a user's mistakes into plain
 messages with the right exit code, never tracebacks."""
 
-import difflib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -9,7 +8,6 @@ from typing import TYPE_CHECKING, Annotated, NoReturn, TypeVar
 
 import typer
 import yaml
-from pydantic import BaseModel, ValidationError
 from rich.console import Console
 from rich.markup import escape
 from sqlmodel import Session
@@ -42,7 +40,6 @@ MaxRequestBytesOption = Annotated[
 
 EXIT_NOT_FOUND = 1
 EXIT_INVALID_DATA = 2
-SettingsModel = TypeVar("SettingsModel", bound=BaseModel)
 Value = TypeVar("Value")
 
 
@@ -122,23 +119,6 @@ def load_yaml(path: Path) -> dict:
     if not isinstance(loaded, dict):
         fail(f"{path}: expected a mapping of settings, got {type(loaded).__name__}")
     return loaded
-
-
-def validated(model: type[SettingsModel], values: dict, source: Path | None) -> SettingsModel:
-    """The settings as `model`, or a plain error naming the file and setting, with a suggestion."""
-    try:
-        return model(**values)
-    except ValidationError as error:
-        where = f"{source}: " if source else ""
-        for problem in error.errors():
-            field = ".".join(str(part) for part in problem["loc"])
-            hint = ""
-            if problem["type"] == "extra_forbidden":
-                close = difflib.get_close_matches(field, model.model_fields, n=1)
-                hint = f" (did you mean '{close[0]}'?)" if close else ""
-            said = f"{where}setting '{field}': {problem['msg']}{hint}"
-            errors.print(f"[red]error:[/red] {escape(said)}")
-        raise typer.Exit(EXIT_INVALID_DATA) from None
 
 
 def fail(message: str) -> NoReturn:

@@ -8,10 +8,11 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from sqlmodel import select
 
-from bot.cli.act import print_event
+from bot.cli.act import act, print_event
 from bot.cli.common import console, fail, open_session
-from bot.cli.data import data_export, data_filter, data_import, data_report, data_split
+from bot.cli.data import copy_out
 from bot.cli.model import model_tiny
+from bot.core.actions import ExportData, FilterData, ImportData, ShowDataReport, SplitData
 from engine.data.export import EXPORT_FORMATS
 from storage.models import Judgement, Project
 
@@ -34,13 +35,15 @@ def demo(
     if not data.exists():
         fail(f"{data} does not exist; build it with `python examples/build_customer_service.py`")
     console.rule(f"tuneloop demo: {project}")
-    data_import(data, project)
-    data_filter(project)
-    data_split(project)
+    act(ImportData(upload=str(data), project=project, create=True, skip_invalid=False))
+    act(FilterData(project=project))
+    act(SplitData(project=project))
     for fmt in EXPORT_FORMATS:
         for split in ("train", "test"):
-            data_export(project, fmt, out / fmt / split, split=split)
-    data_report(project, markdown=out / "report.md", histogram=out / "lengths.png")
+            act(ExportData(project=project, format=fmt, out=str(out / fmt / split), split=split))
+    report = act(ShowDataReport(project=project))
+    copy_out(report, ".md", out / "report.md")
+    copy_out(report, ".png", out / "lengths.png")
     if not train:
         return
     console.rule("the loop, on workers")
@@ -106,7 +109,6 @@ def loop_on_workers(project: str, recipe: Path, model: Path, questions: Path, ou
 
 def _iterations(project: str, recipe: Path, model: Path) -> None:
     """Iteration 1, the reviews, iteration 2 and the approval, through the same actions a chat face calls."""
-    from bot.cli.act import act
     from bot.core.actions import Approve, Retrain, Review, ShowReport, ShowReview, ShowReviewSummary, StartRun
     from engine.loop.runs import latest_evaluation
     from engine.serve.deploy import list_deployments

@@ -1,17 +1,13 @@
 """`tuneloop project`: a named assistant, its base model, tokenizer and the people around it."""
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
-from rich.text import Text
 
 from bot.cli.act import act
-from bot.cli.common import console, fail, open_session
-from bot.core.actions import ConfigureProject
+from bot.cli.common import fail
+from bot.core.actions import ConfigureProject, ListProjects
 from bot.core.grammar import parse_names
-from engine.loop.projects import list_projects
 
 app = typer.Typer(help="Projects: a named assistant, its base model, tokenizer and people.", no_args_is_help=True)
 
@@ -41,8 +37,6 @@ def project_set(
     by: Annotated[str | None, typer.Option("--by", help="Who is changing it; you, if unset.")] = None,
 ) -> None:
     """Create a project, or change its settings and who may start, review and approve its runs."""
-    if tokenizer is not None and not Path(tokenizer).exists():
-        fail(f"tokenizer {tokenizer} does not exist")
     if language is not None and language not in ("en", "zh"):
         fail(f"--language is en or zh, not '{language}'")
 
@@ -70,14 +64,4 @@ def project_set(
 @app.command("list")
 def project_list() -> None:
     """List the projects."""
-    with open_session() as session:
-        table = Table("project", "base model", "tokenizer", "created")
-        for project in list_projects(session):
-            cells = (
-                project.name,
-                project.base_model or "",
-                project.tokenizer_path or "",
-                f"{project.created_at:%Y-%m-%d}",
-            )
-            table.add_row(*(Text(cell) for cell in cells))  # names are user text, never markup
-    console.print(table)
+    act(ListProjects())

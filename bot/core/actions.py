@@ -186,6 +186,112 @@ class SetLanguage(_Action):
     language: str
 
 
+# --- a project's data (the terminal's `data` commands; a chat face may offer them) ---------------------------
+
+
+class FilterData(_Action):
+    """Run the quality filter over a dataset version (`version`: the latest if unset) into a new version; `settings`
+    are FilterConfig's keys, `source` the file they came from (named in what is wrong with them)."""
+
+    kind: Literal["filter_data"] = "filter_data"
+    project: str
+    dataset: str = "main"
+    version: int | None = None
+    settings: dict[str, Any] = Field(default_factory=dict)
+    source: str | None = None
+    tokenizer: str | None = None  # a tokenizer folder or tokenizer.json on this machine; the project's if unset
+
+
+class SplitData(_Action):
+    """Split a dataset version into train/test (and validation): a size below 1 is a share, 1 or more a count."""
+
+    kind: Literal["split_data"] = "split_data"
+    project: str
+    dataset: str = "main"
+    version: int | None = None
+    test_size: float = 0.1
+    val_size: float = 0
+    seed: int = 42
+    stratify: bool = True
+
+
+class ExportData(_Action):
+    """Write the samples in use (of one split, or all) in `format` into the folder `out` on this machine: the
+    terminal's only."""
+
+    kind: Literal["export_data"] = "export_data"
+    project: str
+    format: str
+    out: str
+    dataset: str = "main"
+    version: int | None = None
+    split: str | None = None
+
+
+class ShowDataReport(_Action):
+    """What a dataset version holds and what was removed, by rule; its Markdown and length histogram are kept in the
+    artifact store and come with the message."""
+
+    kind: Literal["show_data_report"] = "show_data_report"
+    project: str
+    dataset: str = "main"
+    version: int | None = None
+
+
+class ListVersions(_Action):
+    kind: Literal["list_versions"] = "list_versions"
+    project: str
+    dataset: str = "main"
+
+
+class ShowSamples(_Action):
+    """Samples of a version (numbered from 1): the ones asked for, or those removed by `rule` ('any': removed by
+    any), or in `split`; at most `limit`."""
+
+    kind: Literal["show_samples"] = "show_samples"
+    project: str
+    dataset: str = "main"
+    version: int | None = None
+    samples: list[int] | None = None
+    rule: str | None = None
+    split: str | None = None
+    limit: int = Field(default=10, ge=1)
+
+
+class Synthesize(_Action):
+    """Have a model write training data about `task` into a new, unreviewed version, in this process: the
+    terminal's only (a chat starts a run that synthesizes first, on the workers). Weights map a name to its share;
+    a job of the same settings resumes where it stopped."""
+
+    kind: Literal["synthesize"] = "synthesize"
+    project: str
+    task: str
+    n: int = 100
+    model: str | None = None
+    scenarios: dict[str, float] | None = None
+    personas: dict[str, float] | None = None
+    moods: dict[str, float] | None = None
+    difficulties: dict[str, float] | None = None
+    use_existing_tags: bool = True
+    multi_turn_ratio: float = 0.3
+    per_request: int = 10
+    seed_version: int | None = None
+    few_shot: int = 3
+    system_prompt: str | None = None
+    concurrency: int | None = None
+    max_requests: int | None = None
+    max_tokens: int | None = None
+    max_cost: float | None = None
+    job: str | None = None
+    seed: int = 0
+    temperature: float = 0.9
+    dataset: str = "main"
+
+
+class ListProjects(_Action):
+    kind: Literal["list_projects"] = "list_projects"
+
+
 Action = Annotated[
     Help
     | NewProject
@@ -207,7 +313,15 @@ Action = Annotated[
     | Approve
     | DeployUnapproved
     | Rollback
-    | SetLanguage,
+    | SetLanguage
+    | FilterData
+    | SplitData
+    | ExportData
+    | ShowDataReport
+    | ListVersions
+    | ShowSamples
+    | Synthesize
+    | ListProjects,
     Field(discriminator="kind"),
 ]
 ACTION = TypeAdapter(Action)

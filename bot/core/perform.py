@@ -60,9 +60,13 @@ class Core:
 
     @classmethod
     def from_settings(cls) -> "Core":
+        """The core on the configured database; one behind the schema is a plain sentence, not a traceback."""
         from engine.database import get_engine
 
-        return cls(get_engine(), get_settings())
+        try:
+            return cls(get_engine(), get_settings())
+        except DatabaseNotReadyError as error:
+            raise UserError(str(error), transient=True) from None
 
     # --- carrying out -----------------------------------------------------------------------------------------
 

@@ -1,9 +1,9 @@
 """The data report: what went in, what came out and why, from plain inputs (no database access).
 
 `build_report` takes the samples of a dataset version and, aligned with them, each sample's filter
-rule (None = in use), reason and split. The report renders three ways: rich terminal output,
-Markdown for the chat front ends (no tables, which Slack and Telegram do not render; a code block
-for the aligned numbers), and a PNG histogram of prompt/answer lengths.
+rule (None = in use), reason and split. The report renders as Markdown for the chat front ends (no
+tables, which Slack and Telegram do not render; a code block for the aligned numbers) and as a PNG
+histogram of prompt/answer lengths; `bot.core.render_data` makes a message of it.
 """
 
 import math
@@ -16,8 +16,6 @@ from functools import lru_cache
 from pathlib import Path
 
 from pydantic import BaseModel, Field
-from rich.console import Console
-from rich.table import Table
 
 from engine.data.sample import Sample
 
@@ -218,52 +216,6 @@ def _source_line(report: DataReport) -> str | None:
 
 def _length_rows(report: DataReport) -> list[tuple[str, LengthStats]]:
     return [("问题 prompt", report.prompt_chars), ("回答 answer", report.answer_chars)]
-
-
-# ---- terminal ---------------------------------------------------------------------------------------
-
-
-def render_terminal(report: DataReport, console: Console) -> None:
-    console.print(f"[bold]数据报告 · {report.title}[/bold]", highlight=False)
-    console.print(f"[bold green]{report.headline}[/bold green]", highlight=False)
-    if report.filter_removals:
-        table = Table(title="按规则移除", title_justify="left", show_lines=False)
-        table.add_column("规则", style="cyan", no_wrap=True)
-        table.add_column("条数", justify="right")
-        table.add_column("原因示例", overflow="fold")
-        for r in report.filter_removals:
-            table.add_row(r.rule, str(r.count), "\n".join(r.examples) or "-")
-        console.print(table)
-    if report.masked:
-        console.print("脱敏:" + " · ".join(f"{k} {v}" for k, v in report.masked.items()), highlight=False)
-    if report.splits:
-        console.print(f"划分:{_split_line(report)}", highlight=False)
-        for r in report.removals:
-            if r.stage == "split" and r.examples:
-                console.print(f"  [dim]{r.rule}: {r.examples[0]}[/dim]", highlight=False)
-    console.print(f"可用样本:{report.count_out} 条", highlight=False)
-
-    if report.tags:
-        tags = Table(title="标签", title_justify="left")
-        tags.add_column("标签", style="cyan")
-        tags.add_column("输入", justify="right")
-        tags.add_column("保留", justify="right")
-        for name in SPLIT_NAMES:
-            tags.add_column(name, justify="right")
-        for t in report.tags:
-            tags.add_row(t.tag, str(t.count_in), str(t.count_out), *(str(t.splits.get(s, 0)) for s in SPLIT_NAMES))
-        console.print(tags)
-
-    lengths = Table(title="长度(字符)", title_justify="left")
-    for col in ("", "min", "median", "p95", "max"):
-        lengths.add_column(col, justify="left" if not col else "right")
-    for label, s in _length_rows(report):
-        lengths.add_row(label, str(s.min), _num(s.median), str(s.p95), str(s.max))
-    console.print(lengths)
-    if report.turns:
-        console.print(f"轮次:{_turns_line(report)}", highlight=False)
-    if source := _source_line(report):
-        console.print(f"来源:{source}", highlight=False)
 
 
 # ---- Markdown -------------------------------------------------------------------------------------

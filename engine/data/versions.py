@@ -87,7 +87,7 @@ def resolve_version(
     else:
         version = session.exec(query.where(DatasetVersion.number == number)).first()
     if version is None:
-        which = "any version" if number is None else f"a version {number}"
+        which = "versions" if number is None else f"version {number}"
         raise NotFoundError(f"dataset '{project_name}/{dataset_name}' has no {which}")
     return version
 

@@ -1,16 +1,19 @@
 """Projects: creating one, its settings (who may do what, its model and template, its channels and language),
 showing it, and a person's own language."""
 
+from pathlib import Path
+
 from sqlmodel import Session, select
 
 from bot.core import permissions
-from bot.core.actions import ConfigureProject, Help, NewProject, SetLanguage, ShowProject, dump_action
+from bot.core.actions import ConfigureProject, Help, ListProjects, NewProject, SetLanguage, ShowProject, dump_action
 from bot.core.catalogue import say
 from bot.core.context import Context, Handler
 from bot.core.errors import UserError
 from bot.core.messages import Message
 from bot.core.render import help_message, project_message
-from engine.loop.projects import get_or_create_project
+from bot.core.render_data import projects_message
+from engine.loop.projects import get_or_create_project, list_projects
 from storage.models import ChatUser, Project
 
 
@@ -53,6 +56,7 @@ def _configure_project(context: Context, action: ConfigureProject) -> list[Messa
         permissions.require(project, context.actor, "approver", context.language, doing="configure")
     _apply_settings(project, action.base_model, action.template, action.language)
     if action.tokenizer is not None:
+        require_tokenizer(action.tokenizer, context.language)
         project.tokenizer_path = action.tokenizer
     settings = dict(project.settings or {})
     if action.reviewers is not None:
@@ -77,6 +81,12 @@ def _configure_project(context: Context, action: ConfigureProject) -> list[Messa
     ]
 
 
+def require_tokenizer(path: str, language: str) -> None:
+    """A tokenizer is a folder or a tokenizer.json on this machine."""
+    if not Path(path).exists():
+        raise UserError(say(language, "data.no_tokenizer", path=path))
+
+
 def _apply_settings(project: Project, base_model: str | None, template: str | None, language: str | None) -> None:
     if base_model is not None:
         project.base_model = base_model
@@ -88,6 +98,10 @@ def _apply_settings(project: Project, base_model: str | None, template: str | No
 
 def _show_project(context: Context, action: ShowProject) -> list[Message]:
     return [project_message(context.project(action.project), context.language)]
+
+
+def _list_projects(context: Context, action: ListProjects) -> list[Message]:
+    return [projects_message(list_projects(context.session), context.language)]
 
 
 def _set_language(context: Context, action: SetLanguage) -> list[Message]:
@@ -107,4 +121,5 @@ HANDLERS: dict[type, Handler] = {
     ConfigureProject: _configure_project,
     ShowProject: _show_project,
     SetLanguage: _set_language,
+    ListProjects: _list_projects,
 }

@@ -11,7 +11,7 @@ from bot.core.catalogue import say
 from bot.core.context import Context, Handler
 from bot.core.errors import UserError
 from bot.core.grammar import parse_dataset
-from bot.core.handlers.data import import_upload
+from bot.core.handlers.data import import_upload, ratio_or_count
 from bot.core.messages import Message
 from bot.core.render import history_message, report_message, run_card, runs_message, state_word
 from engine.loop.runs import cancel_run, failed_from, latest_evaluation, list_runs, run_history
@@ -49,9 +49,7 @@ def _start_run(context: Context, action: StartRun) -> list[Message]:
         plan = PreparePlan(
             synthesize=SynthPlan(task=action.task, n=action.synthesize) if action.task and action.synthesize else None,
             filter=FilterConfig() if action.filter else None,
-            split=SplitConfig(test_size=int(action.test_size) if action.test_size >= 1 else action.test_size)
-            if action.split
-            else None,
+            split=SplitConfig(test_size=ratio_or_count(action.test_size)) if action.split else None,
         )
     except ValidationError as error:
         raise UserError(f"cannot prepare that run: {error.errors()[0]['msg']}") from None
