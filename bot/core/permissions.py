@@ -57,6 +57,18 @@ def require_any(
     require(project, actor, roles[0], language, doing=doing, **values)
 
 
+def require_terminal(actor: Actor, language: str, *, doing: str, command: str, in_chat: str | None = None) -> None:
+    """Raise a refusal unless `actor` is at the terminal: work that runs in tuneloop's own process (training,
+    evaluating, writing files on its machine) or reaches past one project is an operator's. The sentence names the
+    terminal's `command`, and `in_chat`, the chat's way to the same end where there is one."""
+    if actor.platform == "cli":
+        return
+    sentence = say(language, "refused.terminal", doing=say(language, f"terminal.{doing}"), command=command)
+    if in_chat:
+        sentence += ("" if language == "zh" else " ") + say(language, "terminal.in_chat", command=in_chat)
+    raise UserError(sentence, refused=True)
+
+
 def record_refusal(session: Session, actor: Actor, action: str, project_id: int | None, reason: str) -> None:
     """An audit event `refused.<action>` naming who was refused and why."""
     session.add(

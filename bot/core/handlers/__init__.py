@@ -2,7 +2,7 @@
 it out (`bot.core.perform.Core.perform` calls it inside one unit of work)."""
 
 from bot.core.context import Handler
-from bot.core.handlers import data, deploys, projects, reviews, runs
+from bot.core.handlers import data, deploys, local, projects, reviews, runs
 
 HANDLERS: dict[type, Handler] = {
     **projects.HANDLERS,
@@ -10,4 +10,5 @@ HANDLERS: dict[type, Handler] = {
     **runs.HANDLERS,
     **reviews.HANDLERS,
     **deploys.HANDLERS,
+    **local.HANDLERS,
 }
