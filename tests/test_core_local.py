@@ -23,6 +23,7 @@ from bot.core.actions import (
     Train,
 )
 from bot.core.errors import UserError
+from bot.core.grammar import parse, spell
 from bot.core.identity import Actor
 from bot.core.perform import Core
 from engine.evaluate.gate import GateConfig, GateInputs, decide
@@ -212,6 +213,17 @@ def test_the_report_shows_the_gates_checks_as_a_table_in_the_projects_language(c
 
 
 # --- the servers -----------------------------------------------------------------------------------------------
+
+
+def test_a_chat_asks_for_the_deployments_and_a_sync_in_words() -> None:
+    assert parse("deployments", projects=["shop"]) == ListDeployments()
+    assert parse("deployments shop", projects=["shop"]) == ListDeployments(project="shop")
+    assert parse("sync shop", projects=["shop"]) == SyncServers(project="shop")
+    with pytest.raises(UserError) as bare:
+        parse("sync", "zh", ["shop"])
+    assert str(bare.value) == "用法：sync <project>"
+    for action in (ListDeployments(project="shop"), SyncServers(project="shop")):
+        assert parse(spell(action), projects=["shop"]) == action
 
 
 def test_syncing_the_servers_is_a_projects_approvers_from_a_chat_and_every_project_the_operators(
