@@ -17,6 +17,7 @@ from bot.core.actions import (
     Evaluate,
     ExportModel,
     ListDeployments,
+    NewProject,
     Reconcile,
     ShowReport,
     SyncServers,
@@ -144,6 +145,9 @@ def test_a_run_that_is_not_there_is_named_and_a_run_without_a_folder_says_where_
     assert str(no_folder) == f"运行 {world.run_id} 没有自己的文件夹：请用 --out 指定。"
     several = refusal(core, Train(project="shop", processes=2, out="/tmp/elsewhere"), OPS)
     assert str(several) == "多进程训练的运行写入制品库：--out 只能用于单进程训练。"
+    core.perform(NewProject(project="legal"), OPS)
+    elsewhere = refusal(core, Train(project="legal", resume=world.run_id), OPS)
+    assert str(elsewhere) == f"运行 {world.run_id} 属于 shop：请用 --project shop 继续训练。"
     assert refusals(db_engine) == []  # mistakes, not refusals
 
 

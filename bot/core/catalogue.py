@@ -370,6 +370,10 @@ CATALOGUE: dict[str, tuple[str, str]] = {
         "A run trained in several processes writes into the artifact store: --out takes one process only.",
         "多进程训练的运行写入制品库：--out 只能用于单进程训练。",
     ),
+    "train.resume_other": (
+        "Run {run} is a run of {project}: resume it with --project {project}.",
+        "运行 {run} 属于 {project}：请用 --project {project} 继续训练。",
+    ),
     "export.adapter": ("Run {run}: adapter written to {path}", "运行 {run}：适配器已写入 {path}"),
     "export.merged": ("Run {run}: merged model written to {path}", "运行 {run}：合并后的模型已写入 {path}"),
     "export.no_folder": (

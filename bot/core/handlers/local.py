@@ -34,7 +34,9 @@ def _train(context: Context, action: Train) -> list[Message]:
     )
     permissions.require(project, actor, "requester", context.language)
     if action.resume is not None:
-        context.run(action.resume)  # a run that is not there is named as such
+        _, owner = context.run(action.resume)  # a run that is not there is named as such
+        if owner.id != project.id:  # it would train into the other project's folder
+            raise UserError(say(context.language, "train.resume_other", run=action.resume, project=owner.name))
     if action.processes > 1 and action.out is not None:
         raise UserError(say(context.language, "train.processes_out"))
     dataset, number = parse_dataset(action.data, context.language)
