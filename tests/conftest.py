@@ -19,9 +19,9 @@ fail under CI (any truthy `CI`: true, 1, yes), so a broken CI service never pass
   uniquely named keys, delete them afterwards, and flush only a database of your own.
 
   `make test` runs two files at once (pytest-xdist), so a file that needs a logical database of its own (arq's job
-  ids such as 2:train:1 are global in one) takes one no other file uses: 5 test_event_log, 7 test_telegram_loop,
-  8 test_preferences, 9 test_slack_loop, 10 test_telegram_app, 11 test_demo, 12 test_core, 13 test_worker,
-  14 test_slack_app, 15 test_event_stream. Free: 1 to 4, 6.
+  ids such as 2:train:1 are global in one) takes one no other file uses: 3 test_core_local, 5 test_event_log,
+  7 test_telegram_loop, 8 test_preferences, 9 test_slack_loop, 10 test_telegram_app, 11 test_demo, 12 test_core,
+  13 test_worker, 14 test_slack_app, 15 test_event_stream. Free: 1, 2, 4, 6.
 """
 
 import os

@@ -113,14 +113,15 @@ def test_the_report_comes_with_its_files(shop: Core) -> None:
 
 def test_files_and_synthesis_on_this_machine_are_the_terminals(shop: Core, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    with pytest.raises(UserError, match="Exporting a dataset to files runs on tuneloop's own machine"):
+    refused = "Exporting a dataset to files is an operator's action, on the terminal: tuneloop data export"
+    with pytest.raises(UserError, match=refused):
         shop.perform(ExportData(project="shop", format="openai", out=str(out)), ALICE)
     assert not out.exists()
     synth = Synthesize(project="shop", task="退货和换货的客服对话", n=40)
-    with pytest.raises(UserError, match='start a run that synthesizes first: shop synth "退货和换货的客服对话" n=40'):
+    with pytest.raises(UserError, match=r"Here, 'shop synth \"退货和换货的客服对话\" n=40' does it on the workers\."):
         shop.perform(synth, ALICE)
     shop.perform(ConfigureProject(project="shop", language="zh"), OPS)
-    with pytest.raises(UserError, match="合成数据在 tuneloop 所在的机器上执行，只能在终端操作"):
+    with pytest.raises(UserError, match="在 tuneloop 自身的进程中合成数据只能由运维在终端执行：tuneloop data synth"):
         shop.perform(synth, BOB)
     with pytest.raises(UserError, match="n must be at least 1"):
         shop.perform(Synthesize(project="elsewhere", task="退货", n=0), OPS)

@@ -260,12 +260,14 @@ def test_tuneloop_eval_prints_the_gate_and_the_report(home: TrainedRun) -> None:
     quick = ["--max-new-tokens", "16", "--stability-prompts", "0", "--no-forgetting"]
     result = runner.invoke(app, ["eval", "--run", str(home.run_id), "--judge", "metric", *quick])
     assert result.exit_code == 0, result.output
-    assert "Gate" in result.output and "report: " in result.output and "report (HTML): " in result.output
-    assert "overall" in result.output
+    assert f"Run {home.run_id} evaluated: gate" in result.output
+    # The gate's checks as a table: each check, its threshold, its status in words.
+    assert re.search(r"overall .*>= \S+ .*(passed|failed)", result.output), result.output
+    assert re.search(r"report: \S+report\.md", result.output) and re.search(r"report: \S+report\.html", result.output)
     refused = runner.invoke(app, ["eval", "--run", str(home.run_id), "--judge", "llm", *quick])
     assert refused.exit_code == 2 and "TUNELOOP_JUDGE_BASE_URL" in refused.output
-    missing = runner.invoke(app, ["eval", "--run", "999", *quick])
-    assert missing.exit_code == 2 and "no run 999" in missing.output
+    missing = runner.invoke(app, ["eval", "999", *quick])
+    assert missing.exit_code == 1 and "no run 999" in missing.output
 
 
 def in_own_session(stage: Callable[..., Any], run_id: int, options: EvaluationOptions = QUICK, **kw: Any) -> Any:

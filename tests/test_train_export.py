@@ -65,4 +65,4 @@ def test_export_merge_writes_a_checked_model(tiny: Path, tmp_path: Path) -> None
     plain = CliRunner().invoke(app, ["export", "--run", str(outcome.run.id), "--out", str(tmp_path / "adapter")])
     assert plain.exit_code == 0 and (tmp_path / "adapter" / "adapter_config.json").exists()
     missing = CliRunner().invoke(app, ["export", "--run", "99", "--merge"])
-    assert missing.exit_code == 2 and "no run 99" in missing.output
+    assert missing.exit_code == 1 and "no run 99" in missing.output

@@ -63,3 +63,11 @@ def test_cli_builds_from_a_dataset(tmp_path: Path) -> None:
     assert "tiny model in" in result.output
     tokenizer = AutoTokenizer.from_pretrained(out)
     assert tokenizer.decode(tokenizer.encode("怎么退货", add_special_tokens=False)) == "怎么退货"
+    # A width the attention heads cannot split, or a dataset without text, is said before anything is built.
+    odd = CliRunner().invoke(app, ["model", "tiny", "--out", str(tmp_path / "odd"), "--hidden-size", "10"])
+    assert odd.exit_code == 2 and "--hidden-size: the width must be a multiple of 4" in odd.output
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("", encoding="utf-8")
+    nothing = CliRunner().invoke(app, ["model", "tiny", "--out", str(tmp_path / "none"), "--data", str(empty)])
+    assert nothing.exit_code == 2 and "empty.jsonl holds no text to train a tokenizer on" in nothing.output
+    assert not (tmp_path / "odd").exists() and not (tmp_path / "none").exists()

@@ -1,6 +1,22 @@
 """The terminal face of tuneloop: the same command grammar the chat front ends speak.
 
-Each command group lives in its own module; this one only assembles them."""
+Each command group lives in its own module; this one only assembles them. A command is one of two kinds, and
+`bot/cli` holds only their argument parsing and terminal rendering:
+
+- Actions of the core: what a person does, the same whichever face they use. The command builds a typed action
+  (`bot.core.actions`) from its options and hands it to `act`, which performs it as the person at the keyboard
+  (`--by`, else the OS user) and prints the core's messages; who may, the rules, the words (English and Chinese)
+  and the refusals are the core's. These are: `project`, `data`, `submit`, `runs`, `run show`, `approve`,
+  `cancel`, `retry`, `review`, `retrain`, `request-approval`, `chat`, `deploy`, `rollback`, `deployments`, and the
+  ones that do their work here, in this process, which the core keeps to the terminal (a chat is told the
+  command): `train`, `eval`, `export`, `serve sync`, `reconcile`. The first three show the engine's events as they
+  come and announce them on the stream, as a worker would.
+- Launchers, which start a process or a server, build files, or watch: `worker`, `serve`, `gateway`,
+  `bot slack|telegram`, `db upgrade`, `model tiny`, `follow`, `demo`. Nobody does these in a chat: they are how
+  the operator runs tuneloop, not a step of the loop, so they are not actions and have no permissions of their own
+  (the machine's). Their options are checked here as arguments (a token's form, a key, a folder); their work is
+  the engine's (the worker, the servers, the tiny model, the database's migrations) or the core's (the bots run
+  a Core; `follow` words events with the core's renderer; `demo` plays its people through `act`)."""
 
 import typer
 

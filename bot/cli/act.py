@@ -2,8 +2,7 @@
 User text is never read as rich markup: every string of a message is printed as it is."""
 
 import shlex
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, NoReturn, TypeVar
+from typing import NoReturn
 
 import typer
 from rich import box
@@ -20,11 +19,6 @@ from bot.core.perform import Core
 from bot.core.render import event_message, progress_text
 from engine.data.versions import current_actor
 from engine.events import Event, EventSink
-
-if TYPE_CHECKING:
-    from arq.connections import ArqRedis
-
-Result = TypeVar("Result")
 
 
 def terminal_actor(by: str | None = None) -> Actor:
@@ -43,14 +37,6 @@ def act(action: Action, by: str | None = None, events: EventSink | None = None) 
         fail_plain(str(error), EXIT_NOT_FOUND if error.not_found or error.transient else EXIT_INVALID_DATA)
     print_messages(messages)
     return messages
-
-
-def on_queues(call: "Callable[[ArqRedis], Awaitable[Result]]") -> Result:
-    """Run `call` with a connection to the configured queues, then close it; an unreachable Redis is an error."""
-    try:
-        return Core.from_settings().on_queues(call)
-    except UserError as error:
-        fail_plain(str(error), EXIT_NOT_FOUND)
 
 
 def fail_plain(message: str, code: int = EXIT_INVALID_DATA) -> NoReturn:

@@ -4,13 +4,10 @@ project's stable name, and back."""
 from typing import Annotated
 
 import typer
-from rich.markup import escape
-from rich.table import Table
 
 from bot.cli.act import act
-from bot.cli.common import console, errors, fail, open_session, positional_or_old
-from bot.core.actions import Approve, DeployUnapproved, Rollback
-from engine.serve.deploy import DeployError, list_deployments, sync
+from bot.cli.common import errors, positional_or_old
+from bot.core.actions import Approve, DeployUnapproved, ListDeployments, Rollback, SyncServers
 
 ServerOption = Annotated[
     list[str] | None,
@@ -69,29 +66,7 @@ def deployments_command(
     project: Annotated[str | None, typer.Option("--project", "-p", help="Only this project's.")] = None,
 ) -> None:
     """List deployments, newest first."""
-    with open_session() as session:
-        rows = list_deployments(session, project)
-    if not rows:
-        console.print("no deployments yet")
-        return
-    table = Table("id")
-    for heading in ("version", "status", "run", "approved by", "approved at"):
-        table.add_column(heading, no_wrap=heading != "approved by")
-    for deployment, adapter in rows:
-        approved_at = f"{deployment.approved_at:%Y-%m-%d %H:%M}" if deployment.approved_at else ""
-        table.add_row(
-            str(deployment.id),
-            deployment.version_name,
-            deployment.status,
-            str(adapter.run_id or ""),
-            deployment.approved_by or "",
-            approved_at,
-        )
-    console.print(table)
-    for deployment, _ in rows:
-        if deployment.error:  # below the table, whole: the reason is the point
-            line = f"deployment {deployment.id} ({deployment.version_name}) failed: {deployment.error}"
-            console.print(line, markup=False, highlight=False)
+    act(ListDeployments(project=project))
 
 
 def sync_command(
@@ -99,18 +74,4 @@ def sync_command(
     server: ServerOption = None,
 ) -> None:
     """Make the servers match the deployments: reload what a restart lost, unload what is no longer deployed."""
-    with open_session() as session:
-        try:
-            outcome = sync(session, servers=server, project=project)
-        except DeployError as error:
-            fail(str(error))
-    for url, version in outcome.loaded:
-        console.print(f"loaded {version} on {url}")
-    for url, version in outcome.unloaded:
-        console.print(f"unloaded {version} from {url}")
-    for sentence in outcome.replaced:
-        errors.print(f"[yellow]warning:[/yellow] {escape(sentence)}")
-    if not outcome.changed and not outcome.problems:
-        console.print("the servers already match the deployments; nothing changed")
-    if outcome.problems:
-        fail("\n".join(outcome.problems))
+    act(SyncServers(project=project, servers=server))

@@ -6,7 +6,6 @@ from typing import Annotated
 import typer
 
 from bot.cli.common import console, fail, quiet_training_libraries
-from engine.data.formats import load_file
 
 app = typer.Typer(help="Base models built locally, for tests, the demo and trying the loop out.", no_args_is_help=True)
 
@@ -28,29 +27,19 @@ def model_tiny(
     """Build a small Qwen2-style model with a BPE tokenizer trained on a dataset's text and a ChatML template."""
     # torch and transformers load only here, so that every other command starts at once.
     quiet_training_libraries()
-    from transformers import AutoConfig
+    from engine.train.tiny import TinyModelError, build_tiny_from_dataset, tiny_spec
 
-    from engine.train.tiny import EXAMPLE_DATASET, TinySpec, build_tiny_model, pretrain_tiny_model, sample_texts
-
-    data = data or EXAMPLE_DATASET
-    if not data.exists():
-        fail(f"{data} does not exist")
-    if hidden_size is not None and (hidden_size % 4 or hidden_size < 8):
-        fail("--hidden-size must be a multiple of 4 (4 attention heads), at least 8")
-    samples = [sample for _, sample in load_file(data).samples]
-    texts = list(sample_texts(samples))
-    if not texts:
-        fail(f"{data} holds no text to train a tokenizer on")
-    shape = {"vocab_size": vocab_size, "num_hidden_layers": layers, "seed": seed}
-    if hidden_size is not None:
-        shape |= {"hidden_size": hidden_size, "intermediate_size": 3 * hidden_size}
-    spec = TinySpec(**{key: value for key, value in shape.items() if value is not None})
-    build_tiny_model(out, texts, spec)
-    if pretrain_epochs:
-        pretrain_tiny_model(out, samples, pretrain_epochs)
-    config = AutoConfig.from_pretrained(out)
+    try:
+        spec = tiny_spec(vocab_size=vocab_size, hidden_size=hidden_size, layers=layers, seed=seed)
+    except TinyModelError as error:  # only the width can be wrong
+        fail(f"--hidden-size: {error}")
+    try:
+        built = build_tiny_from_dataset(out, data, spec, pretrain_epochs=pretrain_epochs)
+    except TinyModelError as error:
+        fail(str(error))
+    pretrained = f", pretrained {pretrain_epochs:g} epoch(s) on {built.conversations} conversations"
     console.print(
-        f"tiny model in {out}: qwen2, {config.num_hidden_layers} layers, width {config.hidden_size}, "
-        f"vocabulary {config.vocab_size} (tokenizer trained on {data.name}), ChatML template"
-        + (f", pretrained {pretrain_epochs:g} epoch(s) on {len(samples)} conversations" if pretrain_epochs else "")
+        f"tiny model in {built.path}: qwen2, {built.layers} layers, width {built.width}, "
+        f"vocabulary {built.vocabulary} (tokenizer trained on {built.data.name}), ChatML template"
+        + (pretrained if pretrain_epochs else "")
     )

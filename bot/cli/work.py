@@ -6,9 +6,9 @@ from typing import Annotated
 
 import typer
 
-from bot.cli.act import act, on_queues
-from bot.cli.common import ProjectOption, console, fail
-from bot.core.actions import StartRun
+from bot.cli.act import act
+from bot.cli.common import ProjectOption, fail
+from bot.core.actions import Reconcile, StartRun
 from engine.train.recipe import DEFAULT_RECIPE
 
 
@@ -68,7 +68,4 @@ def submit_command(
 
 def reconcile_command() -> None:
     """Make the queues match the database: re-queue stages whose worker went silent or whose queue entry is lost."""
-    from engine.work.worker import reconcile_once
-
-    for line in on_queues(reconcile_once):
-        console.print(line, highlight=False, markup=False, emoji=False)  # job ids such as 3:train:1
+    act(Reconcile())

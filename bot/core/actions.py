@@ -292,6 +292,69 @@ class ListProjects(_Action):
     kind: Literal["list_projects"] = "list_projects"
 
 
+# --- work done in this process, and the servers: the terminal's (an operator's) --------------------------------
+
+
+class Train(_Action):
+    """Train here, in this process (or `processes` launched by accelerate): the terminal's only. A new run on a
+    dataset version (`data`: N, latest, NAME or NAME:N), or with `resume` that run again from its last checkpoint."""
+
+    kind: Literal["train"] = "train"
+    project: str
+    data: str = "latest"
+    recipe: str | None = None  # a recipe YAML on this machine; the default recipe if unset
+    options: dict[str, Any] = Field(default_factory=dict)  # recipe keys over the file's (the terminal's --base-model)
+    out: str | None = None  # a folder of this machine instead of the artifact store
+    resume: int | None = None
+    processes: int = Field(default=1, ge=1)
+
+
+class Evaluate(_Action):
+    """Evaluate a run here, in this process: the terminal's only (a worker evaluates the runs it trains)."""
+
+    kind: Literal["evaluate"] = "evaluate"
+    run: int
+    judge: Literal["auto", "llm", "metric"] = "auto"
+    max_samples: int | None = Field(default=None, ge=1)
+    max_new_tokens: int = Field(default=128, ge=1)
+    batch_size: int = Field(default=8, ge=1)
+    stability_prompts: int = Field(default=8, ge=0)
+    stability_k: int = Field(default=3, ge=2)
+    forgetting: bool = True
+    pairwise: bool = True
+    weakest: int = Field(default=10, ge=0)
+
+
+class ExportModel(_Action):
+    """Write a run's adapter, or with `merge` a merged model checked for its end of turn, to a folder of this
+    machine: the terminal's only."""
+
+    kind: Literal["export_model"] = "export_model"
+    run: int
+    merge: bool = False
+    out: str | None = None  # the run's own folder if unset
+
+
+class ListDeployments(_Action):
+    kind: Literal["list_deployments"] = "list_deployments"
+    project: str | None = None
+
+
+class SyncServers(_Action):
+    """Make the model servers match the deployments (reload what a restart lost, unload what is no longer
+    deployed): a project's approvers for their project, the terminal for every project."""
+
+    kind: Literal["sync_servers"] = "sync_servers"
+    project: str | None = None
+    servers: list[str] | None = None
+
+
+class Reconcile(_Action):
+    """Make the queues match the database: the terminal's only (every worker reconciles on its own)."""
+
+    kind: Literal["reconcile"] = "reconcile"
+
+
 Action = Annotated[
     Help
     | NewProject
@@ -321,7 +384,13 @@ Action = Annotated[
     | ListVersions
     | ShowSamples
     | Synthesize
-    | ListProjects,
+    | ListProjects
+    | Train
+    | Evaluate
+    | ExportModel
+    | ListDeployments
+    | SyncServers
+    | Reconcile,
     Field(discriminator="kind"),
 ]
 ACTION = TypeAdapter(Action)

@@ -6,7 +6,7 @@
     review <run>     review <run> keep|drop <sample> [comment]     review <run> fix <sample> <answer>
     summary <run>    retrain <run> [dpo] request <run>     approve <run> [override=<reason>]
     deploy <run>     rollback <project> project <project> [reviewers=… approvers=… requesters=… channels=… lang=…]
-    lang en|zh
+    deployments [project]     sync <project>     lang en|zh
 
 Options are the recipe's keys (LLaMA-Factory's names) plus short aliases. A mistake is a UserError in the person's
 language with the usage line and the closest valid word. The dataset selector and weighted lists (`退货:3,换货:2`)
@@ -24,6 +24,7 @@ from bot.core.actions import (
     Cancel,
     ConfigureProject,
     Help,
+    ListDeployments,
     ListRuns,
     NewProject,
     RequestApproval,
@@ -39,6 +40,7 @@ from bot.core.actions import (
     ShowReviewSummary,
     StartRun,
     Status,
+    SyncServers,
 )
 from bot.core.catalogue import LANGUAGES, say
 from bot.core.errors import UserError
@@ -75,6 +77,12 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "approve": ("approve <run> [override=<reason>]", "approve and deploy a run", "批准并部署运行"),
     "deploy": ("deploy <run>", "approve and deploy a run", "批准并部署运行"),
     "rollback": ("rollback <project>", "serve the previous version again", "回滚到上一个版本"),
+    "deployments": ("deployments [project]", "what was deployed, newest first", "部署列表（最新在前）"),
+    "sync": (
+        "sync <project>",
+        "load the project's versions back onto model servers that lost them",
+        "把项目的版本重新加载到丢失它们的模型服务器上",
+    ),
     "lang": ("lang en|zh", "answer me in English or Chinese", "设置回复语言"),
 }
 START_USAGE = '<project> [data=<version>] [filter] [split] [options]   |   <project> synth "<task>" [n=500] [options]'
@@ -298,6 +306,18 @@ def _rollback(rest: list[str], language: str) -> Action:
     return Rollback(project=rest[0])
 
 
+def _deployments(rest: list[str], language: str) -> Action:
+    _no_more(rest[1:], "deployments", language)
+    return ListDeployments(project=rest[0] if rest else None)
+
+
+def _sync(rest: list[str], language: str) -> Action:
+    if not rest:
+        raise UserError(usage("sync", language))
+    _no_more(rest[1:], "sync", language)
+    return SyncServers(project=rest[0])
+
+
 def _lang(rest: list[str], language: str) -> Action:
     if len(rest) != 1:
         raise UserError(usage("lang", language))
@@ -387,6 +407,8 @@ _COMMAND_PARSERS = {
     "approve": _approve,
     "deploy": _run_only("deploy", Approve),
     "rollback": _rollback,
+    "deployments": _deployments,
+    "sync": _sync,
     "lang": _lang,
 }
 
@@ -412,6 +434,10 @@ def spell(action: Action) -> str:
             return f"approve {action.run} override={shlex.quote(action.override or '')}"
         case Rollback():
             return f"rollback {action.project}"
+        case ListDeployments():
+            return "deployments" + (f" {action.project}" if action.project else "")
+        case SyncServers(servers=None) if action.project:
+            return f"sync {action.project}"
         case RequestApproval():
             return f"request {action.run}"
         case Status(run=None):

@@ -6,19 +6,13 @@ A project lists people as identities: `slack:U123`, `telegram:42`, a group or ch
 `telegram:-1001234`, or a terminal user's plain name. An empty list lets anyone.
 """
 
-from contextlib import suppress
-from typing import TYPE_CHECKING
-
 from sqlmodel import Session
 
 from bot.core.catalogue import say
 from bot.core.errors import UserError
 from bot.core.identity import Actor
-from engine.loop.projects import NotFoundError, is_listed
+from engine.loop.projects import is_listed
 from storage.models import AuditEvent, Project
-
-if TYPE_CHECKING:
-    from bot.core.context import Context
 
 ROLES = ("requester", "reviewer", "approver")
 
@@ -63,6 +57,18 @@ def require_any(
     require(project, actor, roles[0], language, doing=doing, **values)
 
 
+def require_terminal(actor: Actor, language: str, *, doing: str, command: str, in_chat: str | None = None) -> None:
+    """Raise a refusal unless `actor` is at the terminal: work that runs in tuneloop's own process (training,
+    evaluating, writing files on its machine) or reaches past one project is an operator's. The sentence names the
+    terminal's `command`, and `in_chat`, the chat's way to the same end where there is one."""
+    if actor.platform == "cli":
+        return
+    sentence = say(language, "refused.terminal", doing=say(language, f"terminal.{doing}"), command=command)
+    if in_chat:
+        sentence += ("" if language == "zh" else " ") + say(language, "terminal.in_chat", command=in_chat)
+    raise UserError(sentence, refused=True)
+
+
 def record_refusal(session: Session, actor: Actor, action: str, project_id: int | None, reason: str) -> None:
     """An audit event `refused.<action>` naming who was refused and why."""
     session.add(
@@ -74,18 +80,3 @@ def record_refusal(session: Session, actor: Actor, action: str, project_id: int 
             detail={"reason": reason, "name": actor.name},
         )
     )
-
-
-def require_terminal(
-    context: "Context", project: str, doing: str, terminal: str, instead: str | None = None, **values: object
-) -> None:
-    """Refuse, unless asked on the terminal, what runs on tuneloop's own machine (files written there, heavy work
-    in the face's process): `doing` names it (`terminal.<doing>`), `terminal` is the terminal's command; `instead`, the
-    sentence saying how a chat does the same, filled in with `values`."""
-    if context.actor.platform == "cli":
-        return
-    with suppress(NotFoundError):
-        context.project(project)  # answered in its language
-    language = context.language
-    refusal = say(language, "refused.terminal", what=say(language, f"terminal.{doing}"), command=terminal)
-    raise UserError("\n".join([refusal, *([say(language, instead, **values)] if instead else [])]), refused=True)

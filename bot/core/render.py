@@ -20,13 +20,13 @@ from bot.core.actions import (
 )
 from bot.core.catalogue import CATALOGUE, say, say_count
 from bot.core.grammar import COMMANDS, START_USAGE, spell
-from bot.core.messages import Button, Message, Style
+from bot.core.messages import Button, Message, Style, Table
 from engine.artifacts import get_artifact_store
 from engine.events import Event
 from engine.loop.prepare import TargetedData
 from engine.loop.reviews import ReviewSummary, iteration_comparison
 from engine.loop.runs import RunHistory, last_loss, latest_evaluation
-from storage.models import Artifact, DatasetVersion, Evaluation, Job, Judgement, Project, Run
+from storage.models import Adapter, Artifact, DatasetVersion, Deployment, Evaluation, Job, Judgement, Project, Run
 
 TIME = "%Y-%m-%d %H:%M"
 QUOTE_LIMIT = 600  # characters of a question or answer on a review card: a card is read, not scrolled
@@ -44,7 +44,12 @@ def button(
 
 def state_word(language: str, state: str) -> str:
     """A run state in words (`waiting for review`), or as it is when the catalogue has no words for it."""
-    return say(language, f"state.{state}") if f"state.{state}" in CATALOGUE else state
+    return _word(language, "state", state)
+
+
+def _word(language: str, kind: str, value: str) -> str:
+    """`value` of `kind` (a run's state, a deployment's status) in words, or as it is when the catalogue has none."""
+    return say(language, f"{kind}.{value}") if f"{kind}.{value}" in CATALOGUE else value
 
 
 def run_buttons(run: Run, project: str, language: str, gate_passed: bool | None) -> list[Button]:
@@ -247,6 +252,7 @@ def report_message(session: Session, run: Run, evaluation: Evaluation, language:
         say(language, "report.title", run=run.id, gate=gate),
         lines=lines,
         fields=fields,
+        tables=gate_tables(scores, language),
         images=sorted(images),
         files=files,
         buttons=run_buttons(run, project.name, language, evaluation.gate_passed),
@@ -254,6 +260,25 @@ def report_message(session: Session, run: Run, evaluation: Evaluation, language:
         run_id=run.id,
         project=project.name,
     )
+
+
+def gate_tables(scores: dict, language: str) -> list[Table]:
+    """The gate's checks as a table: each check, its value against its threshold, its status in words, and why."""
+    checks = (scores.get("gate") or {}).get("checks") or []
+    if not checks:
+        return []
+    columns = [say(language, f"gate.column.{name}") for name in ("check", "value", "threshold", "status", "why")]
+    rows = [
+        [
+            str(check["name"]),
+            "—" if check.get("value") is None else f"{check['value']:.3g}",
+            "—" if check.get("threshold") is None else f"{check['op']} {check['threshold']:g}",
+            say(language, f"check.{check['status']}"),
+            str(check.get("message") or ""),
+        ]
+        for check in checks
+    ]
+    return [Table(columns, rows)]
 
 
 def review_cards(run: Run, judgements: list[Judgement], latest: dict[int, str], language: str) -> list[Message]:
@@ -450,6 +475,31 @@ def deployed_message(
     title = say(language, "deploy.done", project=project, version=version, run=run_id)
     buttons = rollback_buttons(project, language)
     return Message(title, lines=lines, code=code, buttons=buttons, run_id=run_id, project=project)
+
+
+def deployments_message(rows: list[tuple[Deployment, Adapter]], language: str) -> Message:
+    """Deployments, newest first, as a table; why any failed, whole, below it: the reason is the point."""
+    if not rows:
+        return Message(say(language, "deployments.none"))
+    names = ("id", "version", "status", "run", "approved_by", "approved_at")
+    columns = [say(language, f"deployments.column.{name}") for name in names]
+    table = [
+        [
+            str(deployment.id),
+            deployment.version_name,
+            _word(language, "deployment", deployment.status),
+            str(adapter.run_id or ""),
+            deployment.approved_by or "",
+            f"{deployment.approved_at:{TIME}}" if deployment.approved_at else "",
+        ]
+        for deployment, adapter in rows
+    ]
+    lines = [
+        say(language, "deployments.failed", id=deployment.id, version=deployment.version_name, error=deployment.error)
+        for deployment, _ in rows
+        if deployment.error
+    ]
+    return Message(say(language, "deployments.title"), lines=lines, tables=[Table(columns, table)])
 
 
 def gateway_snippets(gateway_url: str, model: str) -> list[str]:

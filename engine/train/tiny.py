@@ -45,6 +45,55 @@ class TinySpec:
     seed: int = 0
 
 
+class TinyModelError(ValueError):
+    """A tiny model that cannot be built as asked; the message says why."""
+
+
+@dataclass(frozen=True)
+class TinyModel:
+    """A tiny model as built: where, its shape, and what its tokenizer (and any pretraining) learned from."""
+
+    path: Path
+    layers: int
+    width: int
+    vocabulary: int
+    data: Path
+    conversations: int  # the dataset's, which trained the tokenizer (and every weight, when pretrained)
+
+
+def tiny_spec(
+    *, vocab_size: int | None = None, hidden_size: int | None = None, layers: int | None = None, seed: int | None = None
+) -> TinySpec:
+    """The default shape with what a person changed; the feed-forward layer stays three times the width, as in the
+    default shape, and the width must split evenly over the attention heads."""
+    heads = TinySpec.num_attention_heads
+    if hidden_size is not None and (hidden_size % heads or hidden_size < 2 * heads):
+        raise TinyModelError(f"the width must be a multiple of {heads} ({heads} attention heads), at least {2 * heads}")
+    shape = {"vocab_size": vocab_size, "num_hidden_layers": layers, "seed": seed}
+    if hidden_size is not None:
+        shape |= {"hidden_size": hidden_size, "intermediate_size": 3 * hidden_size}
+    return TinySpec(**{key: value for key, value in shape.items() if value is not None})
+
+
+def build_tiny_from_dataset(
+    out: Path, data: Path | None = None, spec: TinySpec | None = None, *, pretrain_epochs: float = 0.0
+) -> TinyModel:
+    """A tiny model whose tokenizer learns a dataset's text (the example's when None); with `pretrain_epochs`, every
+    weight is then trained on its conversations, so that it is a usable base and not a random one."""
+    data = data or EXAMPLE_DATASET
+    if not data.exists():
+        raise TinyModelError(f"{data} does not exist")
+    samples = [sample for _, sample in load_file(data).samples]
+    texts = list(sample_texts(samples))
+    if not texts:
+        raise TinyModelError(f"{data} holds no text to train a tokenizer on")
+    build_tiny_model(out, texts, spec)
+    if pretrain_epochs:
+        pretrain_tiny_model(out, samples, pretrain_epochs)
+    config = Qwen2Config.from_pretrained(out)
+    return TinyModel(out, config.num_hidden_layers, config.hidden_size, config.vocab_size, data, len(samples))
+
+
 def sample_texts(samples: Iterable[Sample]) -> Iterable[str]:
     for sample in samples:
         for message in sample.messages:

@@ -13,7 +13,7 @@ import socket
 from typing import Any
 
 from arq import Worker
-from arq.connections import ArqRedis, RedisSettings
+from arq.connections import RedisSettings
 from arq.worker import func
 from sqlmodel import Session
 
@@ -69,14 +69,6 @@ def build_worker(queue: str, *, burst: bool = False, settings: Settings | None =
         on_shutdown=_stop_reconciling,
         ctx={"worker_name": worker_name()},
     )
-
-
-async def reconcile_once(pool: ArqRedis, settings: Settings | None = None) -> list[str]:
-    """One pass of the reconciler against the configured database and the queues on `pool`; the report's lines."""
-    settings = settings or get_settings()
-    with Session(get_engine(settings), expire_on_commit=False) as session:
-        report = await reconcile(session, pool, silent_after_s=settings.silent_after_s)
-    return report.lines()
 
 
 async def _reconcile_forever(pool: Any, settings: Settings) -> None:

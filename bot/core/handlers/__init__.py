@@ -2,7 +2,7 @@
 it out (`bot.core.perform.Core.perform` calls it inside one unit of work)."""
 
 from bot.core.context import Handler
-from bot.core.handlers import data, deploys, projects, reviews, runs, synth
+from bot.core.handlers import data, deploys, local, projects, reviews, runs, synth
 
 HANDLERS: dict[type, Handler] = {
     **projects.HANDLERS,
@@ -11,4 +11,5 @@ HANDLERS: dict[type, Handler] = {
     **reviews.HANDLERS,
     **deploys.HANDLERS,
     **synth.HANDLERS,
+    **local.HANDLERS,
 }

@@ -184,9 +184,9 @@ def _export_data(context: Context, action: ExportData) -> list[Message]:
     from engine.data.pipeline import export_version
 
     command = f"tuneloop data export -p {action.project} --format {action.format} --out DIR"
-    permissions.require_terminal(context, action.project, "export", command)
     project = _changing(context, action.project)
     language = context.language
+    permissions.require_terminal(context.actor, language, doing="export_data", command=command)
     if action.format not in EXPORT_FORMATS:
         formats = ", ".join(EXPORT_FORMATS)
         raise UserError(say(language, "data.export_format", format=action.format, formats=formats))

@@ -1,15 +1,15 @@
 """Approval, deployment and rollback: who may, whether the deployment is queued for the workers or done here,
-and the operator's audited way around approval."""
+and the operator's audited way around approval; the deployments, and the servers made to match them."""
 
 from typing import Any
 
 from bot.core import permissions
-from bot.core.actions import Approve, DeployUnapproved, RequestApproval, Rollback
+from bot.core.actions import Approve, DeployUnapproved, ListDeployments, RequestApproval, Rollback, SyncServers
 from bot.core.catalogue import say
 from bot.core.context import Context, Handler
 from bot.core.errors import UserError
 from bot.core.messages import Message
-from bot.core.render import deployed_message, run_card
+from bot.core.render import deployed_message, deployments_message, run_card
 from engine.loop.projects import NotFoundError
 from engine.loop.runs import RunError, approve_run, deploy_approved, request_approval
 from engine.serve.adapters import DeployError
@@ -63,8 +63,8 @@ def _deploy_unapproved(context: Context, action: DeployUnapproved) -> list[Messa
 
     run, project = context.run(action.run)
     actor = context.actor
-    if actor.platform != "cli":
-        raise UserError(say(context.language, "refused.operator", run=run.id), refused=True)
+    command = f"tuneloop deploy {run.id} --unapproved {say(context.language, 'word.reason')}"
+    permissions.require_terminal(actor, context.language, doing="deploy_unapproved", command=command)
     reason = action.reason.strip()
     if not reason:
         raise UserError(say(context.language, "refused.reason"))
@@ -102,9 +102,41 @@ def _rollback(context: Context, action: Rollback) -> list[Message]:
     return [Message(say(context.language, "rollback.done", project=project.name, message=outcome.message), lines=lines)]
 
 
+def _list_deployments(context: Context, action: ListDeployments) -> list[Message]:
+    from engine.serve.deploy import list_deployments
+
+    if action.project is not None:
+        context.project(action.project)
+    return [deployments_message(list_deployments(context.session, action.project), context.language)]
+
+
+def _sync_servers(context: Context, action: SyncServers) -> list[Message]:
+    """The servers made to match the deployments. It changes no decision, only carries out the approvers': so a
+    project's approvers may sync their project's versions from a chat; every project at once (and servers named by
+    hand) is the operator's, on the terminal."""
+    from engine.serve.deploy import sync
+
+    actor = context.actor
+    project = context.project(action.project) if action.project is not None else None
+    if project is None or action.servers:
+        permissions.require_terminal(actor, context.language, doing="sync", command="tuneloop serve sync")
+    elif actor.platform != "cli":
+        permissions.require(project, actor, "approver", context.language)
+    language = context.language
+    report = sync(context.session, servers=action.servers, project=action.project)
+    lines = [say(language, "sync.loaded", version=version, server=url) for url, version in report.loaded]
+    lines += [say(language, "sync.unloaded", version=version, server=url) for url, version in report.unloaded]
+    lines += [say(language, "deploy.warning", warning=sentence) for sentence in report.replaced]
+    if report.problems:
+        raise UserError("\n".join([*lines, say(language, "sync.problems"), *report.problems]))
+    return [Message(say(language, "sync.done" if report.changed else "sync.nothing"), lines=lines)]
+
+
 HANDLERS: dict[type, Handler] = {
     RequestApproval: _request_approval,
     Approve: _approve,
     DeployUnapproved: _deploy_unapproved,
     Rollback: _rollback,
+    ListDeployments: _list_deployments,
+    SyncServers: _sync_servers,
 }

@@ -2,11 +2,22 @@
 retrying them."""
 
 from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 
 from bot.core import permissions
-from bot.core.actions import Cancel, ImportData, ListRuns, Retry, ShowHistory, ShowReport, StartRun, Status
+from bot.core.actions import (
+    Cancel,
+    ImportData,
+    ListRuns,
+    Reconcile,
+    Retry,
+    ShowHistory,
+    ShowReport,
+    StartRun,
+    Status,
+)
 from bot.core.catalogue import say
 from bot.core.context import Context, Handler
 from bot.core.errors import UserError
@@ -15,7 +26,7 @@ from bot.core.handlers.data import import_upload, ratio_or_count
 from bot.core.messages import Message
 from bot.core.render import history_message, report_message, run_card, runs_message, state_word
 from engine.loop.runs import cancel_run, failed_from, latest_evaluation, list_runs, run_history
-from engine.train.recipe import DEFAULT_RECIPE, read_recipe
+from engine.train.recipe import DEFAULT_RECIPE, Recipe, read_recipe
 from storage.models import Project, Run
 
 GOING = ("queued", "preparing", "training", "evaluating", "deploying")
@@ -36,15 +47,8 @@ def _start_run(context: Context, action: StartRun) -> list[Message]:
         upload = ImportData(upload=action.upload, upload_name=action.upload_name, dataset=dataset)
         imported, number = import_upload(context, project, upload)
         messages.append(imported)
-    options = {**(project.recipe or {}), **action.options}
-    if project.base_model and "model_name_or_path" not in action.options:
-        options["model_name_or_path"] = project.base_model
-    recipe_path = Path(action.recipe) if action.recipe else DEFAULT_RECIPE
-    loaded = read_recipe(recipe_path, **options)
-    recipe = loaded.recipe
-    messages += [
-        Message(say(context.language, "run.recipe_note", recipe=recipe_path.name, note=n)) for n in loaded.notes
-    ]
+    recipe, notes = run_recipe(context, project, action.recipe, action.options)
+    messages += [Message(note) for note in notes]
     try:
         plan = PreparePlan(
             synthesize=SynthPlan(task=action.task, n=action.synthesize) if action.task and action.synthesize else None,
@@ -76,6 +80,19 @@ def _start_run(context: Context, action: StartRun) -> list[Message]:
     )
     messages.append(run_card(session, run, context.language))
     return messages
+
+
+def run_recipe(
+    context: Context, project: Project, recipe_file: str | None, options: dict[str, Any]
+) -> tuple[Recipe, list[str]]:
+    """The recipe a new run of `project` trains: the file (the default recipe if None) under the project's own
+    settings, under the person's `options`; and what reading it noted (a LLaMA-Factory key it ignores), in words."""
+    chosen = {**(project.recipe or {}), **options}
+    if project.base_model and "model_name_or_path" not in options:
+        chosen["model_name_or_path"] = project.base_model
+    path = Path(recipe_file) if recipe_file else DEFAULT_RECIPE
+    loaded = read_recipe(path, **chosen)
+    return loaded.recipe, [say(context.language, "run.recipe_note", recipe=path.name, note=n) for n in loaded.notes]
 
 
 def _status(context: Context, action: Status) -> list[Message]:
@@ -133,6 +150,19 @@ def _retry(context: Context, action: Retry) -> list[Message]:
     ]
 
 
+def _reconcile(context: Context, action: Reconcile) -> list[Message]:
+    """Re-queue the stages whose worker went silent or whose queue entry was lost; take cancelled runs' jobs off."""
+    from engine.work.reconcile import reconcile
+
+    language = context.language
+    permissions.require_terminal(context.actor, language, doing="reconcile", command="tuneloop reconcile")
+    silent_after_s = context.core.settings.silent_after_s
+    report = context.on_queues(lambda pool: reconcile(context.session, pool, silent_after_s=silent_after_s))
+    named = (("lost", report.lost), ("requeued", report.requeued), ("cancelled", report.cancelled))
+    lines = [say(language, f"reconcile.{what}", jobs=", ".join(jobs)) for what, jobs in named if jobs]
+    return [Message(line) for line in lines or [say(language, "reconcile.nothing")]]
+
+
 def _require_requester_or_approver(context: Context, run: Run, project: Project) -> None:
     """A run is stopped or retried by whoever started it or by an approver."""
     if run.requested_by == context.actor.identity:
@@ -148,4 +178,5 @@ HANDLERS: dict[type, Handler] = {
     ShowReport: _report,
     Cancel: _cancel,
     Retry: _retry,
+    Reconcile: _reconcile,
 }

@@ -1,6 +1,8 @@
 """Synthesis on the terminal: a model writes training data into a new, unreviewed version of a project's dataset,
 in this process, its progress announced as it goes. A chat starts a run that synthesizes first, on the workers."""
 
+from contextlib import suppress
+
 from bot.core import permissions
 from bot.core.actions import StartRun, Synthesize
 from bot.core.context import Context, Handler
@@ -10,6 +12,7 @@ from bot.core.handlers.projects import created_if_missing
 from bot.core.messages import Message
 from bot.core.render_data import synth_message
 from engine.data.versions import version_label
+from engine.loop.projects import NotFoundError
 from storage.artifacts import project_key, record_artifact
 
 
@@ -18,8 +21,10 @@ def _synthesize(context: Context, action: Synthesize) -> list[Message]:
     from engine.data.synth import Budget, SynthError, SynthRequest, synthesize_blocking
 
     in_chat = spell(StartRun(project=action.project)) + f' synth "{action.task}" n={action.n}'
+    with suppress(NotFoundError):
+        context.project(action.project)  # answered in its language
     permissions.require_terminal(
-        context, action.project, "synthesize", "tuneloop data synth", "synth.in_chat", command=in_chat
+        context.actor, context.language, doing="synthesize", command="tuneloop data synth", in_chat=in_chat
     )
     mixes = {"personas": action.personas, "moods": action.moods, "difficulties": action.difficulties}
     request = SynthRequest(
