@@ -46,7 +46,7 @@ from engine.evaluate.weakest import UNTAGGED
 from engine.loop.preferences import DEFAULT_DPO_MIN_PAIRS, count_pairs, min_pairs, note_review
 from engine.loop.prepare import PreparePlan, TargetedData, plan_of
 from engine.loop.projects import is_listed
-from engine.loop.targeting import TargetingError, plan_targeted, tag_means
+from engine.loop.targeting import TargetingError, plan_targeted, tag_means, trained_positions
 from storage.models import AuditEvent, Dataset, DatasetVersion, Evaluation, Judgement, Project, Review, Run
 from storage.models import Sample as SampleRow
 
@@ -109,7 +109,8 @@ class NextIteration:
 
 @dataclass
 class IterationComparison:
-    """A run's evaluation beside its parent run's: each pair is (iteration k-1, iteration k)."""
+    """A run's evaluation beside its parent run's: each pair is (iteration k-1, iteration k). When run k trained on
+    some of its test questions (`left_out` of them), the scores of both are over the questions it did not train on."""
 
     run_id: int
     iteration: int
@@ -124,10 +125,13 @@ class IterationComparison:
     changes: dict[str, list[str]] = field(default_factory=dict)  # sub-scenario -> what iteration k changed there
     # A DPO iteration judged pairwise against iteration k-1's answers (Evaluation.scores["versus_previous"])
     versus_previous: dict | None = None
+    left_out: int = 0
 
     @property
     def lines(self) -> list[str]:
         lines = [_move("overall", *self.overall, "{:.1f}", "{:+.1f}")]
+        if self.left_out:
+            lines[0] += f" on the questions it did not train on ({_plural(self.left_out, 'test question')} left out)"
         if self.versus_previous:
             lines.append(_versus_line(self.versus_previous, self.parent_iteration))
         if self.win_rate != (None, None):
@@ -495,17 +499,23 @@ def iteration_comparison(
     previous = _latest_evaluation(session, parent.id) if parent else None  # type: ignore[arg-type]
     if parent is None or current is None or previous is None:
         return None
-    before_tags, after_tags = tag_means(session, previous), tag_means(session, current)
+    # The questions run k trained on count on neither side: k-1 is scored on the same questions as k.
+    trained = _trained_questions(session, current)
+    before_tags, after_tags = tag_means(session, previous, trained), tag_means(session, current)
+    before = _row_scores(session, previous, trained) if trained else None
     return IterationComparison(
         run_id=run.id,  # type: ignore[arg-type]
         iteration=run.iteration,
         parent_run_id=parent.id,  # type: ignore[arg-type]
         parent_iteration=parent.iteration,
         overall=(
-            _score(previous, "judge", "means", "tuned", "overall"),
+            before[0] if before else _score(previous, "judge", "means", "tuned", "overall"),
             _score(current, "judge", "means", "tuned", "overall"),
         ),
-        win_rate=(_score(previous, "judge", "pairwise", "win_rate"), _score(current, "judge", "pairwise", "win_rate")),
+        win_rate=(
+            before[1] if before else _score(previous, "judge", "pairwise", "win_rate"),
+            _score(current, "judge", "pairwise", "win_rate"),
+        ),
         invalid_rate=(previous.invalid_rate, current.invalid_rate),
         chrf=(_score(previous, "reference", "tuned", "chrf"), _score(current, "reference", "tuned", "chrf")),
         gate_passed=(previous.gate_passed, current.gate_passed),
@@ -514,6 +524,39 @@ def iteration_comparison(
         },
         changes=_iteration_changes(session, run),
         versus_previous=(current.scores or {}).get("versus_previous"),
+        left_out=len(trained_positions(current)),
+    )
+
+
+def _trained_questions(session: Session, evaluation: Evaluation) -> set[str]:
+    """The questions of the test samples the evaluated run trained on."""
+    positions = trained_positions(evaluation)
+    if not positions:
+        return set()
+    rows = session.exec(
+        select(Judgement.question, Judgement.position).where(Judgement.evaluation_id == evaluation.id)
+    ).all()
+    return {question for question, position in rows if position in positions}
+
+
+def _row_scores(session: Session, evaluation: Evaluation, leave_out: set[str]) -> tuple[float | None, float | None]:
+    """The tuned model's mean overall score and win rate over the base from `evaluation`'s judgements, leaving out
+    the questions in `leave_out` and those its own run trained on (as the stored scores do)."""
+    trained = trained_positions(evaluation)
+    rows = [
+        (overall, pairwise)
+        for overall, pairwise, question, position in session.exec(
+            select(Judgement.overall, Judgement.pairwise, Judgement.question, Judgement.position).where(
+                Judgement.evaluation_id == evaluation.id
+            )
+        ).all()
+        if question not in leave_out and position not in trained
+    ]
+    overall = [o for o, _ in rows if o is not None]
+    verdicts = [p for _, p in rows if p is not None]
+    return (
+        sum(overall) / len(overall) if overall else None,
+        sum(p == "tuned" for p in verdicts) / len(verdicts) if verdicts else None,
     )
 
 
@@ -570,8 +613,8 @@ def _versus_line(versus: dict, parent_iteration: int) -> str:
     shown = f"{rate * 100:.0f}%" if isinstance(rate, int | float) else "n/a"
     counts = f"{pairwise.get('wins', 0)} won, {pairwise.get('losses', 0)} lost, {pairwise.get('ties', 0)} tied"
     counts += f" of {pairwise.get('pairs', 0)}"
-    if versus.get("trained_as_pairs"):
-        counts += f"; {versus['trained_as_pairs']} of these questions were DPO pairs, not unseen"
+    if versus.get("left_out"):
+        counts += f" questions it did not train on; {versus['left_out']} it trained on left out"
     return f"win rate against iteration {parent_iteration}: {shown} ({counts})"
 
 
