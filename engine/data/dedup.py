@@ -28,7 +28,8 @@ How it works, and why:
   Jaccard, so reported pairs are never false positives of the sketch.
 """
 
-from collections.abc import Iterable, Sequence
+import threading
+from collections.abc import Hashable, Iterable, Sequence
 from functools import lru_cache
 
 import numpy as np
@@ -239,11 +240,16 @@ def near_duplicate_of(texts: Sequence[str], threshold: float = 0.9) -> list[int 
 
     Greedy in input order: a text is kept unless it is similar to an already kept text. If A~B and
     B~C but not A~C, B points at A and C is kept (its only match, B, was not kept)."""
+    return first_kept(len(texts), near_duplicate_pairs(texts, threshold))
+
+
+def first_kept(n: int, pairs: Iterable[tuple[int, int, float]]) -> list[int | None]:
+    """`near_duplicate_of` from pairs (i, j, similarity), i < j < n, found however (at once or as texts arrived)."""
     earlier: dict[int, list[int]] = {}
-    for i, j, _ in near_duplicate_pairs(texts, threshold):
+    for i, j, _ in pairs:
         earlier.setdefault(j, []).append(i)
-    result: list[int | None] = [None] * len(texts)
-    for j in range(len(texts)):
+    result: list[int | None] = [None] * n
+    for j in range(n):
         for i in sorted(earlier.get(j, ())):
             if result[i] is None:
                 result[j] = i
@@ -326,3 +332,31 @@ class NearDuplicateIndex:
         if key not in self._sets:
             self._sets[key] = _shingle_set(self._texts[key])
         return self._sets[key]
+
+
+class ArrivingPairs:
+    """Near-duplicate pairs among texts that arrive in batches (synthesis replies): each batch is compared with
+    those before it and within itself as it arrives, while later requests are still out, so that a filter at the
+    end only walks the pairs. Texts are named by any hashable key; safe to feed from several threads."""
+
+    def __init__(self, threshold: float = 0.9) -> None:
+        self.threshold = threshold
+        self._index = NearDuplicateIndex(threshold)
+        self._keys: list[Hashable] = []  # the index's int key -> the caller's key
+        self._pairs: list[tuple[Hashable, Hashable, float]] = []
+        self._lock = threading.Lock()
+
+    def add(self, keys: Sequence[Hashable], texts: Sequence[str]) -> None:
+        """Compare `texts` with every text added before and with each other, then add them."""
+        with self._lock:
+            first = len(self._keys)
+            for key, hits in zip(keys, self._index.query_many(texts), strict=True):
+                self._pairs += [(self._keys[other], key, sim) for other, sim in hits]
+            self._pairs += [(keys[i], keys[j], sim) for i, j, sim in near_duplicate_pairs(texts, self.threshold)]
+            self._index.add_many(range(first, first + len(keys)), texts)
+            self._keys += keys
+
+    def pairs(self) -> list[tuple[Hashable, Hashable, float]]:
+        """Every pair (earlier key, later key, similarity) of texts at or above the threshold."""
+        with self._lock:
+            return list(self._pairs)

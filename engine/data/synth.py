@@ -37,7 +37,8 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from engine import llm
-from engine.data.filters import FilterConfig, Screened, apply_filters, load_tokenizer, screen
+from engine.data.dedup import ArrivingPairs
+from engine.data.filters import FilterConfig, Screened, apply_filters, dedup_text, load_tokenizer, screen
 from engine.data.sample import Message, Sample
 from engine.data.synth_prompts import PROMPT_VERSION, batch_messages, response_format, scenario_messages
 from engine.data.synth_replies import extract_json, items_of, to_sample
@@ -171,13 +172,17 @@ class BatchPlan:
 
 @dataclass
 class _Screening:
-    """Each batch's samples with the filter's rules that judge a sample alone, worked out in the thread that stores
-    the batch while other requests are still out: the filter at the end then only compares samples."""
+    """Each batch's samples with the filter's rules that judge a sample alone, and their near-duplicates among the
+    batches before it, worked out in the thread that stores the batch while other requests are still out: the
+    filter at the end then only compares samples with the dataset and walks the pairs found."""
 
     def __init__(self, job_key: str, request: "SynthRequest", tokenizer_path: str | None) -> None:
         self.job_key, self.system_prompt = job_key, request.system_prompt
         self.config = request.filter_config or FilterConfig()
         self.batches: dict[int, list[tuple[Sample, Screened]]] = {}  # batch index -> its samples, screened
+        threshold = self.config.near_dup_threshold
+        self.near = ArrivingPairs(threshold) if threshold is not None else None  # keys: (batch index, position)
+        self.compared: set[int] = set()  # batch indexes
         self._tokenizer_path, self._tokenizer, self._loading = tokenizer_path, None, threading.Lock()
 
     @property
@@ -203,7 +208,31 @@ class _Screening:
         done = self.batches.get(row.batch_index)
         if done is None:
             done = [(sample, screen(sample, self.config, self.tokenizer)) for sample in self.samples(row)]
+            self.batches[row.batch_index] = done
         return done
+
+    def compare(self, row: SynthBatch) -> None:
+        """Screen the batch, and compare the samples screening kept with the batches compared before it."""
+        done = self.screened(row)
+        if self.near is None or row.batch_index in self.compared:
+            return
+        kept = [(n, one.sample) for n, (_, one) in enumerate(done) if one.removal is None]
+        self.near.add([(row.batch_index, n) for n, _ in kept], [dedup_text(sample) for _, sample in kept])
+        self.compared.add(row.batch_index)
+
+    def near_pairs(self, rows: Sequence[SynthBatch]) -> list[tuple[int, int, float]] | None:
+        """The near-duplicate pairs among the samples of `rows`, by their positions when the rows' samples are put
+        one after another (as the filter gets them); the batches not compared as they arrived (an earlier
+        attempt's) are compared now."""
+        if self.near is None:
+            return None
+        position: dict[tuple[int, int], int] = {}
+        for row in rows:
+            self.compare(row)
+            for n in range(len(self.screened(row))):
+                position[(row.batch_index, n)] = len(position)
+        pairs = self.near.pairs()
+        return [(position[a], position[b], sim) for a, b, sim in pairs if a in position and b in position]  # type: ignore[index]
 
 
 @dataclass
@@ -705,6 +734,7 @@ def _make_version(
     invalid: Counter[str] = Counter()
     new: list[Sample] = []
     screened: list[Screened] = []
+    used: list[SynthBatch] = []
     failed = not_sent = 0
     for plan in plans:
         requested[plan.scenario.name] += len(plan.specs)
@@ -719,6 +749,7 @@ def _make_version(
             invalid[reason] += count
             if not reason.startswith("reply_"):
                 received[plan.scenario.name] += count
+        used.append(row)
         for sample, judged in ctx.screening.screened(row):
             new.append(sample)
             screened.append(judged)
@@ -727,7 +758,15 @@ def _make_version(
     config, tokenizer = ctx.screening.config, ctx.screening.tokenizer
     existing = [e.sample for e in entries if e.in_use]
     held_out = [e.sample for e in entries if e.in_use and e.split == "test"]
-    filtered = apply_filters(new, config, existing=existing, held_out=held_out, tokenizer=tokenizer, screened=screened)
+    filtered = apply_filters(
+        new,
+        config,
+        existing=existing,
+        held_out=held_out,
+        tokenizer=tokenizer,
+        screened=screened,
+        near_pairs=ctx.screening.near_pairs(used),
+    )
     kept_by: Counter[str] = Counter()
     added = []
     for position, sample in enumerate(filtered.samples):
@@ -856,8 +895,9 @@ def _store_and_screen(engine: Engine, row: SynthBatch, screening: _Screening) ->
     if row.status != "ok":
         return
     try:
-        screening.batches[row.batch_index] = screening.screened(row)
+        screening.compare(row)
     except Exception:  # the filter at the end screens it again, and says there what is wrong
+        screening.batches.pop(row.batch_index, None)
         log.debug("batch %d is screened at the end", row.batch_index, exc_info=True)
 
 
