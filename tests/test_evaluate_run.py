@@ -400,6 +400,7 @@ def test_a_dpo_iteration_is_judged_against_the_previous_iterations_answers_on_qu
     )
     assert line in markdown
     assert "Trained on as preference pairs: 2 test questions, not used for the gate." in markdown
+    assert "on the questions it did not train on (2 test questions left out)" in markdown  # k-1 on the same ones
     assert "over the 4 test questions the run did not train on" in markdown
     with session_scope(get_engine()) as session:
         run = session.get(Run, dpo_id)

@@ -37,6 +37,7 @@ stores all of it or none of it.
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from sqlmodel import Session, col, select
 
@@ -502,22 +503,17 @@ def iteration_comparison(
     # The questions run k trained on count on neither side: k-1 is scored on the same questions as k.
     trained = _trained_questions(session, current)
     before_tags, after_tags = tag_means(session, previous, trained), tag_means(session, current)
-    before = _row_scores(session, previous, trained) if trained else None
+    before = _row_scores(session, previous, trained) if trained else _stored_scores(previous)
+    after = _stored_scores(current)
     return IterationComparison(
         run_id=run.id,  # type: ignore[arg-type]
         iteration=run.iteration,
         parent_run_id=parent.id,  # type: ignore[arg-type]
         parent_iteration=parent.iteration,
-        overall=(
-            before[0] if before else _score(previous, "judge", "means", "tuned", "overall"),
-            _score(current, "judge", "means", "tuned", "overall"),
-        ),
-        win_rate=(
-            before[1] if before else _score(previous, "judge", "pairwise", "win_rate"),
-            _score(current, "judge", "pairwise", "win_rate"),
-        ),
-        invalid_rate=(previous.invalid_rate, current.invalid_rate),
-        chrf=(_score(previous, "reference", "tuned", "chrf"), _score(current, "reference", "tuned", "chrf")),
+        overall=(before.overall, after.overall),
+        win_rate=(before.win_rate, after.win_rate),
+        invalid_rate=(before.invalid_rate, after.invalid_rate),
+        chrf=(before.chrf, after.chrf),
         gate_passed=(previous.gate_passed, current.gate_passed),
         tags={
             tag: (before_tags.get(tag), after_tags.get(tag)) for tag in sorted(before_tags.keys() | after_tags.keys())
@@ -539,24 +535,49 @@ def _trained_questions(session: Session, evaluation: Evaluation) -> set[str]:
     return {question for question, position in rows if position in positions}
 
 
-def _row_scores(session: Session, evaluation: Evaluation, leave_out: set[str]) -> tuple[float | None, float | None]:
-    """The tuned model's mean overall score and win rate over the base from `evaluation`'s judgements, leaving out
-    the questions in `leave_out` and those its own run trained on (as the stored scores do)."""
+class _Scores(NamedTuple):
+    """What "Compared with iteration k-1" shows of one evaluation."""
+
+    overall: float | None
+    win_rate: float | None
+    invalid_rate: float | None
+    chrf: float | None
+
+
+def _stored_scores(evaluation: Evaluation) -> _Scores:
+    return _Scores(
+        _score(evaluation, "judge", "means", "tuned", "overall"),
+        _score(evaluation, "judge", "pairwise", "win_rate"),
+        evaluation.invalid_rate,
+        _score(evaluation, "reference", "tuned", "chrf"),
+    )
+
+
+def _row_scores(session: Session, evaluation: Evaluation, leave_out: set[str]) -> _Scores:
+    """`evaluation`'s scores from its judgements, leaving out the questions in `leave_out` and those its own run
+    trained on (as its stored scores do)."""
     trained = trained_positions(evaluation)
     rows = [
-        (overall, pairwise)
-        for overall, pairwise, question, position in session.exec(
-            select(Judgement.overall, Judgement.pairwise, Judgement.question, Judgement.position).where(
-                Judgement.evaluation_id == evaluation.id
-            )
+        row
+        for row in session.exec(
+            select(
+                Judgement.overall, Judgement.pairwise, Judgement.detail, Judgement.question, Judgement.position
+            ).where(Judgement.evaluation_id == evaluation.id)
         ).all()
-        if question not in leave_out and position not in trained
+        if row.question not in leave_out and row.position not in trained
     ]
-    overall = [o for o, _ in rows if o is not None]
-    verdicts = [p for _, p in rows if p is not None]
-    return (
+    overall = [row.overall for row in rows if row.overall is not None]
+    verdicts = [row.pairwise for row in rows if row.pairwise is not None]
+    details = [row.detail or {} for row in rows]
+    judged = [j for d in details for j in [d.get("base"), d.get("tuned"), *(d.get("pair") or [])] if j]
+    chrf = [d["reference"]["tuned"]["chrf"] for d in details if d.get("reference")]
+    return _Scores(
         sum(overall) / len(overall) if overall else None,
         sum(p == "tuned" for p in verdicts) / len(verdicts) if verdicts else None,
+        sum(not j.get("valid") for j in judged) / len(judged)
+        if judged and evaluation.invalid_rate is not None
+        else None,
+        sum(chrf) / len(chrf) if chrf else None,
     )
 
 
