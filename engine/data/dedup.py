@@ -269,6 +269,7 @@ class NearDuplicateIndex:
         self._texts: dict[int, str] = {}
         self._sigs: dict[int, np.ndarray] = {}
         self._sets: dict[int, frozenset[int]] = {}
+        self._order: dict[int, int] = {}  # key -> when it was added
 
     def __len__(self) -> int:
         return len(self._texts)
@@ -280,13 +281,16 @@ class NearDuplicateIndex:
         self.add_many([key], [text])
 
     def add_many(self, keys: Iterable[int], texts: Sequence[str]) -> None:
-        keys = list(keys)
+        self._add(list(keys), texts)
+
+    def _add(self, keys: list[int], texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """Add the texts; their shingle hashes, offsets and signatures (None when there were none)."""
         if len(keys) != len(texts):
             raise ValueError(f"{len(keys)} keys but {len(texts)} texts")
         if len(set(keys)) != len(keys) or any(k in self._texts for k in keys):
             raise ValueError("keys must be unique within the index")
         if not keys:
-            return
+            return None
         hashes, offsets = _shingles(texts)
         sigs = _signatures(hashes, offsets)
         with self._lsh.insertion_session() as session:
@@ -295,6 +299,26 @@ class NearDuplicateIndex:
                 session.insert(key, lean, check_duplication=False)
                 self._texts[key] = texts[row]
                 self._sigs[key] = sigs[row]
+                self._order[key] = len(self._order)
+        return hashes, offsets, sigs
+
+    def add_matching(self, keys: Iterable[int], texts: Sequence[str]) -> list[list[tuple[int, float]]]:
+        """Add the texts as `add_many` does, and give for each the keys added before it (in an earlier call, or
+        earlier in this one) whose verified similarity to it is >= threshold, most similar first: what `query_many`
+        then `add_many`, and the pairs among the texts themselves, would give, from one pass over the texts."""
+        keys = list(keys)
+        added = self._add(keys, texts)
+        if added is None:
+            return []
+        hashes, offsets, sigs = added
+        results = []
+        for row, key in enumerate(keys):
+            mine = frozenset(hashes[offsets[row] : offsets[row + 1]].tolist())
+            self._sets[key] = mine
+            found = self._lsh.query(LeanMinHash(seed=SEED, hashvalues=sigs[row], scheme=_SCHEME))
+            before = [k for k in found if self._order[k] < self._order[key]]
+            results.append(self._verified(sigs[row], mine, before))
+        return results
 
     def query(self, text: str) -> list[tuple[int, float]]:
         """Keys whose verified similarity to `text` is >= threshold, most similar first."""
@@ -311,21 +335,25 @@ class NearDuplicateIndex:
         results = []
         for row in range(len(texts)):
             found = self._lsh.query(LeanMinHash(seed=SEED, hashvalues=sigs[row], scheme=_SCHEME))
-            if not found:
-                results.append([])
-                continue
-            # Same cheap estimate filter as the batch path before exact verification.
-            estimate = (np.stack([self._sigs[k] for k in found]) == sigs[row]).mean(axis=1)
-            found = [k for k, e in zip(found, estimate, strict=True) if e >= self.threshold - _ESTIMATE_MARGIN]
-            mine = frozenset(hashes[offsets[row] : offsets[row + 1]].tolist())
-            hits = []
-            for key in found:
-                sim = _set_jaccard(mine, self._key_set(key))
-                if sim >= self.threshold:
-                    hits.append((key, sim))
-            hits.sort(key=lambda kv: (-kv[1], kv[0]))
-            results.append(hits)
+            mine = frozenset(hashes[offsets[row] : offsets[row + 1]].tolist()) if found else frozenset()
+            results.append(self._verified(sigs[row], mine, found))
         return results
+
+    def _verified(self, sig: np.ndarray, mine: frozenset[int], found: Sequence[int]) -> list[tuple[int, float]]:
+        """The keys among LSH candidates `found` at or above the threshold, most similar first."""
+        if not found:
+            return []
+        # Same cheap estimate filter as the batch path before exact verification.
+        estimate = (np.stack([self._sigs[k] for k in found]) == sig).mean(axis=1)
+        hits = []
+        for key, guess in zip(found, estimate, strict=True):
+            if guess < self.threshold - _ESTIMATE_MARGIN:
+                continue
+            sim = _set_jaccard(mine, self._key_set(key))
+            if sim >= self.threshold:
+                hits.append((key, sim))
+        hits.sort(key=lambda kv: (-kv[1], kv[0]))
+        return hits
 
     def _key_set(self, key: int) -> frozenset[int]:
         # Cached: a key that matches once (a popular template) tends to match again.
@@ -350,11 +378,10 @@ class ArrivingPairs:
         """Compare `texts` with every text added before and with each other, then add them."""
         with self._lock:
             first = len(self._keys)
-            for key, hits in zip(keys, self._index.query_many(texts), strict=True):
-                self._pairs += [(self._keys[other], key, sim) for other, sim in hits]
-            self._pairs += [(keys[i], keys[j], sim) for i, j, sim in near_duplicate_pairs(texts, self.threshold)]
-            self._index.add_many(range(first, first + len(keys)), texts)
             self._keys += keys
+            matches = self._index.add_matching(range(first, first + len(keys)), texts)
+            for key, hits in zip(keys, matches, strict=True):
+                self._pairs += [(self._keys[other], key, sim) for other, sim in hits]
 
     def pairs(self) -> list[tuple[Hashable, Hashable, float]]:
         """Every pair (earlier key, later key, similarity) of texts at or above the threshold."""
