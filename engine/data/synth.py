@@ -28,6 +28,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -184,6 +185,30 @@ class _Screening:
         self.near = ArrivingPairs(threshold) if threshold is not None else None  # keys: (batch index, position)
         self.compared: set[int] = set()  # batch indexes
         self._tokenizer_path, self._tokenizer, self._loading = tokenizer_path, None, threading.Lock()
+        # One batch at a time, in one thread: a burst of replies then leaves the event loop one thread to share
+        # the interpreter with, not one per reply, so the next requests go out on time.
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="synth-screen")
+        self._pending: list[Future[None]] = []
+
+    def arrived(self, row: SynthBatch) -> None:
+        """Screen and compare a stored batch in the background while the other requests are out."""
+        if row.status == "ok":
+            self._pending.append(self._worker.submit(self._compare_or_leave, row))
+
+    def _compare_or_leave(self, row: SynthBatch) -> None:
+        try:
+            self.compare(row)
+        except Exception:  # the filter at the end screens it again, and says there what is wrong
+            self.batches.pop(row.batch_index, None)
+            log.debug("batch %d is screened at the end", row.batch_index, exc_info=True)
+
+    def settle(self) -> None:
+        """Wait for the batches still being screened (before the filter at the end reads them)."""
+        wait(self._pending)
+        self._pending.clear()
+
+    def close(self) -> None:
+        self._worker.shutdown(wait=False, cancel_futures=True)
 
     @property
     def tokenizer(self) -> Any | None:
@@ -280,6 +305,7 @@ async def synthesize(
     own_client = client is None
     client = (client or make_client(settings)).with_options(max_retries=0)  # retries are ours
     started = time.monotonic()
+    screening: _Screening | None = None
     try:
         with session_scope(engine) as session:
             project = get_or_create_project(session, project_name)
@@ -308,7 +334,8 @@ async def synthesize(
             usage=usage,
             rng=random.Random(request.seed),
         )
-        ctx = _Context(chat, settings, project_name, events, _Screening(job_key, request, tokenizer_path))
+        screening = _Screening(job_key, request, tokenizer_path)
+        ctx = _Context(chat, settings, project_name, events, screening)
         resumed = sum(1 for i, b in stored.items() if i != PLAN_INDEX and b.status == "ok")
         events(_stage(project_name, "plan", job=job_name, resumed_batches=resumed))
 
@@ -326,6 +353,7 @@ async def synthesize(
         await _run_batches(engine, ctx, project_id, job_key, plans, pending, request.concurrency or 0)
 
         events(_stage(project_name, "filter", job=job_name))
+        screening.settle()
         rows = _stored_batches(engine, job_key)  # the database is the truth, earlier attempts included
         with session_scope(engine) as session:
             outcome = _make_version(
@@ -346,6 +374,8 @@ async def synthesize(
         events(Event("report", project_name, {"stage": STAGE, "report": outcome.report, "markdown": outcome.markdown}))
         return outcome
     finally:
+        if screening is not None:
+            screening.close()
         if own_client:
             await client.close()
 
@@ -890,15 +920,9 @@ def _stored_batches(engine: Engine, job_key: str) -> dict[int, SynthBatch]:
 
 
 def _store_and_screen(engine: Engine, row: SynthBatch, screening: _Screening) -> None:
-    """Store a batch the moment it arrives, then screen its samples while the other requests are out."""
+    """Store a batch the moment it arrives, then have its samples screened while the other requests are out."""
     _store_batch(engine, row)
-    if row.status != "ok":
-        return
-    try:
-        screening.compare(row)
-    except Exception:  # the filter at the end screens it again, and says there what is wrong
-        screening.batches.pop(row.batch_index, None)
-        log.debug("batch %d is screened at the end", row.batch_index, exc_info=True)
+    screening.arrived(row)
 
 
 def _store_batch(engine: Engine, row: SynthBatch) -> None:

@@ -111,7 +111,7 @@ class EvaluationOptions:
 class EvaluationOutcome:
     evaluation: Evaluation
     decision: GateDecision
-    judge: JudgeResult
+    judge: JudgeResult  # over the test questions the run did not train on, as the gate is
     weakest: WeakestReport
     report: ReportFiles
     report_keys: dict[str, str]  # "markdown", "html", "chart:<name>" -> artifact key
@@ -696,7 +696,7 @@ def report_for_run(
         transition(session, run, "reviewing", actor=worker_actor(), detail=detail)
         session.commit()
     _announce(events, project, run, assessment, files)
-    return EvaluationOutcome(evaluation, assessment.decision, judged.judge, assessment.weakest, files, keys)
+    return EvaluationOutcome(evaluation, assessment.decision, assessment.judged.judge, assessment.weakest, files, keys)
 
 
 def evaluate_run(
