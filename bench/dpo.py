@@ -186,10 +186,9 @@ class IterationTwo:
 
 
 def iteration_two(first: int) -> IterationTwo:
-    from engine.data.sample import Sample
     from engine.database import get_engine
+    from engine.loop.preferences import PAIRS_FILE, read_pairs_file
     from engine.loop.reviews import start_next_iteration
-    from engine.train.dpo import PAIRS_FILE
     from engine.train.sft import train as train_run
     from storage.db import session_scope
 
@@ -199,8 +198,7 @@ def iteration_two(first: int) -> IterationTwo:
         outcome = train_run(session, "bench", None, None, run_id=run_id)
         assert outcome is not None
     out = outcome.adapter_dir.parent
-    lines = (out / PAIRS_FILE).read_text(encoding="utf-8").splitlines()
-    return IterationTwo(run_id, out, [Sample.model_validate_json(line) for line in lines])
+    return IterationTwo(run_id, out, read_pairs_file(out / PAIRS_FILE))
 
 
 def generate(adapter: Path, model: Path, samples: list) -> list[str]:

@@ -25,6 +25,7 @@ from typing import Any
 
 import openai
 from openai import AsyncOpenAI
+from openai.types.chat import ChatCompletion
 
 from engine.settings import Settings
 
@@ -170,15 +171,19 @@ class ChatCaller:
             fmt = response_format(mode) if response_format is not None else None
             self.usage.requests += 1
             requests += 1
+            body: dict[str, Any] = {"model": self.model, "messages": messages}
+            if self.temperature is not None:
+                body["temperature"] = self.temperature
+            if fmt is not None:
+                body["response_format"] = fmt
             try:
-                raw = await self.client.chat.completions.with_raw_response.create(
-                    model=self.model,
-                    messages=messages,  # type: ignore[arg-type]
-                    temperature=self.temperature if self.temperature is not None else openai.omit,
-                    response_format=fmt if fmt is not None else openai.omit,  # type: ignore[arg-type]
-                    timeout=self.policy.timeout_s,
+                # The body as plain JSON through the client's documented `post`: `chat.completions.create` walks
+                # every message and the response schema against its typed params first (~1 ms a request on the
+                # event loop, where the replies of the other requests in flight wait), for a body that is JSON
+                # already. Errors, retries off, timeout and parsing are the client's as before.
+                completion = await self.client.post(
+                    "/chat/completions", body=body, cast_to=ChatCompletion, options={"timeout": self.policy.timeout_s}
                 )
-                completion = raw.parse()
             except (openai.BadRequestError, openai.UnprocessableEntityError) as error:
                 if mode != "text" and response_format is not None and _rejects_format(error):
                     if self.mode == mode:  # concurrent requests learn it too; lower once

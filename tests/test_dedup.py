@@ -7,7 +7,7 @@ import pytest
 from datasketch import MinHash
 
 from engine.data import dedup
-from engine.data.dedup import NearDuplicateIndex, jaccard, near_duplicate_of, near_duplicate_pairs
+from engine.data.dedup import ArrivingPairs, NearDuplicateIndex, jaccard, near_duplicate_of, near_duplicate_pairs
 from engine.data.normalize import normalize_text
 
 ZH = (
@@ -74,6 +74,24 @@ def test_near_duplicate_pairs_finds_planted_pairs_only() -> None:
     assert [(i, j) for i, j, _ in pairs] == [(3, 300), (200, 301)]
     assert pairs[1][2] == 1.0
     assert all(sim >= 0.9 for *_, sim in pairs)
+
+
+def test_pairs_found_as_batches_arrive_are_the_pairs_found_at_once() -> None:
+    """Synthesis compares each reply's samples with the replies before it as they arrive, in any order: the pairs
+    are the ones a pass over all the texts at the end finds, within a batch and across batches alike."""
+    rng = random.Random(11)
+    vocab = "订单发货退款快递会员积分优惠券售后客服地址发票物流商品尺码颜色价格库存包装"
+    texts = ["".join(rng.choice(vocab) for _ in range(80)) for _ in range(60)]
+    for source, target in ((3, 17), (40, 41), (17, 55)):  # across batches, within one, a chain
+        texts[target] = texts[source][:40] + "改" + texts[source][41:]
+    batches = [list(range(start, start + 10)) for start in range(0, 60, 10)]
+    rng.shuffle(batches)
+    arriving = ArrivingPairs(0.9)
+    for batch in batches:
+        arriving.add(batch, [texts[i] for i in batch])
+    found = sorted((min(a, b), max(a, b), sim) for a, b, sim in arriving.pairs())
+    assert [(i, j) for i, j, _ in found] == [(3, 17), (3, 55), (17, 55), (40, 41)]
+    assert found == near_duplicate_pairs(texts, 0.9)
 
 
 def test_near_duplicate_of_keeps_the_first_of_each_group() -> None:

@@ -7,7 +7,7 @@ import pytest
 from pydantic import ValidationError
 
 from engine.evaluate.gate import GateConfig, GateInputs, decide, forgetting_drop
-from engine.evaluate.judge import Judgement, JudgeResult, SampleJudgement, aggregate
+from engine.evaluate.judge import Judgement, JudgeResult, SampleJudgement, aggregate, restricted
 from engine.llm import Usage
 
 GOOD = {"overall_mean": 4.3, "base_overall_mean": 3.1, "win_rate": 0.7, "invalid_rate": 0.01, "forgetting_drop": 0.02}
@@ -228,6 +228,26 @@ def test_the_gate_does_not_pass_on_nothing() -> None:
     assert statuses == ["passed", "failed", "not_measured", "not_applicable", "not_measured"]
     assert [c.name for c in decision.checks if c.blocks] == ["gain_over_base", "win_rate", "forgetting"]
     assert decision.notes[0].startswith("scores come from reference metrics")
+
+
+def test_the_gate_counts_only_the_questions_the_run_did_not_train_on() -> None:
+    """A DPO iteration answers the questions it trained on as pairs well (4.8) and the others badly (2.0): scored
+    over all it would pass; over the unseen ones it fails, and the notes say what was left out."""
+    result = judge_result([judged(0, True, 4.8), judged(1, True, 4.8), judged(2, True, 4.8), judged(3, True, 2.0)])
+    assert decide(GateInputs.from_judge(result, 0.0)).passed
+    unseen = restricted(result, {3})
+    assert (unseen.overall_mean, result.overall_mean) == (2.0, pytest.approx(4.1))
+    decision = decide(GateInputs.from_judge(unseen, 0.0, left_out=3))
+    assert not decision.passed and decision.check("overall").value == 2.0
+    assert decision.notes[0] == (
+        "3 test questions the run trained on are left out of these checks; they are over the 1 it did not train on"
+    )
+    everything_trained = decide(GateInputs.from_judge(restricted(result, set()), 0.0, left_out=4))
+    assert not everything_trained.passed
+    assert everything_trained.reasons == [
+        "the run trained on every one of its 4 test questions, so no unseen question is left to measure it on, "
+        "and the gate does not pass on questions the model trained on"
+    ]
 
 
 def test_the_metric_judge_passes_once_a_project_waives_what_it_cannot_measure() -> None:

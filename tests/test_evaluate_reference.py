@@ -12,12 +12,10 @@ from engine.evaluate.generate import LoadedModels, generate_pairs, load_models
 from engine.evaluate.reference import (
     answer_labels,
     answer_nlls,
-    corpus_perplexity,
-    mean_scores,
     reference_metrics,
     score_answer,
 )
-from engine.evaluate.results import AnswerNLL, GenerationSettings
+from engine.evaluate.results import AnswerNLL, GenerationSettings, corpus_perplexity, mean_scores
 from engine.evaluate.text import cjk_share, language_of, tokens
 from engine.train.prepare import IGNORE_INDEX
 from engine.train.tiny import IM_END, build_tiny_model

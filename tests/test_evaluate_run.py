@@ -17,6 +17,7 @@ from sqlmodel import select
 from typer.testing import CliRunner
 
 from bot.cli import app
+from bot.core.render import report_message
 from engine.database import get_engine
 from engine.evaluate.judge_prompts import DEFAULT_RUBRIC
 from engine.evaluate.results import GenerationSettings
@@ -29,6 +30,7 @@ from engine.evaluate.run import (
     report_for_run,
 )
 from engine.events import Event
+from engine.loop.reviews import record_review
 from engine.loop.runs import StageStopped
 from engine.settings import get_settings
 from engine.train.recipe import Recipe
@@ -338,17 +340,30 @@ def test_a_stage_its_worker_stops_leaves_the_run_evaluating(home: TrainedRun) ->
     assert run_state(home.run_id)[0] == "reviewing"
 
 
-def test_a_dpo_iteration_is_judged_against_the_previous_iterations_answers(
+def fix_judgements(evaluation_id: int, positions: set[int]) -> None:
+    """A reviewer fixes the judged samples at `positions`: each Fix is a preference pair on that test question."""
+    with session_scope(get_engine()) as session:
+        for row in session.exec(select(Judgement).where(Judgement.evaluation_id == evaluation_id)).all():
+            if row.position in positions:
+                record_review(session, judgement_id=row.id, reviewer="lead", verdict="fix", corrected_answer="请稍等。")
+
+
+def test_a_dpo_iteration_is_judged_against_the_previous_iterations_answers_on_questions_it_did_not_train_on(
     home: TrainedRun, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The DPO iteration trained on pairs from fixes of two test questions: its gate, its scores and its win rate
+    against iteration 1 leave them out and the report says how many; trained on all of them, its gate fails."""
     with OpenAIServer(responder=reference_judge) as server:
         judge_at(server, monkeypatch)
         first, _, _ = evaluate(home.run_id)
         assert first.scores["versus_previous"] is None  # an SFT run: against its base only
+        assert first.scores["trained_on"] is None
         with session_scope(get_engine()) as session:
             # Iteration 1 answered all but its first question wrongly; iteration 2 (DPO) answers as the adapter does.
             for row in session.exec(select(Judgement).where(Judgement.evaluation_id == first.id)).all():
                 row.tuned_answer = row.tuned_answer if row.position == 0 else "不知道。"
+        fix_judgements(first.id, {1, 2})
+        with session_scope(get_engine()) as session:
             parent = session.get(Run, home.run_id)
             adapter = session.exec(select(Adapter).where(Adapter.run_id == parent.id)).one()
             last = max(session.exec(select(Run.iteration).where(Run.project_id == parent.project_id)).all())
@@ -366,12 +381,41 @@ def test_a_dpo_iteration_is_judged_against_the_previous_iterations_answers(
             session.add(Adapter(**copied, run_id=dpo.id))
             dpo_id = dpo.id
         server.requests.clear()
-        evaluation, _, outcome = evaluate(dpo_id)
+        evaluation, rows, outcome = evaluate(dpo_id)
         requests = len(server.requests)
-    assert requests == 2 * 4 * len(SHOP_QA)  # against the base, then against iteration 1, both ways
+    assert requests == 2 * 4 * len(SHOP_QA)  # every question is judged: against the base, then iteration 1
+    assert len(rows) == len(SHOP_QA)  # and stored
+    assert evaluation.scores["trained_on"]["preference_pairs"] == [1, 2]
+    unseen = [r for r in rows if r.position not in (1, 2)]
+    judge = evaluation.scores["judge"]
+    assert judge["samples"] == len(SHOP_QA) - 2
+    assert judge["overall_mean"] == pytest.approx(sum(r.overall for r in unseen) / len(unseen), abs=1e-4)
+    assert evaluation.scores["gate"]["checks"][0]["value"] == pytest.approx(judge["overall_mean"], abs=1e-4)
     versus = evaluation.scores["versus_previous"]
     assert (versus["run"], versus["iteration"]) == (home.run_id, parent.iteration)
     pairwise = versus["pairwise"]
-    assert (pairwise["pairs"], pairwise["wins"], pairwise["losses"]) == (len(SHOP_QA), len(SHOP_QA) - 1, 0)
-    line = f"win rate against iteration {parent.iteration}: 83% (5 won, 0 lost, 1 tied of 6)"
-    assert line in Path(outcome.report.markdown).read_text(encoding="utf-8")
+    assert (pairwise["pairs"], pairwise["wins"], pairwise["losses"]) == (len(SHOP_QA) - 2, len(SHOP_QA) - 3, 0)
+    markdown = Path(outcome.report.markdown).read_text(encoding="utf-8")
+    line = (
+        f"win rate against iteration {parent.iteration}: 75% (3 won, 0 lost, 1 tied of 4 questions it did not "
+        "train on; 2 it trained on left out)"
+    )
+    assert line in markdown
+    assert "Trained on as preference pairs: 2 test questions, not used for the gate." in markdown
+    assert "on the questions it did not train on (2 test questions left out)" in markdown  # k-1 on the same ones
+    assert "over the 4 test questions the run did not train on" in markdown
+    with session_scope(get_engine()) as session:
+        run = session.get(Run, dpo_id)
+        chat = report_message(session, run, session.get(Evaluation, evaluation.id), "zh")
+    assert "作为偏好对训练过的测试问题：2 个（不计入门槛）" in chat.lines
+    assert "分数基于它未训练过的 4 个测试问题" in chat.lines
+
+    fix_judgements(first.id, set(range(len(SHOP_QA))) - {1, 2})  # now it trained on every test question
+    again = in_own_session(report_for_run, dpo_id).evaluation.id  # the same answers and verdicts, gated again
+    with session_scope(get_engine()) as session:
+        everything = session.get(Evaluation, again)
+    assert not everything.gate_passed
+    assert everything.gate_reasons == [
+        f"the run trained on every one of its {len(SHOP_QA)} test questions, so no unseen question is left to "
+        "measure it on, and the gate does not pass on questions the model trained on"
+    ]

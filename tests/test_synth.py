@@ -348,6 +348,40 @@ def test_duplicates_are_filtered_against_the_batch_and_the_dataset(lite: Engine,
     assert any("existing" in (e.filter_reason or "") for e in removed)
 
 
+def test_near_duplicates_are_filtered_across_batches_and_within_one(lite: Engine, server: OpenAIServer) -> None:
+    question = "我上周在你们店里买的那件羊毛大衣尺码偏小了，想换一个大一号的，请问需要怎么操作呢？"
+    answer = (
+        "您好，换货请在订单详情里点击申请售后，选择换货并填写想要的尺码，"
+        "快递员会上门取件，新衣服会在收到旧衣服后两天内寄出。"
+    )
+
+    def sample(q: str, a: str) -> dict:
+        return {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
+
+    first = sample(question, answer)
+    other = sample("发票抬头开错了还能改吗？我需要公司的抬头，税号也要写上去，麻烦尽快帮我处理一下。", answer[::-1])
+    third = sample(
+        "快递显示已签收但我根本没收到包裹，家里也没人签过，这种情况应该找谁处理比较快？", answer[5:] + "谢谢"
+    )
+    server.script(
+        Reply.samples([first, other]),
+        Reply.samples(
+            [
+                sample(question, answer.replace("两天", "三天")),
+                third,
+                sample(third["messages"][0]["content"], answer[5:] + "感谢"),
+            ]
+        ),
+    )
+    outcome = run(lite, server, n=5, per_request=3, concurrency=1, scenarios={"换货": 1})
+    assert outcome.report["filtered"] == {"near_duplicate": 2}
+    reasons = [e.filter_reason for e in version_entries(lite) if not e.in_use]
+    assert [reason.split(" (")[0] for reason in reasons] == [
+        "near-duplicate of sample #1",
+        "near-duplicate of sample #4",
+    ]
+
+
 # --- budget and resumption -----------------------------------------------------------------------
 
 

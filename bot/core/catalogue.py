@@ -285,6 +285,22 @@ CATALOGUE: dict[str, tuple[str, str]] = {
     "evaluate.report": ("writing the report", "生成报告"),
     "report.title": ("Run {run} evaluated: gate {gate}", "运行 {run} 评估完成：门槛{gate}"),
     "report.score": ("tuned overall {tuned} (base {base})", "微调后总分 {tuned}（基座 {base}）"),
+    "report.unseen": (
+        "scores over the {n} test questions it did not train on",
+        "分数基于它未训练过的 {n} 个测试问题",
+    ),
+    "report.nothing_unseen": (
+        "it trained on every test question: none is left unseen, so the gate cannot pass",
+        "它训练过全部测试问题：没有未见过的问题，门槛无法通过",
+    ),
+    "report.trained_pairs": (
+        "test questions trained on as preference pairs: {n} (not used for the gate)",
+        "作为偏好对训练过的测试问题：{n} 个（不计入门槛）",
+    ),
+    "report.trained_sft": (
+        "test questions trained on as SFT samples: {n} (not used for the gate)",
+        "作为 SFT 样本训练过的测试问题：{n} 个（不计入门槛）",
+    ),
     "report.judge": ("judge", "评审"),
     "report.win_rate": ("win rate", "胜率"),
     "report.since": ("since iteration {iteration}: {line}", "相比第 {iteration} 轮：{line}"),

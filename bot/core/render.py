@@ -227,6 +227,7 @@ def report_message(session: Session, run: Run, evaluation: Evaluation, language:
             base=_number((means.get("base") or {}).get("overall")),
         )
     )
+    lines += _trained_on_lines(scores, language)
     win_rate = (judge.get("pairwise") or {}).get("win_rate")
     fields = [
         (
@@ -279,6 +280,19 @@ def gate_tables(scores: dict, language: str) -> list[Table]:
         for check in checks
     ]
     return [Table(columns, rows)]
+
+
+def _trained_on_lines(scores: dict, language: str) -> list[str]:
+    """What the scores are over when the run trained on some test questions, and how many it trained on."""
+    trained = scores.get("trained_on") or {}
+    if not trained:
+        return []
+    unseen = (scores.get("judge") or {}).get("samples") or 0
+    lines = [say(language, "report.unseen", n=unseen) if unseen else say(language, "report.nothing_unseen")]
+    for kind, entry in (("preference_pairs", "report.trained_pairs"), ("sft_samples", "report.trained_sft")):
+        if trained.get(kind):
+            lines.append(say(language, entry, n=len(trained[kind])))
+    return lines
 
 
 def review_cards(run: Run, judgements: list[Judgement], latest: dict[int, str], language: str) -> list[Message]:

@@ -28,7 +28,8 @@ How it works, and why:
   Jaccard, so reported pairs are never false positives of the sketch.
 """
 
-from collections.abc import Iterable, Sequence
+import threading
+from collections.abc import Hashable, Iterable, Sequence
 from functools import lru_cache
 
 import numpy as np
@@ -239,11 +240,16 @@ def near_duplicate_of(texts: Sequence[str], threshold: float = 0.9) -> list[int 
 
     Greedy in input order: a text is kept unless it is similar to an already kept text. If A~B and
     B~C but not A~C, B points at A and C is kept (its only match, B, was not kept)."""
+    return first_kept(len(texts), near_duplicate_pairs(texts, threshold))
+
+
+def first_kept(n: int, pairs: Iterable[tuple[int, int, float]]) -> list[int | None]:
+    """`near_duplicate_of` from pairs (i, j, similarity), i < j < n, found however (at once or as texts arrived)."""
     earlier: dict[int, list[int]] = {}
-    for i, j, _ in near_duplicate_pairs(texts, threshold):
+    for i, j, _ in pairs:
         earlier.setdefault(j, []).append(i)
-    result: list[int | None] = [None] * len(texts)
-    for j in range(len(texts)):
+    result: list[int | None] = [None] * n
+    for j in range(n):
         for i in sorted(earlier.get(j, ())):
             if result[i] is None:
                 result[j] = i
@@ -263,6 +269,7 @@ class NearDuplicateIndex:
         self._texts: dict[int, str] = {}
         self._sigs: dict[int, np.ndarray] = {}
         self._sets: dict[int, frozenset[int]] = {}
+        self._order: dict[int, int] = {}  # key -> when it was added
 
     def __len__(self) -> int:
         return len(self._texts)
@@ -274,13 +281,16 @@ class NearDuplicateIndex:
         self.add_many([key], [text])
 
     def add_many(self, keys: Iterable[int], texts: Sequence[str]) -> None:
-        keys = list(keys)
+        self._add(list(keys), texts)
+
+    def _add(self, keys: list[int], texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """Add the texts; their shingle hashes, offsets and signatures (None when there were none)."""
         if len(keys) != len(texts):
             raise ValueError(f"{len(keys)} keys but {len(texts)} texts")
         if len(set(keys)) != len(keys) or any(k in self._texts for k in keys):
             raise ValueError("keys must be unique within the index")
         if not keys:
-            return
+            return None
         hashes, offsets = _shingles(texts)
         sigs = _signatures(hashes, offsets)
         with self._lsh.insertion_session() as session:
@@ -289,6 +299,26 @@ class NearDuplicateIndex:
                 session.insert(key, lean, check_duplication=False)
                 self._texts[key] = texts[row]
                 self._sigs[key] = sigs[row]
+                self._order[key] = len(self._order)
+        return hashes, offsets, sigs
+
+    def add_matching(self, keys: Iterable[int], texts: Sequence[str]) -> list[list[tuple[int, float]]]:
+        """Add the texts as `add_many` does, and give for each the keys added before it (in an earlier call, or
+        earlier in this one) whose verified similarity to it is >= threshold, most similar first: what `query_many`
+        then `add_many`, and the pairs among the texts themselves, would give, from one pass over the texts."""
+        keys = list(keys)
+        added = self._add(keys, texts)
+        if added is None:
+            return []
+        hashes, offsets, sigs = added
+        results = []
+        for row, key in enumerate(keys):
+            mine = frozenset(hashes[offsets[row] : offsets[row + 1]].tolist())
+            self._sets[key] = mine
+            found = self._lsh.query(LeanMinHash(seed=SEED, hashvalues=sigs[row], scheme=_SCHEME))
+            before = [k for k in found if self._order[k] < self._order[key]]
+            results.append(self._verified(sigs[row], mine, before))
+        return results
 
     def query(self, text: str) -> list[tuple[int, float]]:
         """Keys whose verified similarity to `text` is >= threshold, most similar first."""
@@ -305,24 +335,55 @@ class NearDuplicateIndex:
         results = []
         for row in range(len(texts)):
             found = self._lsh.query(LeanMinHash(seed=SEED, hashvalues=sigs[row], scheme=_SCHEME))
-            if not found:
-                results.append([])
-                continue
-            # Same cheap estimate filter as the batch path before exact verification.
-            estimate = (np.stack([self._sigs[k] for k in found]) == sigs[row]).mean(axis=1)
-            found = [k for k, e in zip(found, estimate, strict=True) if e >= self.threshold - _ESTIMATE_MARGIN]
-            mine = frozenset(hashes[offsets[row] : offsets[row + 1]].tolist())
-            hits = []
-            for key in found:
-                sim = _set_jaccard(mine, self._key_set(key))
-                if sim >= self.threshold:
-                    hits.append((key, sim))
-            hits.sort(key=lambda kv: (-kv[1], kv[0]))
-            results.append(hits)
+            mine = frozenset(hashes[offsets[row] : offsets[row + 1]].tolist()) if found else frozenset()
+            results.append(self._verified(sigs[row], mine, found))
         return results
+
+    def _verified(self, sig: np.ndarray, mine: frozenset[int], found: Sequence[int]) -> list[tuple[int, float]]:
+        """The keys among LSH candidates `found` at or above the threshold, most similar first."""
+        if not found:
+            return []
+        # Same cheap estimate filter as the batch path before exact verification.
+        estimate = (np.stack([self._sigs[k] for k in found]) == sig).mean(axis=1)
+        hits = []
+        for key, guess in zip(found, estimate, strict=True):
+            if guess < self.threshold - _ESTIMATE_MARGIN:
+                continue
+            sim = _set_jaccard(mine, self._key_set(key))
+            if sim >= self.threshold:
+                hits.append((key, sim))
+        hits.sort(key=lambda kv: (-kv[1], kv[0]))
+        return hits
 
     def _key_set(self, key: int) -> frozenset[int]:
         # Cached: a key that matches once (a popular template) tends to match again.
         if key not in self._sets:
             self._sets[key] = _shingle_set(self._texts[key])
         return self._sets[key]
+
+
+class ArrivingPairs:
+    """Near-duplicate pairs among texts that arrive in batches (synthesis replies): each batch is compared with
+    those before it and within itself as it arrives, while later requests are still out, so that a filter at the
+    end only walks the pairs. Texts are named by any hashable key; safe to feed from several threads."""
+
+    def __init__(self, threshold: float = 0.9) -> None:
+        self.threshold = threshold
+        self._index = NearDuplicateIndex(threshold)
+        self._keys: list[Hashable] = []  # the index's int key -> the caller's key
+        self._pairs: list[tuple[Hashable, Hashable, float]] = []
+        self._lock = threading.Lock()
+
+    def add(self, keys: Sequence[Hashable], texts: Sequence[str]) -> None:
+        """Compare `texts` with every text added before and with each other, then add them."""
+        with self._lock:
+            first = len(self._keys)
+            self._keys += keys
+            matches = self._index.add_matching(range(first, first + len(keys)), texts)
+            for key, hits in zip(keys, matches, strict=True):
+                self._pairs += [(self._keys[other], key, sim) for other, sim in hits]
+
+    def pairs(self) -> list[tuple[Hashable, Hashable, float]]:
+        """Every pair (earlier key, later key, similarity) of texts at or above the threshold."""
+        with self._lock:
+            return list(self._pairs)

@@ -48,7 +48,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from engine.data.dedup import NearDuplicateIndex, jaccard, near_duplicate_of
+from engine.data.dedup import NearDuplicateIndex, first_kept, jaccard, near_duplicate_pairs
 from engine.data.normalize import normalize_text
 from engine.data.sample import Message, Sample
 
@@ -505,6 +505,7 @@ def apply_filters(
     tokenizer: Any | None = None,
     numbers: Sequence[int] | None = None,
     screened: Sequence["Screened"] | None = None,
+    near_pairs: Sequence[tuple[int, int, float]] | None = None,
 ) -> FilterOutcome:
     """Run every rule (order in the module docstring) over `samples`; `existing` are samples
     already in the dataset, kept as they are, that new samples must not duplicate; `held_out` are
@@ -512,7 +513,9 @@ def apply_filters(
 
     Reasons name a duplicated sample by `numbers[i]` (what the user knows it by, e.g. its position
     in the dataset version), by default its 1-based position in `samples`. `screened`: `screen` of each of
-    `samples` with this config and tokenizer, done earlier (synthesis screens each batch as it arrives)."""
+    `samples` with this config and tokenizer, done earlier (synthesis screens each batch as it arrives);
+    `near_pairs`: the near-duplicate pairs (i, j, similarity) among the screened samples at this config's threshold,
+    found earlier (synthesis compares each batch with the ones before it as it arrives: dedup.ArrivingPairs)."""
     label = (lambda i: numbers[i]) if numbers is not None else (lambda i: i + 1)
     if screened is None:
         screened = [screen(sample, config, tokenizer) for sample in samples]
@@ -552,7 +555,16 @@ def apply_filters(
                     )
             texts = {i: t for i, t in texts.items() if i not in removed}
         order = list(texts)
-        for pos, dup in enumerate(near_duplicate_of([texts[i] for i in order], threshold)):
+        if near_pairs is None:
+            found = near_duplicate_pairs([texts[i] for i in order], threshold)
+        else:  # the pairs among the samples still in, by their place among them
+            rank = {i: r for r, i in enumerate(order)}
+            found = [
+                (min(rank[a], rank[b]), max(rank[a], rank[b]), sim)
+                for a, b, sim in near_pairs
+                if a in rank and b in rank
+            ]
+        for pos, dup in enumerate(first_kept(len(order), found)):
             if dup is not None:
                 i, j = order[pos], order[dup]
                 sim = jaccard(texts[i], texts[j])

@@ -79,8 +79,7 @@ class Sample(BaseModel):
 
     @property
     def content_hash(self) -> str:
-        text = json.dumps(self.content_key(), ensure_ascii=False, sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(text.encode("utf-8")).hexdigest()
+        return content_hash_of(self.content_key())
 
     def prompt_text(self) -> str:
         """Everything before the last assistant turn, as plain text (for filters and dedup)."""
@@ -96,3 +95,9 @@ class Sample(BaseModel):
 
     def last_assistant_index(self) -> int:
         return max(i for i, m in enumerate(self.messages) if m.role == "assistant")
+
+
+def content_hash_of(key: dict[str, Any]) -> str:
+    """The hash of a sample's `content_key()`: for a caller that needs the key too (a version stores its messages)."""
+    text = json.dumps(key, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()

@@ -28,6 +28,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -37,7 +38,8 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from engine import llm
-from engine.data.filters import FilterConfig, Screened, apply_filters, load_tokenizer, screen
+from engine.data.dedup import ArrivingPairs
+from engine.data.filters import FilterConfig, Screened, apply_filters, dedup_text, load_tokenizer, screen
 from engine.data.sample import Message, Sample
 from engine.data.synth_prompts import PROMPT_VERSION, batch_messages, response_format, scenario_messages
 from engine.data.synth_replies import extract_json, items_of, to_sample
@@ -171,14 +173,42 @@ class BatchPlan:
 
 @dataclass
 class _Screening:
-    """Each batch's samples with the filter's rules that judge a sample alone, worked out in the thread that stores
-    the batch while other requests are still out: the filter at the end then only compares samples."""
+    """Each batch's samples with the filter's rules that judge a sample alone, and their near-duplicates among the
+    batches before it, worked out in the thread that stores the batch while other requests are still out: the
+    filter at the end then only compares samples with the dataset and walks the pairs found."""
 
     def __init__(self, job_key: str, request: "SynthRequest", tokenizer_path: str | None) -> None:
         self.job_key, self.system_prompt = job_key, request.system_prompt
         self.config = request.filter_config or FilterConfig()
         self.batches: dict[int, list[tuple[Sample, Screened]]] = {}  # batch index -> its samples, screened
+        threshold = self.config.near_dup_threshold
+        self.near = ArrivingPairs(threshold) if threshold is not None else None  # keys: (batch index, position)
+        self.compared: set[int] = set()  # batch indexes
         self._tokenizer_path, self._tokenizer, self._loading = tokenizer_path, None, threading.Lock()
+        # One batch at a time, in one thread: a burst of replies then leaves the event loop one thread to share
+        # the interpreter with, not one per reply, so the next requests go out on time.
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="synth-screen")
+        self._pending: list[Future[None]] = []
+
+    def arrived(self, row: SynthBatch) -> None:
+        """Screen and compare a stored batch in the background while the other requests are out."""
+        if row.status == "ok":
+            self._pending.append(self._worker.submit(self._compare_or_leave, row))
+
+    def _compare_or_leave(self, row: SynthBatch) -> None:
+        try:
+            self.compare(row)
+        except Exception:  # the filter at the end screens it again, and says there what is wrong
+            self.batches.pop(row.batch_index, None)
+            log.debug("batch %d is screened at the end", row.batch_index, exc_info=True)
+
+    def settle(self) -> None:
+        """Wait for the batches still being screened (before the filter at the end reads them)."""
+        wait(self._pending)
+        self._pending.clear()
+
+    def close(self) -> None:
+        self._worker.shutdown(wait=False, cancel_futures=True)
 
     @property
     def tokenizer(self) -> Any | None:
@@ -203,7 +233,31 @@ class _Screening:
         done = self.batches.get(row.batch_index)
         if done is None:
             done = [(sample, screen(sample, self.config, self.tokenizer)) for sample in self.samples(row)]
+            self.batches[row.batch_index] = done
         return done
+
+    def compare(self, row: SynthBatch) -> None:
+        """Screen the batch, and compare the samples screening kept with the batches compared before it."""
+        done = self.screened(row)
+        if self.near is None or row.batch_index in self.compared:
+            return
+        kept = [(n, one.sample) for n, (_, one) in enumerate(done) if one.removal is None]
+        self.near.add([(row.batch_index, n) for n, _ in kept], [dedup_text(sample) for _, sample in kept])
+        self.compared.add(row.batch_index)
+
+    def near_pairs(self, rows: Sequence[SynthBatch]) -> list[tuple[int, int, float]] | None:
+        """The near-duplicate pairs among the samples of `rows`, by their positions when the rows' samples are put
+        one after another (as the filter gets them); the batches not compared as they arrived (an earlier
+        attempt's) are compared now."""
+        if self.near is None:
+            return None
+        position: dict[tuple[int, int], int] = {}
+        for row in rows:
+            self.compare(row)
+            for n in range(len(self.screened(row))):
+                position[(row.batch_index, n)] = len(position)
+        pairs = self.near.pairs()
+        return [(position[a], position[b], sim) for a, b, sim in pairs if a in position and b in position]  # type: ignore[index]
 
 
 @dataclass
@@ -251,6 +305,7 @@ async def synthesize(
     own_client = client is None
     client = (client or make_client(settings)).with_options(max_retries=0)  # retries are ours
     started = time.monotonic()
+    screening: _Screening | None = None
     try:
         with session_scope(engine) as session:
             project = get_or_create_project(session, project_name)
@@ -279,7 +334,8 @@ async def synthesize(
             usage=usage,
             rng=random.Random(request.seed),
         )
-        ctx = _Context(chat, settings, project_name, events, _Screening(job_key, request, tokenizer_path))
+        screening = _Screening(job_key, request, tokenizer_path)
+        ctx = _Context(chat, settings, project_name, events, screening)
         resumed = sum(1 for i, b in stored.items() if i != PLAN_INDEX and b.status == "ok")
         events(_stage(project_name, "plan", job=job_name, resumed_batches=resumed))
 
@@ -297,6 +353,7 @@ async def synthesize(
         await _run_batches(engine, ctx, project_id, job_key, plans, pending, request.concurrency or 0)
 
         events(_stage(project_name, "filter", job=job_name))
+        screening.settle()
         rows = _stored_batches(engine, job_key)  # the database is the truth, earlier attempts included
         with session_scope(engine) as session:
             outcome = _make_version(
@@ -317,6 +374,8 @@ async def synthesize(
         events(Event("report", project_name, {"stage": STAGE, "report": outcome.report, "markdown": outcome.markdown}))
         return outcome
     finally:
+        if screening is not None:
+            screening.close()
         if own_client:
             await client.close()
 
@@ -705,6 +764,7 @@ def _make_version(
     invalid: Counter[str] = Counter()
     new: list[Sample] = []
     screened: list[Screened] = []
+    used: list[SynthBatch] = []
     failed = not_sent = 0
     for plan in plans:
         requested[plan.scenario.name] += len(plan.specs)
@@ -719,6 +779,7 @@ def _make_version(
             invalid[reason] += count
             if not reason.startswith("reply_"):
                 received[plan.scenario.name] += count
+        used.append(row)
         for sample, judged in ctx.screening.screened(row):
             new.append(sample)
             screened.append(judged)
@@ -727,7 +788,15 @@ def _make_version(
     config, tokenizer = ctx.screening.config, ctx.screening.tokenizer
     existing = [e.sample for e in entries if e.in_use]
     held_out = [e.sample for e in entries if e.in_use and e.split == "test"]
-    filtered = apply_filters(new, config, existing=existing, held_out=held_out, tokenizer=tokenizer, screened=screened)
+    filtered = apply_filters(
+        new,
+        config,
+        existing=existing,
+        held_out=held_out,
+        tokenizer=tokenizer,
+        screened=screened,
+        near_pairs=ctx.screening.near_pairs(used),
+    )
     kept_by: Counter[str] = Counter()
     added = []
     for position, sample in enumerate(filtered.samples):
@@ -851,14 +920,9 @@ def _stored_batches(engine: Engine, job_key: str) -> dict[int, SynthBatch]:
 
 
 def _store_and_screen(engine: Engine, row: SynthBatch, screening: _Screening) -> None:
-    """Store a batch the moment it arrives, then screen its samples while the other requests are out."""
+    """Store a batch the moment it arrives, then have its samples screened while the other requests are out."""
     _store_batch(engine, row)
-    if row.status != "ok":
-        return
-    try:
-        screening.batches[row.batch_index] = screening.screened(row)
-    except Exception:  # the filter at the end screens it again, and says there what is wrong
-        log.debug("batch %d is screened at the end", row.batch_index, exc_info=True)
+    screening.arrived(row)
 
 
 def _store_batch(engine: Engine, row: SynthBatch) -> None:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import insert
 from sqlmodel import Session, col, select
 
-from engine.data.sample import Message, Sample
+from engine.data.sample import Message, Sample, content_hash_of
 from engine.loop.projects import NotFoundError, get_project
 from storage.models import AuditEvent, Dataset, DatasetVersion, Project
 from storage.models import Sample as SampleRow
@@ -37,8 +37,9 @@ class Entry:
     def in_use(self) -> bool:
         return self.filter_rule is None
 
-    def hash_key(self) -> list:
-        return [self.sample.content_hash, sorted(self.sample.tags), self.sample.origin, self.split, self.filter_rule]
+    def hash_key(self, sample_hash: str) -> list:
+        """What the version's hash covers of this entry; `sample_hash`: its sample's content hash."""
+        return [sample_hash, sorted(self.sample.tags), self.sample.origin, self.split, self.filter_rule]
 
 
 @dataclass
@@ -141,10 +142,10 @@ def known_hashes(session: Session, dataset: Dataset) -> set[str]:
     return set(session.exec(query).all())
 
 
-def version_hash(entries: Sequence[Entry]) -> str:
+def version_hash(entries: Sequence[Entry], sample_hashes: Sequence[str]) -> str:
     digest = hashlib.sha256()
-    for entry in entries:
-        digest.update(json.dumps(entry.hash_key(), ensure_ascii=False).encode("utf-8"))
+    for entry, sample_hash in zip(entries, sample_hashes, strict=True):
+        digest.update(json.dumps(entry.hash_key(sample_hash), ensure_ascii=False).encode("utf-8"))
         digest.update(b"\n")
     return digest.hexdigest()
 
@@ -165,7 +166,10 @@ def save_version(
     reviewed: bool = True,
 ) -> VersionChange:
     """Store `entries` as the dataset's next version, unless a version with the same content exists."""
-    content_hash = version_hash(entries)
+    # Each sample's content key once: its hash and its stored messages come from it.
+    keys = [entry.sample.content_key() for entry in entries]
+    hashes = [content_hash_of(key) for key in keys]
+    content_hash = version_hash(entries, hashes)
     existing = session.exec(
         select(DatasetVersion).where(
             DatasetVersion.dataset_id == dataset.id, DatasetVersion.content_hash == content_hash
@@ -201,9 +205,9 @@ def save_version(
         {
             "version_id": version.id,
             "position": position,
-            "content_hash": entry.sample.content_hash,
-            "messages": [m.model_dump(exclude_none=True) for m in entry.sample.messages],
-            "rejected": entry.sample.rejected.model_dump(exclude_none=True) if entry.sample.rejected else None,
+            "content_hash": sample_hash,
+            "messages": key["messages"],
+            "rejected": key.get("rejected"),
             "tools": entry.sample.tools,
             "label": entry.sample.label,
             "tags": entry.sample.tags,
@@ -214,7 +218,7 @@ def save_version(
             "original": entry.sample.original,
             "original_format": entry.sample.original_format,
         }
-        for position, entry in enumerate(entries)
+        for position, (entry, key, sample_hash) in enumerate(zip(entries, keys, hashes, strict=True))
     ]
     if rows:
         session.execute(insert(SampleRow), rows)

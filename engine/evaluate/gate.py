@@ -23,6 +23,10 @@ ends in one of these statuses, and every one is listed in the decision:
     not_applicable  invalid judgements under the metric judge, which makes none that could be invalid
     disabled        the project set the threshold to None; does not block
 
+The checks are over the test questions the run did not train on: a run that trained on some of them (preference
+pairs from reviewers' fixes, fixed test samples added to train) is scored without them (`left_out` says how many,
+the notes say so), and a run that trained on every one of them does not pass, whatever its scores.
+
 A missing value never passes silently and never raises: an overall score that could not be computed
 (every judgement invalid, no samples) fails with a reason saying so. The overall mean is on the judge's
 1-5 scale; a metric judge's caller maps its scores onto that scale before asking the gate.
@@ -66,6 +70,8 @@ class GateInputs(BaseModel):
     invalid_rate: float | None = Field(None, ge=0.0, le=1.0)
     forgetting_drop: float | None = None  # negative when the tuned model did better on the probe
     judge_kind: JudgeKind = "llm"
+    unseen: int | None = None  # test questions the scores are over (those the run did not train on)
+    left_out: int = Field(0, ge=0)  # test questions the run trained on, left out of the scores
 
     @field_validator("overall_mean", "base_overall_mean", "win_rate", "invalid_rate", "forgetting_drop", mode="before")
     @classmethod
@@ -76,12 +82,19 @@ class GateInputs(BaseModel):
 
     @classmethod
     def from_judge(
-        cls, result: JudgeResult, forgetting_drop: float | None = None, judge_kind: JudgeKind = "llm"
+        cls,
+        result: JudgeResult,
+        forgetting_drop: float | None = None,
+        judge_kind: JudgeKind = "llm",
+        left_out: int = 0,
     ) -> "GateInputs":
-        """A judge's aggregates. An invalid rate over no judgements at all is missing, not 0; the metric judge
-        has neither pairwise comparisons nor judgements that could be invalid."""
+        """A judge's aggregates (over the questions the run did not train on; `left_out`: those it did). An invalid
+        rate over no judgements at all is missing, not 0; the metric judge has neither pairwise comparisons nor
+        judgements that could be invalid."""
         llm = judge_kind == "llm"
         return cls(
+            unseen=len(result.samples),
+            left_out=left_out,
             overall_mean=result.overall_mean,
             base_overall_mean=result.means.get("base", {}).get("overall"),
             win_rate=result.win_rate if llm else None,
@@ -300,10 +313,23 @@ def decide(inputs: GateInputs, config: GateConfig | None = None) -> GateDecision
     notes = [c.message for c in checks if c.status in ("waived", "not_applicable", "disabled")]
     if inputs.judge_kind == "metric":
         notes.insert(0, "scores come from reference metrics (no LLM judge was configured), not from an LLM judge")
+    reasons = [c.message for c in checks if c.blocks]
+    if inputs.left_out and not inputs.unseen:
+        # Every check above measured nothing; the one reason that matters is why.
+        reasons = [
+            f"the run trained on every one of its {inputs.left_out} test questions, so no unseen question is left "
+            "to measure it on, and the gate does not pass on questions the model trained on"
+        ]
+    elif inputs.left_out:
+        notes.insert(
+            0,
+            f"{inputs.left_out} test questions the run trained on are left out of these checks; "
+            f"they are over the {inputs.unseen} it did not train on",
+        )
     return GateDecision(
-        passed=not any(c.blocks for c in checks),
+        passed=not reasons,
         judge_kind=inputs.judge_kind,
         checks=checks,
-        reasons=[c.message for c in checks if c.blocks],
+        reasons=reasons,
         notes=notes,
     )

@@ -23,8 +23,8 @@ import asyncio
 import random
 import time
 from collections import Counter
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Collection, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from statistics import fmean
 from typing import Any
 
@@ -444,6 +444,13 @@ def _read(judgement: Judgement, reply: Reply, rubric: Rubric) -> None:
             judgement.preferred = "tie" if winner == "tie" else shown[0 if winner == "A" else 1]
     judgement.invalid_reason = invalid
     judgement.valid = invalid is None
+
+
+def restricted(result: JudgeResult, indices: Collection[int]) -> JudgeResult:
+    """`result` over the samples whose index is in `indices`, its aggregates computed again; its usage, cost and
+    time stay the whole judging's (they were spent on every sample)."""
+    kept = [s for s in result.samples if s.index in indices]
+    return aggregate(replace(result, samples=kept, means={}, graded={}, invalid_reasons={}))
 
 
 def aggregate(result: JudgeResult) -> JudgeResult:

@@ -17,7 +17,6 @@ share the `zh` tokenizer and `13a` agree on the rest anyway, so mixed text is sa
 Aggregates are means over samples (macro averages); perplexity is also given over all answer tokens.
 """
 
-import math
 from collections.abc import Sequence
 
 import torch
@@ -27,7 +26,14 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from engine.data.normalize import normalize_text
 from engine.evaluate.generate import adapter_disabled
-from engine.evaluate.results import AnswerNLL, GeneratedSample, ReferenceMetrics, ReferenceScores, SampleMetrics
+from engine.evaluate.results import (
+    AnswerNLL,
+    GeneratedSample,
+    ReferenceMetrics,
+    ReferenceScores,
+    SampleMetrics,
+    summarize_metrics,
+)
 from engine.evaluate.text import language_of, tokens
 from engine.train.prepare import IGNORE_INDEX, assistant_spans, end_of_turn_token
 
@@ -45,9 +51,6 @@ class _Tokenizer:
 _ROUGE = RougeScorer(["rougeL"], tokenizer=_Tokenizer())
 
 
-SCORE_NAMES = ("rouge_l", "bleu", "chrf", "exact_match")
-
-
 def score_answer(answer: str, reference: str) -> ReferenceScores:
     language = language_of(reference)
     if not answer.strip() or not reference.strip():
@@ -60,19 +63,6 @@ def score_answer(answer: str, reference: str) -> ReferenceScores:
         chrf=_CHRF.sentence_score(answer, [reference]).score,
         exact_match=float(normalize_text(answer) == normalize_text(reference)),
     )
-
-
-def mean_scores(scores: Sequence[ReferenceScores]) -> dict[str, float]:
-    """The mean of each score over samples (an empty dict for no samples)."""
-    if not scores:
-        return {}
-    return {name: sum(getattr(s, name) for s in scores) / len(scores) for name in SCORE_NAMES}
-
-
-def corpus_perplexity(nlls: Sequence[AnswerNLL]) -> float:
-    """exp of the mean NLL over every answer token of every sample."""
-    total = sum(n.tokens for n in nlls)
-    return math.exp(sum(n.nll for n in nlls) / total) if total else math.nan
 
 
 def answer_labels(
@@ -141,16 +131,11 @@ def reference_metrics(
         SampleMetrics(g.index, score_answer(g.base_answer, g.reference), score_answer(g.tuned_answer, g.reference))
         for g in generated
     ]
-    metrics = ReferenceMetrics(samples, mean_scores([s.base for s in samples]), mean_scores([s.tuned for s in samples]))
-    if model is None or tokenizer is None or not generated:
-        return metrics
-    pairs = [(g.prompt, g.reference, g.tools) for g in generated]
-    with adapter_disabled(model) as base:
-        base_nlls = answer_nlls(base, tokenizer, pairs, batch_size=batch_size)
-    tuned_nlls = answer_nlls(model, tokenizer, pairs, batch_size=batch_size)
-    for sample, base_nll, tuned_nll in zip(samples, base_nlls, tuned_nlls, strict=True):
-        sample.base_nll, sample.tuned_nll = base_nll, tuned_nll
-    for summary, nlls in ((metrics.base, base_nlls), (metrics.tuned, tuned_nlls)):
-        summary["perplexity"] = corpus_perplexity(nlls)
-        summary["mean_nll"] = sum(n.mean_nll for n in nlls) / len(nlls)
-    return metrics
+    if model is not None and tokenizer is not None and generated:
+        pairs = [(g.prompt, g.reference, g.tools) for g in generated]
+        with adapter_disabled(model) as base:
+            base_nlls = answer_nlls(base, tokenizer, pairs, batch_size=batch_size)
+        tuned_nlls = answer_nlls(model, tokenizer, pairs, batch_size=batch_size)
+        for sample, base_nll, tuned_nll in zip(samples, base_nlls, tuned_nlls, strict=True):
+            sample.base_nll, sample.tuned_nll = base_nll, tuned_nll
+    return summarize_metrics(samples)

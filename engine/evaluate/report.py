@@ -33,6 +33,7 @@ from engine.evaluate.judge import JudgeResult
 from engine.evaluate.metric_judge import METRIC_JUDGE_TITLE
 from engine.evaluate.results import ForgettingReport, Generation, PassStats, ReferenceMetrics, StabilityReport
 from engine.evaluate.text import language_of
+from engine.evaluate.trained_on import TrainedOn
 from engine.evaluate.weakest import WeakestReport, shorten
 from engine.loop.reviews import IterationComparison
 from engine.train.charts import write_loss_curve
@@ -74,6 +75,9 @@ class ReportInputs:
     loss_metrics: Sequence[Metric] = ()  # the run's training metrics
     created_at: datetime | None = None
     comparison: IterationComparison | None = None  # this evaluation beside the parent run's (iteration k-1)
+    # The test questions the run trained on, left out of everything above, and their scores apart
+    trained_on: TrainedOn | None = None
+    trained_judge: JudgeResult | None = None
 
 
 @dataclass
@@ -174,6 +178,37 @@ def _gate_blocks(gate: GateDecision) -> list[_Block]:
     if gate.notes:
         blocks += [_Para("Notes:"), _Items(list(gate.notes))]
     return blocks
+
+
+def _trained_blocks(inputs: ReportInputs) -> list[_Block]:
+    """Which test questions the run trained on, said apart from the gate's numbers, with their own scores."""
+    trained, judge = inputs.trained_on, inputs.trained_judge
+    if trained is None or judge is None:
+        return []
+    unseen = len(inputs.judge.samples)
+    head = (
+        f"The gate, the judge's scores and the reference metrics of this report are over the "
+        f"{_count(unseen, 'test question')} the run did not train on."
+        if unseen
+        else "The run trained on every one of its test questions: none is left unseen, so the gate cannot pass."
+    )
+    kinds = []
+    if trained.preference:
+        kinds.append(
+            f"Trained on as preference pairs: {_count(len(trained.preference), 'test question')}, "
+            "not used for the gate."
+        )
+    if trained.sft:
+        kinds.append(
+            f"Trained on as SFT samples (fixed test samples a review added to train): "
+            f"{_count(len(trained.sft), 'test question')}, not used for the gate."
+        )
+    tuned, base = judge.means.get("tuned", {}).get("overall"), judge.means.get("base", {}).get("overall")
+    scores = (
+        f"On those questions (memorised, not a measure of skill): tuned overall {_value(tuned)}, base {_value(base)}"
+    )
+    scores += f", win rate {_share(judge.win_rate)}." if judge.pairs else "."
+    return [_Heading(2, "Test questions the run trained on"), _Para(head), _Items(kinds), _Para(scores)]
 
 
 def _comparison_blocks(comparison: IterationComparison | None) -> list[_Block]:
@@ -440,6 +475,7 @@ def _blocks(inputs: ReportInputs, charts: Sequence[str]) -> list[_Block]:
     return [
         *first,
         *_gate_blocks(inputs.gate),
+        *_trained_blocks(inputs),
         *_comparison_blocks(inputs.comparison),
         *_judge_blocks(inputs),
         *_reference_blocks(inputs.metrics),

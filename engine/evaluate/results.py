@@ -3,8 +3,11 @@ the gate and the bots read these without loading the model stack, which only gen
 perplexity, stability.py and forgetting.py need."""
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+SCORE_NAMES = ("rouge_l", "bleu", "chrf", "exact_match")
 
 
 @dataclass(frozen=True)
@@ -115,6 +118,35 @@ class ReferenceMetrics:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+def mean_scores(scores: Sequence[ReferenceScores]) -> dict[str, float]:
+    """The mean of each score over samples (an empty dict for no samples)."""
+    if not scores:
+        return {}
+    return {name: sum(getattr(s, name) for s in scores) / len(scores) for name in SCORE_NAMES}
+
+
+def corpus_perplexity(nlls: Sequence[AnswerNLL]) -> float:
+    """exp of the mean NLL over every answer token of every sample."""
+    total = sum(n.tokens for n in nlls)
+    return math.exp(sum(n.nll for n in nlls) / total) if total else math.nan
+
+
+def summarize_metrics(samples: Sequence[SampleMetrics]) -> ReferenceMetrics:
+    """`samples` with the base and tuned means over them, and the perplexities when every sample has its NLLs.
+    Torch-free, so the report stage can sum up a part of the samples (those a run did not train on)."""
+    metrics = ReferenceMetrics(
+        list(samples), mean_scores([s.base for s in samples]), mean_scores([s.tuned for s in samples])
+    )
+    for summary, nlls in (
+        (metrics.base, [s.base_nll for s in samples]),
+        (metrics.tuned, [s.tuned_nll for s in samples]),
+    ):
+        if nlls and all(n is not None for n in nlls):
+            summary["perplexity"] = corpus_perplexity(nlls)  # type: ignore[arg-type]
+            summary["mean_nll"] = sum(n.mean_nll for n in nlls) / len(nlls)  # type: ignore[union-attr]
+    return metrics
 
 
 @dataclass

@@ -11,18 +11,23 @@ the database and the artifact store) and hands its result on in the run's artifa
         generated.json → the LLM judge, or the metric judge without an endpoint   judge.py, metric_judge.py
                        → judged.json (with the sha256 of the generated.json it judged)
     report_for_run (queue cpu)
-        generated.json + judged.json → the gate, the weakest samples, judge trust  gate.py, weakest.py, agreement.py
+        generated.json + judged.json → the test questions the run trained on, left out    trained_on.py
+                                     → the gate, the weakest samples, judge trust  gate.py, weakest.py, agreement.py
                                      → an Evaluation row, one Judgement row per sample, the report; reviewing
 
 `evaluate_run` runs the three in turn in one process (`tuneloop eval`). Each stage checks what it needs before it
 starts, fails the run with the reason when its work raises, and leaves the run as it is when its worker stops it
 (StageStopped: the stage runs again). Both files are written whole or not at all (a temporary file, then a rename).
 
+The gate and the headline numbers (against the base, against iteration k-1) are over the test questions the run did
+not train on: the questions a DPO iteration trained on as preference pairs (reviewers' fixes of judged test samples),
+or as fixed test samples a review added to train, are judged and stored like the others but scored apart
+(`Evaluation.scores["trained_on"]`), and a run that trained on all of them does not pass its gate.
+
 The gate's decision does not fail the stage: a run that misses its bar is evaluated all the same and goes on
 to `reviewing`, where people see why (design.md: a gate failure stops at reviewing)."""
 
 import hashlib
-import json
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
@@ -37,7 +42,7 @@ from engine.data.sample import Sample
 from engine.data.versions import Entry, load_entries
 from engine.evaluate.agreement import JudgeAgreement, ReviewedJudgement, judge_agreement
 from engine.evaluate.gate import GateConfig, GateDecision, GateInputs, decide
-from engine.evaluate.judge import JudgeError, JudgeResult, judge_configured, judge_samples_blocking
+from engine.evaluate.judge import JudgeError, JudgeResult, judge_configured, judge_samples_blocking, restricted
 from engine.evaluate.judge_prompts import DEFAULT_RUBRIC
 from engine.evaluate.metric_judge import metric_judge
 from engine.evaluate.report import ReportFiles, ReportInputs, write_report
@@ -48,11 +53,12 @@ from engine.evaluate.results import (
     GenerationSettings,
     ReferenceMetrics,
     StabilityReport,
+    summarize_metrics,
 )
+from engine.evaluate.trained_on import TrainedOn, trained_on
 from engine.evaluate.weakest import WeakestReport, judge_scores, weakest_samples
 from engine.events import Event, EventSink, ignore_events
 from engine.files import write_atomic_text
-from engine.loop.preferences import project_pairs
 from engine.loop.reviews import iteration_comparison
 from engine.loop.runs import (
     IllegalTransition,
@@ -105,7 +111,7 @@ class EvaluationOptions:
 class EvaluationOutcome:
     evaluation: Evaluation
     decision: GateDecision
-    judge: JudgeResult
+    judge: JudgeResult  # over the test questions the run did not train on, as the gate is
     weakest: WeakestReport
     report: ReportFiles
     report_keys: dict[str, str]  # "markdown", "html", "chart:<name>" -> artifact key
@@ -128,14 +134,12 @@ class Generated:
 @dataclass(frozen=True)
 class VersusPrevious:
     """A DPO iteration's answers judged pairwise against the previous iteration's answers to the same questions
-    (in the base's place). `trained_as_pairs`: how many of those questions were among the DPO pairs, so not unseen
-    (pairs come from reviewers' fixes of judged test samples)."""
+    (in the base's place)."""
 
     __pydantic_config__ = _FILE_CONFIG
     run: int
     iteration: int
     judge: JudgeResult
-    trained_as_pairs: int
 
 
 @dataclass(frozen=True)
@@ -463,9 +467,7 @@ def judge_for_run(
             verdicts = judge_samples_blocking(
                 against, rubric=rubric, pairwise=True, settings=settings, events=events, project=project.name
             )
-            trained = _dpo_prompts(session, project)
-            seen = sum(1 for s in against if _prompt_key(s.prompt) in trained)
-            previous = VersusPrevious(parent.id, parent.iteration, verdicts, seen)  # type: ignore[arg-type]
+            previous = VersusPrevious(parent.id, parent.iteration, verdicts)  # type: ignore[arg-type]
         judged = Judged(kind, judge, digest, previous)
         write_atomic_text(folder / JUDGED, _JUDGED.dump_json(judged, indent=1).decode())
 
@@ -493,15 +495,6 @@ def previous_iteration_samples(
     return (parent, compared) if compared else None
 
 
-def _prompt_key(messages: Sequence[dict]) -> str:
-    return json.dumps(list(messages), ensure_ascii=False, sort_keys=True)
-
-
-def _dpo_prompts(session: Session, project: Project) -> set[str]:
-    pairs = project_pairs(session, project.id)  # type: ignore[arg-type]
-    return {_prompt_key([m.model_dump(exclude_none=True) for m in s.messages[:-1]]) for s in pairs}
-
-
 def _read_judged(folder: Path) -> tuple[Generated, Judged]:
     """Both files; EvaluationError when one is missing or judged.json judged another generated.json."""
     generated, digest = _read_generated(folder)
@@ -513,38 +506,74 @@ def _read_judged(folder: Path) -> tuple[Generated, Judged]:
 
 @dataclass
 class _Assessment:
-    """What the report stage makes of the two files."""
+    """What the report stage makes of the two files. `generated` and `judged` are over the test questions the run
+    did not train on (what the gate, the report and the stored scores say); `everything` keeps every sample, one
+    Judgement row each; the questions it trained on are scored apart in `trained_judge`."""
 
     generated: Generated
     judged: Judged
+    everything: tuple[Generated, Judged]
+    trained: TrainedOn
+    trained_judge: JudgeResult | None
     decision: GateDecision
     weakest: WeakestReport
     agreement: JudgeAgreement
 
 
+def _unseen(generated: Generated, judged: Judged, trained: TrainedOn) -> tuple[Generated, Judged]:
+    """Both files as if the questions the run trained on had not been asked: their answers, reference metrics and
+    judgements (against the base, against iteration k-1) left out, every aggregate computed again."""
+    if not trained.indices:
+        return generated, judged
+    keep = {s.index for s in generated.generation.samples} - trained.indices
+    generation = replace(generated.generation, samples=[s for s in generated.generation.samples if s.index in keep])
+    metrics = summarize_metrics([m for m in generated.metrics.samples if m.index in keep])
+    previous = judged.previous
+    if previous is not None:
+        previous = replace(previous, judge=restricted(previous.judge, keep))
+    return (
+        replace(generated, generation=generation, metrics=metrics),
+        replace(judged, judge=restricted(judged.judge, keep), previous=previous),
+    )
+
+
 def _assess(
     session: Session,
+    run: Run,
     project: Project,
     config: GateConfig,
     generated: Generated,
     judged: Judged,
     options: EvaluationOptions,
 ) -> _Assessment:
-    """The gate's decision, the weakest samples and how far this judge can be trusted."""
+    """The questions the run trained on, left out; the gate's decision, the weakest samples and how far this judge
+    can be trusted, over the others."""
+    trained = trained_on(session, run, generated.generation.samples)
+    unseen_generated, unseen_judged = _unseen(generated, judged, trained)
     drop = generated.forgetting.drop if generated.forgetting else None
-    judge = judged.judge
-    inputs = GateInputs.from_judge(judge, drop, judged.kind)
+    judge = unseen_judged.judge
+    inputs = GateInputs.from_judge(judge, drop, judged.kind, left_out=len(trained.indices))
     threshold = config.min_overall if config.min_overall is not None else 4.0
     scores, reasons = judge_scores(judge)
-    samples = generated.generation.samples
+    samples = unseen_generated.generation.samples
     weakest = weakest_samples(samples, scores, reasons, k=options.weakest_k, threshold=threshold)
     agreement = judge_trust(session, project, judge.model, threshold)
-    return _Assessment(generated, judged, decide(inputs, config), weakest, agreement)
+    return _Assessment(
+        unseen_generated,
+        unseen_judged,
+        (generated, judged),
+        trained,
+        restricted(judged.judge, trained.indices) if trained.indices else None,
+        decide(inputs, config),
+        weakest,
+        agreement,
+    )
 
 
 def _store_evaluation(session: Session, run: Run, a: _Assessment) -> Evaluation:
     """The Evaluation row and one Judgement row per sample, flushed (not committed)."""
     judge, generation, metrics = a.judged.judge, a.generated.generation, a.generated.metrics
+    every, all_judged = a.everything
     evaluation = Evaluation(
         run_id=run.id,  # type: ignore[arg-type]
         judge_kind=a.judged.kind,
@@ -559,7 +588,8 @@ def _store_evaluation(session: Session, run: Run, a: _Assessment) -> Evaluation:
             "gate": a.decision.to_dict(),
             "weakest": {"summary": a.weakest.summary, "indices": [w.index for w in a.weakest.weakest]},
             "agreement": a.agreement.to_dict(),
-            "versus_previous": _versus_previous(a.judged.previous),
+            "versus_previous": _versus_previous(a.judged.previous, a.trained),
+            "trained_on": _trained_on(a.trained, a.trained_judge),
         },
         gate_passed=a.decision.passed,
         gate_reasons=a.decision.reasons,
@@ -570,11 +600,11 @@ def _store_evaluation(session: Session, run: Run, a: _Assessment) -> Evaluation:
     session.flush()
     assert evaluation.id is not None
     ids = _test_sample_ids(session, run.dataset_version_id)
-    session.add_all(_judgement_rows(evaluation.id, generation, judge, metrics, ids))
+    session.add_all(_judgement_rows(evaluation.id, every.generation, all_judged.judge, every.metrics, ids))
     return evaluation
 
 
-def _versus_previous(previous: VersusPrevious | None) -> dict | None:
+def _versus_previous(previous: VersusPrevious | None, trained: TrainedOn) -> dict | None:
     if previous is None:
         return None
     summary = previous.judge.summary()
@@ -582,9 +612,16 @@ def _versus_previous(previous: VersusPrevious | None) -> dict | None:
         "run": previous.run,
         "iteration": previous.iteration,
         "pairwise": summary["pairwise"],
-        "trained_as_pairs": previous.trained_as_pairs,
+        "left_out": len(trained.indices),  # questions the run trained on: not in these numbers
         "invalid_rate": summary["invalid_rate"],
     }
+
+
+def _trained_on(trained: TrainedOn, judge: JudgeResult | None) -> dict | None:
+    """Which test questions the run trained on (positions) and their scores, apart from the gate's; None: none."""
+    if judge is None:
+        return None
+    return trained.to_dict() | {"judge": judge.summary()}
 
 
 def _report(
@@ -610,6 +647,8 @@ def _report(
         created_at=evaluation.created_at,
         # this evaluation (its judgements added before) beside the parent run's latest one
         comparison=iteration_comparison(session, run.id, evaluation=evaluation),  # type: ignore[arg-type]
+        trained_on=a.trained,
+        trained_judge=a.trained_judge,
     )
     files = write_report(report_inputs, out_dir)
     keys = _record_report(session, project, run, files)
@@ -650,14 +689,14 @@ def report_for_run(
     with _failing_the_run(session, run):
         generated, judged = _read_judged(_evaluation_folder(project, run))
         stage("report")
-        assessment = _assess(session, project, config, generated, judged, options)
+        assessment = _assess(session, run, project, config, generated, judged, options)
         evaluation = _store_evaluation(session, run, assessment)
         files, keys = _report(session, project, run, evaluation, assessment)
         detail = {"evaluation": evaluation.id, "gate_passed": assessment.decision.passed}
         transition(session, run, "reviewing", actor=worker_actor(), detail=detail)
         session.commit()
     _announce(events, project, run, assessment, files)
-    return EvaluationOutcome(evaluation, assessment.decision, judged.judge, assessment.weakest, files, keys)
+    return EvaluationOutcome(evaluation, assessment.decision, assessment.judged.judge, assessment.weakest, files, keys)
 
 
 def evaluate_run(

@@ -13,6 +13,8 @@ pairwise judge preferring the tuned answer over the base's means the less bad of
 "tuned over base" from it would teach the model to prefer its own weak answer.
 """
 
+from pathlib import Path
+
 from sqlmodel import Session, col, func, select
 
 from engine.data.sample import Message, Sample
@@ -21,6 +23,7 @@ from storage.models import Sample as SampleRow
 
 DPO_MIN_PAIRS_SETTING = "dpo_min_pairs"  # project setting: pairs needed before Retrain offers SFT + DPO
 DEFAULT_DPO_MIN_PAIRS = 20
+PAIRS_FILE = "preference_pairs.jsonl"  # beside a DPO run's adapter: the pairs it trained on (engine/train/dpo.py)
 
 
 def note_review(session: Session, review: Review, judgement: Judgement, project_id: int, run_id: int) -> None:
@@ -93,3 +96,8 @@ def min_pairs(settings: dict | None) -> int:
     """How many pairs a project needs before Retrain offers SFT + DPO (its `dpo_min_pairs`, default 20)."""
     value = (settings or {}).get(DPO_MIN_PAIRS_SETTING, DEFAULT_DPO_MIN_PAIRS)
     return int(value) if isinstance(value, int | float) and value >= 1 else DEFAULT_DPO_MIN_PAIRS
+
+
+def read_pairs_file(path: Path) -> list[Sample]:
+    """The pairs a DPO run froze in `path` (one preference sample a line)."""
+    return [Sample.model_validate_json(line) for line in path.read_text(encoding="utf-8").splitlines() if line]

@@ -37,6 +37,7 @@ stores all of it or none of it.
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from sqlmodel import Session, col, select
 
@@ -46,7 +47,7 @@ from engine.evaluate.weakest import UNTAGGED
 from engine.loop.preferences import DEFAULT_DPO_MIN_PAIRS, count_pairs, min_pairs, note_review
 from engine.loop.prepare import PreparePlan, TargetedData, plan_of
 from engine.loop.projects import is_listed
-from engine.loop.targeting import TargetingError, plan_targeted, tag_means
+from engine.loop.targeting import TargetingError, plan_targeted, tag_means, trained_positions
 from storage.models import AuditEvent, Dataset, DatasetVersion, Evaluation, Judgement, Project, Review, Run
 from storage.models import Sample as SampleRow
 
@@ -109,7 +110,8 @@ class NextIteration:
 
 @dataclass
 class IterationComparison:
-    """A run's evaluation beside its parent run's: each pair is (iteration k-1, iteration k)."""
+    """A run's evaluation beside its parent run's: each pair is (iteration k-1, iteration k). When run k trained on
+    some of its test questions (`left_out` of them), the scores of both are over the questions it did not train on."""
 
     run_id: int
     iteration: int
@@ -124,10 +126,13 @@ class IterationComparison:
     changes: dict[str, list[str]] = field(default_factory=dict)  # sub-scenario -> what iteration k changed there
     # A DPO iteration judged pairwise against iteration k-1's answers (Evaluation.scores["versus_previous"])
     versus_previous: dict | None = None
+    left_out: int = 0
 
     @property
     def lines(self) -> list[str]:
         lines = [_move("overall", *self.overall, "{:.1f}", "{:+.1f}")]
+        if self.left_out:
+            lines[0] += f" on the questions it did not train on ({_plural(self.left_out, 'test question')} left out)"
         if self.versus_previous:
             lines.append(_versus_line(self.versus_previous, self.parent_iteration))
         if self.win_rate != (None, None):
@@ -495,25 +500,84 @@ def iteration_comparison(
     previous = _latest_evaluation(session, parent.id) if parent else None  # type: ignore[arg-type]
     if parent is None or current is None or previous is None:
         return None
-    before_tags, after_tags = tag_means(session, previous), tag_means(session, current)
+    # The questions run k trained on count on neither side: k-1 is scored on the same questions as k.
+    trained = _trained_questions(session, current)
+    before_tags, after_tags = tag_means(session, previous, trained), tag_means(session, current)
+    before = _row_scores(session, previous, trained) if trained else _stored_scores(previous)
+    after = _stored_scores(current)
     return IterationComparison(
         run_id=run.id,  # type: ignore[arg-type]
         iteration=run.iteration,
         parent_run_id=parent.id,  # type: ignore[arg-type]
         parent_iteration=parent.iteration,
-        overall=(
-            _score(previous, "judge", "means", "tuned", "overall"),
-            _score(current, "judge", "means", "tuned", "overall"),
-        ),
-        win_rate=(_score(previous, "judge", "pairwise", "win_rate"), _score(current, "judge", "pairwise", "win_rate")),
-        invalid_rate=(previous.invalid_rate, current.invalid_rate),
-        chrf=(_score(previous, "reference", "tuned", "chrf"), _score(current, "reference", "tuned", "chrf")),
+        overall=(before.overall, after.overall),
+        win_rate=(before.win_rate, after.win_rate),
+        invalid_rate=(before.invalid_rate, after.invalid_rate),
+        chrf=(before.chrf, after.chrf),
         gate_passed=(previous.gate_passed, current.gate_passed),
         tags={
             tag: (before_tags.get(tag), after_tags.get(tag)) for tag in sorted(before_tags.keys() | after_tags.keys())
         },
         changes=_iteration_changes(session, run),
         versus_previous=(current.scores or {}).get("versus_previous"),
+        left_out=len(trained_positions(current)),
+    )
+
+
+def _trained_questions(session: Session, evaluation: Evaluation) -> set[str]:
+    """The questions of the test samples the evaluated run trained on."""
+    positions = trained_positions(evaluation)
+    if not positions:
+        return set()
+    rows = session.exec(
+        select(Judgement.question, Judgement.position).where(Judgement.evaluation_id == evaluation.id)
+    ).all()
+    return {question for question, position in rows if position in positions}
+
+
+class _Scores(NamedTuple):
+    """What "Compared with iteration k-1" shows of one evaluation."""
+
+    overall: float | None
+    win_rate: float | None
+    invalid_rate: float | None
+    chrf: float | None
+
+
+def _stored_scores(evaluation: Evaluation) -> _Scores:
+    return _Scores(
+        _score(evaluation, "judge", "means", "tuned", "overall"),
+        _score(evaluation, "judge", "pairwise", "win_rate"),
+        evaluation.invalid_rate,
+        _score(evaluation, "reference", "tuned", "chrf"),
+    )
+
+
+def _row_scores(session: Session, evaluation: Evaluation, leave_out: set[str]) -> _Scores:
+    """`evaluation`'s scores from its judgements, leaving out the questions in `leave_out` and those its own run
+    trained on (as its stored scores do)."""
+    trained = trained_positions(evaluation)
+    rows = [
+        row
+        for row in session.exec(
+            select(
+                Judgement.overall, Judgement.pairwise, Judgement.detail, Judgement.question, Judgement.position
+            ).where(Judgement.evaluation_id == evaluation.id)
+        ).all()
+        if row.question not in leave_out and row.position not in trained
+    ]
+    overall = [row.overall for row in rows if row.overall is not None]
+    verdicts = [row.pairwise for row in rows if row.pairwise is not None]
+    details = [row.detail or {} for row in rows]
+    judged = [j for d in details for j in [d.get("base"), d.get("tuned"), *(d.get("pair") or [])] if j]
+    chrf = [d["reference"]["tuned"]["chrf"] for d in details if d.get("reference")]
+    return _Scores(
+        sum(overall) / len(overall) if overall else None,
+        sum(p == "tuned" for p in verdicts) / len(verdicts) if verdicts else None,
+        sum(not j.get("valid") for j in judged) / len(judged)
+        if judged and evaluation.invalid_rate is not None
+        else None,
+        sum(chrf) / len(chrf) if chrf else None,
     )
 
 
@@ -570,8 +634,8 @@ def _versus_line(versus: dict, parent_iteration: int) -> str:
     shown = f"{rate * 100:.0f}%" if isinstance(rate, int | float) else "n/a"
     counts = f"{pairwise.get('wins', 0)} won, {pairwise.get('losses', 0)} lost, {pairwise.get('ties', 0)} tied"
     counts += f" of {pairwise.get('pairs', 0)}"
-    if versus.get("trained_as_pairs"):
-        counts += f"; {versus['trained_as_pairs']} of these questions were DPO pairs, not unseen"
+    if versus.get("left_out"):
+        counts += f" questions it did not train on; {versus['left_out']} it trained on left out"
     return f"win rate against iteration {parent_iteration}: {shown} ({counts})"
 
 

@@ -21,7 +21,7 @@ synthesized), so the review summary, the run's training and its report all read 
 import logging
 import random
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 import jieba
 import jieba.analyse
@@ -68,10 +68,11 @@ def targeting_config(project: Project) -> TargetingConfig:
         raise TargetingError(f"project {project.name} has a bad {SETTING} setting: {problems}") from None
 
 
-def tag_means(session: Session, evaluation: Evaluation) -> dict[str, float]:
-    """Mean overall score of the tuned answers per sub-scenario (first tag), over valid judgements."""
+def tag_means(session: Session, evaluation: Evaluation, leave_out: Collection[str] = ()) -> dict[str, float]:
+    """Mean overall score of the tuned answers per sub-scenario (first tag), over valid judgements of the questions
+    the run did not train on, and not in `leave_out` (questions another run trained on)."""
     scores: dict[str, list[float]] = {}
-    for tags, overall, _ in _scored(session, evaluation):
+    for tags, overall, _ in _scored(session, evaluation, leave_out):
         scores.setdefault(tags[0] if tags else UNTAGGED, []).append(overall)
     return {tag: sum(values) / len(values) for tag, values in scores.items()}
 
@@ -167,13 +168,26 @@ def _counts(weak: Mapping[str, float], threshold: float, config: TargetingConfig
     return allocate(config.max_samples, {tag: float(n) for tag, n in wanted.items()})
 
 
-def _scored(session: Session, evaluation: Evaluation) -> list[tuple[list[str], float, str]]:
+def trained_positions(evaluation: Evaluation) -> set[int]:
+    """Positions of the test questions the evaluated run trained on (engine/evaluate/trained_on.py): not scored."""
+    trained = (evaluation.scores or {}).get("trained_on") or {}
+    return {int(p) for kind in ("preference_pairs", "sft_samples") for p in trained.get(kind) or []}
+
+
+def _scored(
+    session: Session, evaluation: Evaluation, leave_out: Collection[str] = ()
+) -> list[tuple[list[str], float, str]]:
     rows = session.exec(
-        select(Judgement.tags, Judgement.overall, Judgement.question)
+        select(Judgement.tags, Judgement.overall, Judgement.question, Judgement.position)
         .where(Judgement.evaluation_id == evaluation.id, Judgement.valid, col(Judgement.overall).is_not(None))
         .order_by(col(Judgement.id))
     ).all()
-    return [(list(tags or []), float(overall), question) for tags, overall, question in rows]  # type: ignore[arg-type]
+    trained, leave_out = trained_positions(evaluation), set(leave_out)
+    return [
+        (list(tags or []), float(overall), question)  # type: ignore[arg-type]
+        for tags, overall, question, position in rows
+        if position not in trained and question not in leave_out
+    ]
 
 
 def _weak_topics(session: Session, evaluation: Evaluation, threshold: float, tags: set[str]) -> dict[str, list[str]]:

@@ -25,7 +25,7 @@ from trl import DPOConfig, DPOTrainer
 
 from engine.data.sample import Sample
 from engine.events import EventSink
-from engine.loop.preferences import project_pairs
+from engine.loop.preferences import PAIRS_FILE, project_pairs, read_pairs_file
 from engine.train.cancel import CancelCallback
 from engine.train.charts import write_loss_curve
 from engine.train.metrics import MetricsCallback, run_metrics
@@ -49,7 +49,6 @@ from engine.train.sft import (
 from storage.models import Project, Run
 
 SFT_ADAPTER = "sft_adapter"
-PAIRS_FILE = "preference_pairs.jsonl"
 DPO_REPORT = "dpo_report.json"
 
 
@@ -120,7 +119,7 @@ def frozen_pairs(session: Session, project: Project, train: Sequence[Sample], pa
     """The pairs the run trains on: read back from `path` when an earlier attempt wrote it, else the preference
     samples among `train` (an uploaded preference dataset) and the project's pairs from reviews, written there."""
     if path.is_file():
-        return [Sample.model_validate_json(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+        return read_pairs_file(path)
     pairs = {s.content_hash: s for s in [s for s in train if s.rejected is not None]}
     for sample in project_pairs(session, project.id):  # type: ignore[arg-type]
         pairs.setdefault(sample.content_hash, sample)
