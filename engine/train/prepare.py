@@ -7,7 +7,6 @@ end-of-turn token, so the model learns to stop; the newline the template writes 
 """
 
 import json
-import random
 import socket
 from collections.abc import Sequence
 from contextlib import suppress
@@ -20,7 +19,6 @@ from datasets import Dataset
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from engine.data.sample import Sample
-from engine.data.versions import Entry
 from engine.train.llamafactory import OWN_TEMPLATES
 from engine.train.recipe import Recipe
 from engine.train.templates import NAMED_TEMPLATES
@@ -241,34 +239,10 @@ def data_notes(stats: dict[str, int]) -> list[str]:
     return notes
 
 
-def split_entries(
-    entries: Sequence[Entry], val_size: float, seed: int, max_samples: int | None = None
-) -> tuple[list[Sample], list[Sample]]:
-    """Training and validation samples of a dataset version: its train split (or every sample in use when it
-    was never split; the first `max_samples` of it, as LLaMA-Factory takes them) and its validation split; with
-    no validation split, `val_size` of train is held out. Test samples are never trained on."""
-    usable = [e for e in entries if e.in_use]
-    train = [e.sample for e in usable if e.split in ("train", None)][:max_samples]
-    validation = [e.sample for e in usable if e.split == "validation"]
-    if not validation and val_size > 0 and len(train) > 1:
-        count = round(val_size * len(train)) if val_size < 1 else int(val_size)
-        count = max(1, min(count, len(train) - 1))
-        order = list(range(len(train)))
-        random.Random(seed).shuffle(order)
-        held = set(order[:count])
-        validation = [s for i, s in enumerate(train) if i in held]
-        train = [s for i, s in enumerate(train) if i not in held]
-    return train, validation
-
-
 def prepare_data(
     train: Sequence[Sample], validation: Sequence[Sample], tokenizer: PreTrainedTokenizerBase, recipe: Recipe
 ) -> PreparedData:
-    if not train:
-        raise PrepareError("the dataset version has no training samples in use")
-    train_set, train_stats = tokenize_samples(train, tokenizer, recipe)
-    if len(train_set) == 0 and train_stats["labelled_bad"] == len(train):
-        raise PrepareError("every training sample is labelled bad (KTO label false): there is no answer to learn")
+    train_set, train_stats = tokenize_samples(train, tokenizer, recipe)  # engine.train.start checked there are some
     if len(train_set) == 0:
         raise PrepareError(f"no training sample has an assistant turn within cutoff_len={recipe.cutoff_len}")
     val_set, val_stats = tokenize_samples(validation, tokenizer, recipe) if validation else (None, {})
