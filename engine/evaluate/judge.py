@@ -317,7 +317,7 @@ async def judge_samples(
                     tuned=Judgement("grade", "tuned", chat.model, PROMPT_VERSION),
                 )
                 for name in ANSWERS:
-                    messages = grade_messages(sample.question, sample.reference, answers[name], rubric)
+                    messages = grade_messages(sample.question, sample.reference, answers[name], rubric, sample.tools)
                     group.create_task(ask(getattr(item, name), messages, grade_fmt))
                 if pairwise:
                     item.pair = (
@@ -325,7 +325,9 @@ async def judge_samples(
                         Judgement("pairwise", "tuned_first", chat.model, PROMPT_VERSION),
                     )
                     for judgement, (a, b) in zip(item.pair, (ANSWERS, ANSWERS[::-1]), strict=True):
-                        messages = pair_messages(sample.question, sample.reference, answers[a], answers[b])
+                        messages = pair_messages(
+                            sample.question, sample.reference, answers[a], answers[b], sample.tools
+                        )
                         group.create_task(ask(judgement, messages, pair_fmt))
                 results.append(item)
     except* EndpointRefused as refused:
