@@ -19,6 +19,7 @@ from bot.core.errors import UserError
 from bot.core.grammar import parse_dataset
 from engine.artifacts import get_artifact_store
 from engine.train.recipe import DEFAULT_RECIPE, RecipeError, read_recipe
+from engine.train.stack import leave_out_unneeded
 from storage.models import Run
 
 
@@ -52,13 +53,6 @@ def train_command(
     by: Annotated[str | None, typer.Option("--by", help="Who asks for the run; you, if unset.")] = None,
 ) -> int:
     """Fine-tune on a dataset version with a recipe; prints where the adapter and the loss curve are."""
-    # The training stack (torch, transformers, bitsandbytes) loads only when training, so that every
-    # other command starts at once.
-    quiet_training_libraries()
-    from engine.train.launch import launch_training
-    from engine.train.prepare import PrepareError
-    from engine.train.sft import TrainingError, train
-
     dataset_name, number = dataset_option(dataset)
     try:
         read = read_recipe(recipe, **({"model_name_or_path": base_model} if base_model else {}))
@@ -67,6 +61,15 @@ def train_command(
     for note in read.notes:
         console.print(f"{recipe.name}: {note}")
     loaded = read.recipe
+    # The training stack (torch, transformers, peft) loads only when training, so that every other command starts
+    # at once; and only what this run needs (a resumed run's recipe is its own, so nothing is left out there).
+    if resume is None:
+        leave_out_unneeded(loaded)
+    quiet_training_libraries()
+    from engine.train.launch import launch_training
+    from engine.train.prepare import PrepareError
+    from engine.train.sft import TrainingError, train
+
     with announcing(print_event) as events, open_session() as session:
         try:
             if processes > 1:

@@ -26,9 +26,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from statistics import fmean
-from typing import Any
-
-from openai import AsyncOpenAI
+from typing import TYPE_CHECKING, Any
 
 from engine import llm
 from engine.data.synth_replies import extract_json
@@ -49,6 +47,9 @@ from engine.evaluate.results import GeneratedSample
 from engine.events import EventSink, ignore_events, progress_event
 from engine.llm import Budget, BudgetReached, ChatCaller, EndpointRefused, Reply, RequestFailed, RetryPolicy, Usage
 from engine.settings import Settings, get_settings
+
+if TYPE_CHECKING:  # openai loads with the first client (engine.llm.make_client)
+    from openai import AsyncOpenAI
 
 STAGE = "evaluate"
 ANSWERS = ("base", "tuned")
@@ -238,7 +239,7 @@ class JudgeResult:
 async def judge_samples(
     samples: Sequence[GeneratedSample],
     *,
-    client: AsyncOpenAI | None = None,
+    client: "AsyncOpenAI | None" = None,
     model: str | None = None,
     rubric: Rubric | None = None,
     concurrency: int | None = None,
@@ -354,7 +355,7 @@ def judge_samples_blocking(samples: Sequence[GeneratedSample], **kwargs: Any) ->
     return asyncio.run(judge_samples(samples, **kwargs))
 
 
-def make_judge_client(settings: Settings | None = None) -> AsyncOpenAI:
+def make_judge_client(settings: Settings | None = None) -> "AsyncOpenAI":
     """The judge client: TUNELOOP_JUDGE_* first, then OPENAI_BASE_URL / OPENAI_API_KEY."""
     settings = settings or get_settings()
     client = llm.make_client(

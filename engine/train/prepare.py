@@ -160,7 +160,8 @@ def assistant_spans(
         if message["role"] != "assistant":
             continue
         prompt = render(tokenizer, messages[:index], tools=tools, generation_prompt=True)
-        through = render(tokenizer, messages[: index + 1], tools=tools)
+        last = index == len(messages) - 1  # through the last turn is the whole conversation, rendered already
+        through = text if last else render(tokenizer, messages[: index + 1], tools=tools)
         if not (through.startswith(prompt) and text.startswith(through)):
             raise PrepareError(
                 "the chat template renders a conversation differently from its prefixes; "
@@ -176,15 +177,27 @@ def tokenize_sample(
     sample: Sample, tokenizer: PreTrainedTokenizerBase, *, cutoff_len: int, train_on_prompt: bool, eot: str
 ) -> Tokenized:
     """Token ids and labels: labels are -100 outside assistant turns unless `train_on_prompt`."""
-    text, spans = assistant_spans(tokenizer, message_dicts(sample), eot, sample.tools)
-    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    input_ids: list[int] = encoded["input_ids"]
-    labels = []
-    for token_id, (start, _end) in zip(input_ids, encoded["offset_mapping"], strict=True):
-        trained = train_on_prompt or any(a <= start < b for a, b in spans)
-        labels.append(token_id if trained else IGNORE_INDEX)
-    truncated = len(input_ids) > cutoff_len
-    return Tokenized(input_ids[:cutoff_len], labels[:cutoff_len], truncated)
+    return tokenize_batch([sample], tokenizer, cutoff_len=cutoff_len, train_on_prompt=train_on_prompt, eot=eot)[0]
+
+
+def tokenize_batch(
+    samples: Sequence[Sample], tokenizer: PreTrainedTokenizerBase, *, cutoff_len: int, train_on_prompt: bool, eot: str
+) -> list[Tokenized]:
+    """`tokenize_sample` for many samples, their texts given to the tokenizer in one call: a fast tokenizer encodes
+    a batch on every core, which halves the time before a run's first step spends tokenizing."""
+    if not samples:
+        return []
+    rendered = [assistant_spans(tokenizer, message_dicts(sample), eot, sample.tools) for sample in samples]
+    encoded = tokenizer([text for text, _ in rendered], add_special_tokens=False, return_offsets_mapping=True)
+    items = []
+    for (_, spans), input_ids, offsets in zip(rendered, encoded["input_ids"], encoded["offset_mapping"], strict=True):
+        labels = [
+            token_id if train_on_prompt or any(a <= start < b for a, b in spans) else IGNORE_INDEX
+            for token_id, (start, _end) in zip(input_ids, offsets, strict=True)
+        ]
+        truncated = len(input_ids) > cutoff_len
+        items.append(Tokenized(input_ids[:cutoff_len], labels[:cutoff_len], truncated))
+    return items
 
 
 def tokenize_samples(
@@ -199,12 +212,11 @@ def tokenize_samples(
     truncated = dropped = tokens = 0
     undesirable = sum(1 for s in samples if s.label is False)
     preference = sum(1 for s in samples if s.rejected is not None)
-    for sample in samples:
-        if sample.label is False:
-            continue  # an answer labelled bad (KTO) is never a target to imitate
-        item = tokenize_sample(
-            sample, tokenizer, cutoff_len=recipe.cutoff_len, train_on_prompt=recipe.train_on_prompt, eot=eot
-        )
+    # An answer labelled bad (KTO) is never a target to imitate.
+    wanted = [sample for sample in samples if sample.label is not False]
+    for item in tokenize_batch(
+        wanted, tokenizer, cutoff_len=recipe.cutoff_len, train_on_prompt=recipe.train_on_prompt, eot=eot
+    ):
         truncated += item.truncated
         if all(label == IGNORE_INDEX for label in item.labels):
             dropped += 1
