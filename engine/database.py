@@ -17,13 +17,13 @@ class DatabaseNotReadyError(RuntimeError):
 
 @cache
 def _engine_for(url: str) -> Engine:
-    if url.startswith("sqlite"):
+    if current(url) != head():
         # A laptop's database migrates itself; a shared server is migrated once, by `tuneloop db upgrade`.
+        if not url.startswith("sqlite"):
+            raise DatabaseNotReadyError(
+                f"the database at {shown_url(url)} is not at the latest schema; run `tuneloop db upgrade`"
+            )
         upgrade(url)
-    elif current(url) != head():
-        raise DatabaseNotReadyError(
-            f"the database at {shown_url(url)} is not at the latest schema; run `tuneloop db upgrade`"
-        )
     engine = make_engine(url)
     warn_about_project_names(engine)
     relay_moves_of(engine)  # the configured database's moves reach the configured Redis as they are committed

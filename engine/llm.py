@@ -21,13 +21,13 @@ import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
-
-import openai
-from openai import AsyncOpenAI
-from openai.types.chat import ChatCompletion
+from typing import TYPE_CHECKING, Any
 
 from engine.settings import Settings
+
+if TYPE_CHECKING:  # openai (with httpx and aiohttp) loads with the first client, not with every command
+    import openai
+    from openai import AsyncOpenAI
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +147,7 @@ class ChatCaller:
     """One job's calls to one model: client, retry policy, prices, budget, usage and the response
     format mode the server accepts, shared by all its (concurrent) requests."""
 
-    client: AsyncOpenAI
+    client: "AsyncOpenAI"
     model: str
     policy: RetryPolicy = field(default_factory=RetryPolicy)
     prices: Mapping[str, tuple[float, float]] = field(default_factory=dict)
@@ -160,6 +160,9 @@ class ChatCaller:
     async def complete(self, messages: list[dict[str, str]], response_format: ResponseFormat | None = None) -> Reply:
         """One chat completion with our retries. `response_format(mode)` gives the format to ask
         for in the current mode; a rejected format lowers the mode and the request is sent again."""
+        import openai
+        from openai.types.chat import ChatCompletion
+
         failures = 0
         requests = 0
         while True:
@@ -241,13 +244,15 @@ def schema_format(mode: str, name: str, schema: dict[str, Any]) -> dict[str, Any
     return None
 
 
-def make_client(base_url: str | None, api_key: str | None, timeout_s: float) -> AsyncOpenAI | None:
+def make_client(base_url: str | None, api_key: str | None, timeout_s: float) -> "AsyncOpenAI | None":
     """A client without the library's own retries; None when neither a URL nor a key is set. A URL
     without a key is a local server (vLLM and the like) that takes any key."""
     if api_key is None:
         if base_url is None:
             return None
         api_key = "not-needed"
+    from openai import AsyncOpenAI
+
     return AsyncOpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=timeout_s)
 
 
@@ -311,6 +316,6 @@ def describe(error: Exception) -> str:
     return f"{status} {message}" if status else f"{type(error).__name__}: {message}"
 
 
-def _rejects_format(error: openai.APIStatusError) -> bool:
+def _rejects_format(error: "openai.APIStatusError") -> bool:
     text = f"{error.message} {error.param or ''} {error.code or ''}".lower()
     return any(word in text for word in ("response_format", "json_schema", "json_object", "structured output"))

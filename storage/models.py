@@ -121,7 +121,7 @@ class Run(SQLModel, table=True):
 
     id: int | None = Field(default=None, primary_key=True)
     project_id: int = Field(foreign_key="projects.id", index=True)
-    iteration: int = 1
+    iteration: int | None = 1  # None: refused at its start, so it uses up no iteration number
     parent_run_id: int | None = Field(default=None, foreign_key="runs.id")
     dataset_version_id: int | None = Field(default=None, foreign_key="dataset_versions.id")
     recipe: dict | None = _json()

@@ -23,6 +23,7 @@ from bot.core.actions import (
     NewProject,
     RequestApproval,
     Retrain,
+    Retry,
     Review,
     SetLanguage,
     ShowHistory,
@@ -37,12 +38,17 @@ from bot.core.errors import UserError
 from bot.core.grammar import parse, parse_dataset, parse_weights, spell
 from bot.core.identity import Actor
 from bot.core.perform import Core
+from engine.data.formats import load_file
+from engine.data.versions import Entry
 from engine.settings import get_settings
+from engine.train.sft import TrainingError, train
+from engine.train.tiny import build_tiny_model
 from engine.work.jobs import queue_name
 from storage.db import session_scope
 from storage.models import AuditEvent, Evaluation, Project, Run
 from tests.test_reviews import build
 from tests.test_runs import FakeDeploy
+from tests.training_data import add_dataset
 
 ALICE = Actor("slack", "U0ALICE", "Alice")
 BOB = Actor("slack", "U0BOB", "Bob")
@@ -50,6 +56,7 @@ WANG = Actor("telegram", "42", "王经理", groups=("-1001",))
 OPS = Actor("cli", "ops")
 
 
+LF = Path(__file__).with_name("llamafactory")
 CORE_REDIS_DB = 12  # a logical database of these tests' own: arq job ids such as 2:train:1 are global in one
 
 
@@ -72,6 +79,11 @@ def core(db_engine: Engine, redis_url: str, monkeypatch: pytest.MonkeyPatch) -> 
     """The core on the test database, its queues in a Redis database of this module's own."""
     with core_on(db_engine, redis_url, CORE_REDIS_DB, monkeypatch) as core:
         yield core
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
 
 
 @pytest.fixture
@@ -410,6 +422,39 @@ def test_the_terminal_does_what_a_chat_user_does(
     lf_recipe = lf_recipe.with_name("qwen3_lora_pretrain.yaml")
     code, out = tuneloop("submit", "--project", "shop", "--recipe", str(lf_recipe), "--by", "李工")
     assert code == 2 and "stage: pt (pretraining on plain text) is not supported" in out
+
+
+def test_a_start_refused_for_its_data_or_on_the_worker_uses_no_iteration(
+    core: Core, db_engine: Engine, tiny: Path, tmp_path: Path
+) -> None:
+    # Refused in the core, with the same check `tuneloop train` makes: no run is created.
+    kto = [sample for _, sample in load_file(LF / "kto_en_demo.json").samples]
+    bad = add_dataset([Entry(s) for s in kto if s.label is False], engine=db_engine)
+    model = {"model_name_or_path": str(tiny)}
+    with pytest.raises(UserError, match=f"every training sample of dataset version {bad} is labelled bad"):
+        core.perform(StartRun(project="shop", data=str(bad), options=model), OPS)
+    with Session(db_engine) as session:
+        assert session.exec(select(Run)).all() == []
+    # Refused on the worker, where the model's tokenizer shows that the template drops the tool definitions: the
+    # run exists by then, so it gives its iteration number back.
+    glaive = load_file(LF / "dataset_info.json", entry="glaive_toolcall_zh_demo").samples
+    tools = add_dataset([Entry(s) for _, s in glaive], engine=db_engine)
+    plain = tmp_path / "plain.jinja"
+    plain.write_text("{% for m in messages %}{{ m['content'] }}<|im_end|>{% endfor %}", encoding="utf-8")
+    card = core.perform(StartRun(project="shop", data=str(tools), options={**model, "template": str(plain)}), OPS)[-1]
+    assert card.title == f"Run {card.run_id}: shop, iteration 1"
+    with session_scope(db_engine) as session, pytest.raises(TrainingError, match="does not write tool definitions"):
+        train(session, "shop", None, None, run_id=card.run_id)  # what the gpu worker's train stage runs
+    refused = core.perform(Status(run=card.run_id), OPS)[0]
+    assert refused.title == f"Run {card.run_id}: shop, refused at its start (no iteration)"
+    following = core.perform(StartRun(project="shop", data=str(tools), options={**model, "template": "qwen"}), OPS)
+    assert following[-1].title == f"Run {following[-1].run_id}: shop, iteration 1"
+    # Retried once its cause is fixed, the refused run starts after all, and counts again.
+    core.perform(Retry(run=card.run_id), OPS)
+    with Session(db_engine) as session:
+        assert session.get(Run, card.run_id).iteration == 2
+    core.perform(SetLanguage(language="zh"), OPS)
+    assert core.perform(Status(run=card.run_id), OPS)[0].title == f"运行 {card.run_id}：shop，第 2 轮"
 
 
 def test_a_project_name_must_be_a_slug(core: Core) -> None:

@@ -5,6 +5,7 @@ import asyncio
 import json
 import re
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -251,6 +252,37 @@ def test_sample_text_is_fenced_as_data_and_injection_cannot_escape() -> None:
     shown = [v for b in bodies for k, v in data_of(b).items() if k.startswith("answer")]
     assert shown.count(INJECTION) == 3  # its grade and both pairwise orders, intact once decoded
     assert result.samples[0].tuned.overall == 1.0 and result.samples[0].tuned.valid
+
+
+def test_a_tool_sample_is_judged_with_the_tool_definitions_the_models_were_offered() -> None:
+    lookup = {
+        "type": "function",
+        "function": {
+            "name": "get_order",
+            "description": "查询订单状态",
+            "parameters": {
+                "type": "object",
+                "properties": {
+                    "order_id": {"type": "string", "description": "订单号"},
+                    "detail": {"type": "string", "enum": ["brief", "full"]},
+                    "items": {"type": "array", "items": {"type": "integer"}},
+                },
+                "required": ["order_id"],
+            },
+        },
+    }
+    tool_call = '{"name": "get_order", "arguments": {"order_id": "A17"}}'
+    with_tools = replace(sample(0, "基础回答", tool_call), tools=[lookup])
+    with OpenAIServer(responder=tuned_is_better) as server:
+        run(server, [with_tools, sample(1, "基础回答", "好的")])
+        bodies = list(server.requests)
+    signature = 'get_order(order_id: string, detail?: "brief" | "full", items?: array of integer): '
+    signature += "查询订单状态. order_id: 订单号"
+    asked = [data_of(body)["question"].startswith("问题0") for body in bodies]
+    assert asked.count(True) == asked.count(False) == 4  # per sample: two grades and both pairwise orders
+    for body, tool_sample in zip(bodies, asked, strict=True):
+        assert data_of(body).get("tools") == ([signature] if tool_sample else None)
+        assert ("functions the assistant was offered" in body["messages"][0]["content"]) == tool_sample
 
 
 # --- the endpoint ------------------------------------------------------------------------------

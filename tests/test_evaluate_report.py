@@ -254,7 +254,7 @@ def test_a_failed_gate_gives_its_reasons_in_every_face() -> None:
 
 def test_llm_judge_numbers() -> None:
     markdown = render_markdown(llm_inputs())
-    assert "Judge: judge-model, prompt version judge-v1" in markdown
+    assert "Judge: judge-model, prompt version judge-v2" in markdown
     assert "| overall | 2.00 | 3.50 | +1.50 |" in markdown
     assert "won 3 (75.0%), lost 1 (25.0%), tied 0 (0.0%)" in markdown
     assert "Position consistency: 100.0%" in markdown

@@ -23,7 +23,7 @@ from engine.loop.reviews import iteration_comparison, record_review, review_summ
 from engine.loop.runs import retry_run
 from engine.loop.targeting import oversampled
 from engine.settings import get_settings
-from engine.train.prepare import split_entries
+from engine.train.start import split_entries
 from engine.work.jobs import next_stage
 from storage.db import session_scope
 from storage.models import DatasetVersion, Evaluation, Judgement, Run, SynthBatch

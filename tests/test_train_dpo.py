@@ -18,9 +18,10 @@ from engine.events import Event
 from engine.loop.projects import get_project
 from engine.loop.reviews import record_review
 from engine.train.dpo import frozen_pairs, tokenize_pair
-from engine.train.prepare import end_of_turn_token, load_tokenizer, split_entries
+from engine.train.prepare import end_of_turn_token, load_tokenizer
 from engine.train.recipe import Recipe, RecipeError, parse_recipe
 from engine.train.sft import train
+from engine.train.start import split_entries
 from engine.train.tiny import build_tiny_model
 from storage.db import session_scope
 from storage.models import DatasetVersion, Evaluation, Judgement, Run

@@ -1,6 +1,7 @@
 """`tuneloop train` and `tuneloop export`: a dataset version and a recipe → a checked adapter → a merged model, done
 here, in this process (the core's Train and ExportModel)."""
 
+from contextlib import suppress
 from pathlib import Path
 from typing import Annotated
 
@@ -9,7 +10,8 @@ import typer
 from bot.cli.act import act, print_event
 from bot.cli.common import ProjectOption, announcing, positional_or_old, quiet_training_libraries
 from bot.core.actions import ExportModel, Train
-from engine.train.recipe import DEFAULT_RECIPE
+from engine.train.recipe import DEFAULT_RECIPE, RecipeError, read_recipe
+from engine.train.stack import leave_out_unneeded
 
 
 def train_command(
@@ -43,6 +45,9 @@ def train_command(
         resume=resume,
         processes=processes,
     )
+    if resume is None:  # this process trains this recipe only (a resumed run's recipe is its own)
+        with suppress(RecipeError):  # the core says what is wrong with it
+            leave_out_unneeded(read_recipe(recipe, **action.options).recipe)
     quiet_training_libraries()  # before the training stack loads: its own bars would bury the progress lines
     with announcing(print_event) as events:
         act(action, by, events)

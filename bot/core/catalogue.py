@@ -88,6 +88,10 @@ CATALOGUE: dict[str, tuple[str, str]] = {
     "import.whose": ("There is no file to import.", "没有可导入的文件。"),
     "run.recipe_note": ("Recipe {recipe}: {note}.", "配方 {recipe}：{note}。"),
     "run.title": ("Run {run}: {project}, iteration {iteration}", "运行 {run}：{project}，第 {iteration} 轮"),
+    "run.title_refused": (
+        "Run {run}: {project}, refused at its start (no iteration)",
+        "运行 {run}：{project}，启动时被拒绝（不计轮次）",
+    ),
     "run.state": ("state", "状态"),
     "run.requested_by": ("requested by", "发起人"),
     "run.dataset": ("dataset version", "数据集版本"),
@@ -101,6 +105,10 @@ CATALOGUE: dict[str, tuple[str, str]] = {
     "runs.going": ("Runs still going", "进行中的运行"),
     "runs.none": ("No runs.", "没有运行。"),
     "runs.row": ("run {run} · {project} #{iteration} · {state}", "运行 {run} · {project} 第 {iteration} 轮 · {state}"),
+    "runs.row_refused": (
+        "run {run} · {project} · refused at its start · {state}",
+        "运行 {run} · {project} · 启动时被拒绝 · {state}",
+    ),
     "run.cancelled": ("Run {run} cancelled by {who}.", "运行 {run} 已被 {who} 取消。"),
     "run.retried": (
         "Run {run} retried by {who}, now {stage}; {job} queued.",

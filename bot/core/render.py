@@ -114,9 +114,16 @@ def run_card(session: Session, run: Run, language: str) -> Message:
         fields.append((say(language, "run.override"), run.gate_override_reason))
     if run.error:
         fields.append((say(language, "run.error"), run.error))
-    title = say(language, "run.title", run=run.id, project=project.name, iteration=run.iteration)
+    title = run_title(run, project.name, language)
     buttons = run_buttons(run, project.name, language, evaluation.gate_passed if evaluation else None)
     return Message(title, fields=fields, buttons=buttons, kind="card", run_id=run.id, project=project.name)
+
+
+def run_title(run: Run, project: str, language: str) -> str:
+    """ "Run 7: shop, iteration 3"; a run refused at its start has no iteration, and its title says so."""
+    if run.iteration is None:
+        return say(language, "run.title_refused", run=run.id, project=project)
+    return say(language, "run.title", run=run.id, project=project, iteration=run.iteration)
 
 
 def runs_message(rows: list[tuple[Run, str]], language: str, *, going: bool = False) -> Message:
@@ -125,7 +132,7 @@ def runs_message(rows: list[tuple[Run, str]], language: str, *, going: bool = Fa
     lines = [
         say(
             language,
-            "runs.row",
+            "runs.row" if run.iteration is not None else "runs.row_refused",
             run=run.id,
             project=name,
             iteration=run.iteration,
@@ -141,7 +148,7 @@ def runs_message(rows: list[tuple[Run, str]], language: str, *, going: bool = Fa
 def history_message(history: RunHistory, language: str) -> Message:
     """A run's whole story, read back from the database."""
     run = history.run
-    title = say(language, "run.title", run=run.id, project=history.project, iteration=run.iteration)
+    title = run_title(run, history.project, language)
     lines = [f"{say(language, 'run.state')}: {state_word(language, run.state)}"]
     if run.parent_run_id:
         lines.append(f"{say(language, 'run.continues')}: {run.parent_run_id}")

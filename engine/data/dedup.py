@@ -31,11 +31,14 @@ How it works, and why:
 import threading
 from collections.abc import Hashable, Iterable, Sequence
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 import numpy as np
-from datasketch import LeanMinHash, MinHash, MinHashLSH
 
 from engine.data.normalize import normalize_text
+
+if TYPE_CHECKING:  # datasketch (and scipy under it) loads where samples are compared, not with every importer
+    from datasketch import LeanMinHash, MinHashLSH
 
 SHINGLE_SIZE = 3
 NUM_PERM = 128
@@ -104,6 +107,8 @@ def _shingles(texts: Sequence[str], k: int = SHINGLE_SIZE) -> tuple[np.ndarray, 
 
 @lru_cache(maxsize=8)
 def _permutations(num_perm: int = NUM_PERM, seed: int = SEED) -> tuple[np.ndarray, np.ndarray]:
+    from datasketch import MinHash
+
     # datasketch's own parameters, so our signatures are valid datasketch MinHash values.
     a, b = MinHash(num_perm=num_perm, seed=seed, scheme=_SCHEME).permutations
     return a.astype(np.uint32), b.astype(np.uint32)
@@ -142,9 +147,17 @@ def _lsh_params(threshold: float, num_perm: int = NUM_PERM, min_recall: float = 
     return num_perm, 1
 
 
-def _new_lsh(threshold: float) -> MinHashLSH:
+def _new_lsh(threshold: float) -> "MinHashLSH":
+    from datasketch import MinHashLSH
+
     bands, rows = _lsh_params(round(threshold, 6))
     return MinHashLSH(threshold=threshold, num_perm=NUM_PERM, params=(max(bands, 2), rows))
+
+
+def _lean(signature: np.ndarray) -> "LeanMinHash":
+    from datasketch import LeanMinHash
+
+    return LeanMinHash(seed=SEED, hashvalues=signature, scheme=_SCHEME)
 
 
 def _set_jaccard(a: frozenset, b: frozenset) -> float:
@@ -206,7 +219,7 @@ def near_duplicate_pairs(texts: Sequence[str], threshold: float = 0.9) -> list[t
     lsh = _new_lsh(threshold)
     with lsh.insertion_session() as session:
         for i in range(len(texts)):
-            session.insert(i, LeanMinHash(seed=SEED, hashvalues=sigs[i], scheme=_SCHEME), check_duplication=False)
+            session.insert(i, _lean(sigs[i]), check_duplication=False)
     # Candidates come from shared LSH buckets: walk each band's buckets instead of querying every
     # text, so each bucket is visited once.
     candidates: set[tuple[int, int]] = set()
@@ -295,8 +308,7 @@ class NearDuplicateIndex:
         sigs = _signatures(hashes, offsets)
         with self._lsh.insertion_session() as session:
             for row, key in enumerate(keys):
-                lean = LeanMinHash(seed=SEED, hashvalues=sigs[row], scheme=_SCHEME)
-                session.insert(key, lean, check_duplication=False)
+                session.insert(key, _lean(sigs[row]), check_duplication=False)
                 self._texts[key] = texts[row]
                 self._sigs[key] = sigs[row]
                 self._order[key] = len(self._order)
@@ -315,7 +327,7 @@ class NearDuplicateIndex:
         for row, key in enumerate(keys):
             mine = frozenset(hashes[offsets[row] : offsets[row + 1]].tolist())
             self._sets[key] = mine
-            found = self._lsh.query(LeanMinHash(seed=SEED, hashvalues=sigs[row], scheme=_SCHEME))
+            found = self._lsh.query(_lean(sigs[row]))
             before = [k for k in found if self._order[k] < self._order[key]]
             results.append(self._verified(sigs[row], mine, before))
         return results
@@ -334,7 +346,7 @@ class NearDuplicateIndex:
         sigs = _signatures(hashes, offsets)
         results = []
         for row in range(len(texts)):
-            found = self._lsh.query(LeanMinHash(seed=SEED, hashvalues=sigs[row], scheme=_SCHEME))
+            found = self._lsh.query(_lean(sigs[row]))
             mine = frozenset(hashes[offsets[row] : offsets[row + 1]].tolist()) if found else frozenset()
             results.append(self._verified(sigs[row], mine, found))
         return results

@@ -30,9 +30,8 @@ from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from openai import AsyncOpenAI
 from sqlalchemy import delete, insert
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
@@ -59,6 +58,9 @@ from engine.loop.projects import get_or_create_project
 from engine.settings import Settings, get_settings
 from storage.db import session_scope
 from storage.models import DatasetVersion, SynthBatch
+
+if TYPE_CHECKING:  # openai loads with the first client (engine.llm.make_client)
+    from openai import AsyncOpenAI
 
 log = logging.getLogger(__name__)
 
@@ -291,7 +293,7 @@ async def synthesize(
     project_name: str,
     request: SynthRequest,
     *,
-    client: AsyncOpenAI | None = None,
+    client: "AsyncOpenAI | None" = None,
     events: EventSink = ignore_events,
     actor: str | None = None,
     platform: str = "cli",
@@ -395,7 +397,7 @@ def synthesis_configured(settings: Settings) -> bool:
     return bool(settings.resolved_synth_base_url or settings.resolved_synth_api_key)
 
 
-def make_client(settings: Settings | None = None) -> AsyncOpenAI:
+def make_client(settings: Settings | None = None) -> "AsyncOpenAI":
     """The synthesis client: TUNELOOP_SYNTH_* first, then OPENAI_BASE_URL / OPENAI_API_KEY."""
     settings = settings or get_settings()
     client = llm.make_client(

@@ -26,9 +26,7 @@ from collections import Counter
 from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from statistics import fmean
-from typing import Any
-
-from openai import AsyncOpenAI
+from typing import TYPE_CHECKING, Any
 
 from engine import llm
 from engine.data.synth_replies import extract_json
@@ -49,6 +47,9 @@ from engine.evaluate.results import GeneratedSample
 from engine.events import EventSink, ignore_events, progress_event
 from engine.llm import Budget, BudgetReached, ChatCaller, EndpointRefused, Reply, RequestFailed, RetryPolicy, Usage
 from engine.settings import Settings, get_settings
+
+if TYPE_CHECKING:  # openai loads with the first client (engine.llm.make_client)
+    from openai import AsyncOpenAI
 
 STAGE = "evaluate"
 ANSWERS = ("base", "tuned")
@@ -238,7 +239,7 @@ class JudgeResult:
 async def judge_samples(
     samples: Sequence[GeneratedSample],
     *,
-    client: AsyncOpenAI | None = None,
+    client: "AsyncOpenAI | None" = None,
     model: str | None = None,
     rubric: Rubric | None = None,
     concurrency: int | None = None,
@@ -317,7 +318,7 @@ async def judge_samples(
                     tuned=Judgement("grade", "tuned", chat.model, PROMPT_VERSION),
                 )
                 for name in ANSWERS:
-                    messages = grade_messages(sample.question, sample.reference, answers[name], rubric)
+                    messages = grade_messages(sample.question, sample.reference, answers[name], rubric, sample.tools)
                     group.create_task(ask(getattr(item, name), messages, grade_fmt))
                 if pairwise:
                     item.pair = (
@@ -325,7 +326,9 @@ async def judge_samples(
                         Judgement("pairwise", "tuned_first", chat.model, PROMPT_VERSION),
                     )
                     for judgement, (a, b) in zip(item.pair, (ANSWERS, ANSWERS[::-1]), strict=True):
-                        messages = pair_messages(sample.question, sample.reference, answers[a], answers[b])
+                        messages = pair_messages(
+                            sample.question, sample.reference, answers[a], answers[b], sample.tools
+                        )
                         group.create_task(ask(judgement, messages, pair_fmt))
                 results.append(item)
     except* EndpointRefused as refused:
@@ -352,7 +355,7 @@ def judge_samples_blocking(samples: Sequence[GeneratedSample], **kwargs: Any) ->
     return asyncio.run(judge_samples(samples, **kwargs))
 
 
-def make_judge_client(settings: Settings | None = None) -> AsyncOpenAI:
+def make_judge_client(settings: Settings | None = None) -> "AsyncOpenAI":
     """The judge client: TUNELOOP_JUDGE_* first, then OPENAI_BASE_URL / OPENAI_API_KEY."""
     settings = settings or get_settings()
     client = llm.make_client(

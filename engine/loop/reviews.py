@@ -47,6 +47,7 @@ from engine.evaluate.weakest import UNTAGGED
 from engine.loop.preferences import DEFAULT_DPO_MIN_PAIRS, count_pairs, min_pairs, note_review
 from engine.loop.prepare import PreparePlan, TargetedData, plan_of
 from engine.loop.projects import is_listed
+from engine.loop.runs import next_iteration
 from engine.loop.targeting import TargetingError, plan_targeted, tag_means, trained_positions
 from storage.models import AuditEvent, Dataset, DatasetVersion, Evaluation, Judgement, Project, Review, Run
 from storage.models import Sample as SampleRow
@@ -448,13 +449,9 @@ def start_next_iteration(
         platform=platform or run.platform or "cli",
         reviewed=True,
     )
-    # Iterations number a project's runs: in a straight chain this is run k's iteration + 1.
-    last = session.exec(
-        select(Run.iteration).where(Run.project_id == run.project_id).order_by(col(Run.iteration).desc())
-    ).first()
     next_run = Run(
         project_id=run.project_id,
-        iteration=(last or run.iteration) + 1,
+        iteration=next_iteration(session, run.project_id),  # in a straight chain, run k's iteration + 1
         parent_run_id=run.id,
         dataset_version_id=change.version.id,
         recipe={**(run.recipe or {}), "stage": "dpo"} if dpo else dict(run.recipe) if run.recipe is not None else None,

@@ -191,9 +191,17 @@ def transition(
     return run
 
 
-def fail_run(session: Session, run_id: int, reason: str, *, actor: str) -> None:
+def next_iteration(session: Session, project_id: int) -> int:
+    """The number a project's next run takes: one past its highest. A run refused at its start has none, so a
+    refused start uses none up."""
+    last = session.exec(select(func.max(Run.iteration)).where(Run.project_id == project_id)).one()
+    return (last or 0) + 1
+
+
+def fail_run(session: Session, run_id: int, reason: str, *, actor: str, refused: bool = False) -> None:
     """After a stage raised: roll back its unfinished work and mark the run failed with `reason`, unless the run has
-    ended meanwhile (a cancelled run stays cancelled) or was already marked failed."""
+    ended meanwhile (a cancelled run stays cancelled) or was already marked failed. `refused`: the run never
+    started (its data or template was refused before the first step), so it gives its iteration number back."""
     session.rollback()
     run = get_run(session, run_id)
     if run.state in ENDED or run.state == "failed":
@@ -202,6 +210,10 @@ def fail_run(session: Session, run_id: int, reason: str, *, actor: str) -> None:
         transition(session, run, "failed", actor=actor, reason=reason)
     except IllegalTransition:
         session.rollback()  # moved by another process just now: its word stands
+        return
+    if refused:
+        run.iteration = None
+        session.add(run)
 
 
 RETRIED_AT = {"queued": "queued", "preparing": "queued", "training": "queued", "evaluating": "evaluating"}
@@ -217,6 +229,8 @@ def retry_run(session: Session, run_id: int, by: str, *, platform: str | None = 
     origin = failed_from(session, run)
     if origin == "deploying":
         raise RunError(f"run {run.id} failed while deploying: approve it again to retry (`tuneloop approve {run.id}`)")
+    if run.iteration is None:  # refused at its start, it starts now: it counts again
+        run.iteration = next_iteration(session, run.project_id)
     return transition(
         session, run, RETRIED_AT.get(origin or "", "queued"), actor=by, platform=platform, reason="retried"
     )

@@ -23,8 +23,6 @@ import random
 from collections import Counter
 from collections.abc import Collection, Mapping, Sequence
 
-import jieba
-import jieba.analyse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlmodel import Session, col, select
 
@@ -38,7 +36,6 @@ from storage.models import DatasetVersion, Evaluation, Judgement, Project
 
 SETTING = "targeted_data"
 TOPICS_PER_TAG = 12  # keywords of the weak test questions told to the synthesis model
-jieba.setLogLevel(logging.WARNING)
 
 
 class TargetingConfig(BaseModel):
@@ -193,6 +190,10 @@ def _scored(
 def _weak_topics(session: Session, evaluation: Evaluation, threshold: float, tags: set[str]) -> dict[str, list[str]]:
     """Per weak tag, keywords of its test questions that scored below the threshold: what to cover, not the
     questions themselves (those stay unseen)."""
+    import jieba  # half a second to load its dictionary code: only where keywords are picked
+    import jieba.analyse
+
+    jieba.setLogLevel(logging.WARNING)
     topics: dict[str, list[str]] = {}
     for row_tags, overall, question in _scored(session, evaluation):
         tag = row_tags[0] if row_tags else UNTAGGED

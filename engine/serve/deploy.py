@@ -35,7 +35,6 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import openai
 from sqlmodel import Session, col, select
 
 from engine.loop.projects import NotFoundError, get_project
@@ -239,6 +238,8 @@ def version_path(project: str, version: str) -> Path:
 
 def smoke_answer(client: VLLMClient, model: str) -> str:
     """`model`'s answer to a short test prompt, through the OpenAI API the clients use."""
+    import openai  # loads with a deployment's smoke test, not with every command
+
     api = openai.OpenAI(
         base_url=client.base_url, api_key=client.api_key or "EMPTY", timeout=client.timeout, max_retries=0
     )

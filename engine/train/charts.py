@@ -3,12 +3,6 @@
 from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # no display on workers and in CI
-
-import matplotlib.pyplot as plt
-
 from storage.models import Metric
 
 
@@ -16,6 +10,11 @@ def write_loss_curve(metrics: Sequence[Metric], path: Path, title: str = "loss")
     """A PNG of training loss and, when there is one, validation loss against the step."""
     train = [(m.step, m.loss) for m in metrics if m.loss is not None]
     validation = [(m.step, m.eval_loss) for m in metrics if m.eval_loss is not None]
+    import matplotlib  # a third of a second: loaded once there is a curve to draw, not before the first step
+
+    matplotlib.use("Agg")  # no display on workers and in CI
+    import matplotlib.pyplot as plt
+
     figure, axes = plt.subplots(figsize=(7, 4), dpi=100)
     try:
         if train:

@@ -25,6 +25,7 @@ from engine.train.eos import EosCheck
 from engine.train.prepare import PrepareError, local_model
 from engine.train.recipe import Recipe
 from engine.train.sft import TrainingError, TrainOutcome, is_main_process, resume_run, start_run, train
+from engine.train.start import StartRefused, start_samples
 from storage.models import Adapter, Metric, Run
 
 EVENT_PREFIX = "TUNELOOP_EVENT "
@@ -88,6 +89,10 @@ def launch_training(
         run = previous
     else:
         version = resolve_version(session, project, dataset_name, dataset_version)
+        try:
+            start_samples(session, version, recipe)
+        except StartRefused as error:
+            raise TrainingError(str(error)) from None
         run = start_run(session, project_row, version.id, recipe, requested_by=requested_by)
         session.commit()
     assert run.id is not None

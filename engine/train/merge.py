@@ -16,8 +16,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, 
 
 from engine.data.versions import load_entries
 from engine.train.eos import EosCheck, check_saved_model, check_stops, eos_ids, eos_prompts
-from engine.train.prepare import end_of_turn_token, split_entries
+from engine.train.prepare import end_of_turn_token
 from engine.train.recipe import Recipe
+from engine.train.start import split_entries
 from storage.models import Adapter, DatasetVersion, Run
 
 

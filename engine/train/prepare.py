@@ -7,7 +7,6 @@ end-of-turn token, so the model learns to stop; the newline the template writes 
 """
 
 import json
-import random
 import socket
 from collections.abc import Sequence
 from contextlib import suppress
@@ -20,7 +19,6 @@ from datasets import Dataset
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from engine.data.sample import Sample
-from engine.data.versions import Entry
 from engine.train.llamafactory import OWN_TEMPLATES
 from engine.train.recipe import Recipe
 from engine.train.templates import NAMED_TEMPLATES
@@ -162,7 +160,8 @@ def assistant_spans(
         if message["role"] != "assistant":
             continue
         prompt = render(tokenizer, messages[:index], tools=tools, generation_prompt=True)
-        through = render(tokenizer, messages[: index + 1], tools=tools)
+        last = index == len(messages) - 1  # through the last turn is the whole conversation, rendered already
+        through = text if last else render(tokenizer, messages[: index + 1], tools=tools)
         if not (through.startswith(prompt) and text.startswith(through)):
             raise PrepareError(
                 "the chat template renders a conversation differently from its prefixes; "
@@ -178,15 +177,27 @@ def tokenize_sample(
     sample: Sample, tokenizer: PreTrainedTokenizerBase, *, cutoff_len: int, train_on_prompt: bool, eot: str
 ) -> Tokenized:
     """Token ids and labels: labels are -100 outside assistant turns unless `train_on_prompt`."""
-    text, spans = assistant_spans(tokenizer, message_dicts(sample), eot, sample.tools)
-    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    input_ids: list[int] = encoded["input_ids"]
-    labels = []
-    for token_id, (start, _end) in zip(input_ids, encoded["offset_mapping"], strict=True):
-        trained = train_on_prompt or any(a <= start < b for a, b in spans)
-        labels.append(token_id if trained else IGNORE_INDEX)
-    truncated = len(input_ids) > cutoff_len
-    return Tokenized(input_ids[:cutoff_len], labels[:cutoff_len], truncated)
+    return tokenize_batch([sample], tokenizer, cutoff_len=cutoff_len, train_on_prompt=train_on_prompt, eot=eot)[0]
+
+
+def tokenize_batch(
+    samples: Sequence[Sample], tokenizer: PreTrainedTokenizerBase, *, cutoff_len: int, train_on_prompt: bool, eot: str
+) -> list[Tokenized]:
+    """`tokenize_sample` for many samples, their texts given to the tokenizer in one call: a fast tokenizer encodes
+    a batch on every core, which halves the time before a run's first step spends tokenizing."""
+    if not samples:
+        return []
+    rendered = [assistant_spans(tokenizer, message_dicts(sample), eot, sample.tools) for sample in samples]
+    encoded = tokenizer([text for text, _ in rendered], add_special_tokens=False, return_offsets_mapping=True)
+    items = []
+    for (_, spans), input_ids, offsets in zip(rendered, encoded["input_ids"], encoded["offset_mapping"], strict=True):
+        labels = [
+            token_id if train_on_prompt or any(a <= start < b for a, b in spans) else IGNORE_INDEX
+            for token_id, (start, _end) in zip(input_ids, offsets, strict=True)
+        ]
+        truncated = len(input_ids) > cutoff_len
+        items.append(Tokenized(input_ids[:cutoff_len], labels[:cutoff_len], truncated))
+    return items
 
 
 def tokenize_samples(
@@ -201,12 +212,11 @@ def tokenize_samples(
     truncated = dropped = tokens = 0
     undesirable = sum(1 for s in samples if s.label is False)
     preference = sum(1 for s in samples if s.rejected is not None)
-    for sample in samples:
-        if sample.label is False:
-            continue  # an answer labelled bad (KTO) is never a target to imitate
-        item = tokenize_sample(
-            sample, tokenizer, cutoff_len=recipe.cutoff_len, train_on_prompt=recipe.train_on_prompt, eot=eot
-        )
+    # An answer labelled bad (KTO) is never a target to imitate.
+    wanted = [sample for sample in samples if sample.label is not False]
+    for item in tokenize_batch(
+        wanted, tokenizer, cutoff_len=recipe.cutoff_len, train_on_prompt=recipe.train_on_prompt, eot=eot
+    ):
         truncated += item.truncated
         if all(label == IGNORE_INDEX for label in item.labels):
             dropped += 1
@@ -241,34 +251,10 @@ def data_notes(stats: dict[str, int]) -> list[str]:
     return notes
 
 
-def split_entries(
-    entries: Sequence[Entry], val_size: float, seed: int, max_samples: int | None = None
-) -> tuple[list[Sample], list[Sample]]:
-    """Training and validation samples of a dataset version: its train split (or every sample in use when it
-    was never split; the first `max_samples` of it, as LLaMA-Factory takes them) and its validation split; with
-    no validation split, `val_size` of train is held out. Test samples are never trained on."""
-    usable = [e for e in entries if e.in_use]
-    train = [e.sample for e in usable if e.split in ("train", None)][:max_samples]
-    validation = [e.sample for e in usable if e.split == "validation"]
-    if not validation and val_size > 0 and len(train) > 1:
-        count = round(val_size * len(train)) if val_size < 1 else int(val_size)
-        count = max(1, min(count, len(train) - 1))
-        order = list(range(len(train)))
-        random.Random(seed).shuffle(order)
-        held = set(order[:count])
-        validation = [s for i, s in enumerate(train) if i in held]
-        train = [s for i, s in enumerate(train) if i not in held]
-    return train, validation
-
-
 def prepare_data(
     train: Sequence[Sample], validation: Sequence[Sample], tokenizer: PreTrainedTokenizerBase, recipe: Recipe
 ) -> PreparedData:
-    if not train:
-        raise PrepareError("the dataset version has no training samples in use")
-    train_set, train_stats = tokenize_samples(train, tokenizer, recipe)
-    if len(train_set) == 0 and train_stats["labelled_bad"] == len(train):
-        raise PrepareError("every training sample is labelled bad (KTO label false): there is no answer to learn")
+    train_set, train_stats = tokenize_samples(train, tokenizer, recipe)  # engine.train.start checked there are some
     if len(train_set) == 0:
         raise PrepareError(f"no training sample has an assistant turn within cutoff_len={recipe.cutoff_len}")
     val_set, val_stats = tokenize_samples(validation, tokenizer, recipe) if validation else (None, {})

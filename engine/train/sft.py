@@ -38,11 +38,11 @@ from trl import SFTConfig, SFTTrainer
 
 from engine.artifacts import get_artifact_store
 from engine.data.sample import Sample
-from engine.data.versions import DEFAULT_DATASET, load_entries, resolve_version
+from engine.data.versions import DEFAULT_DATASET, resolve_version
 from engine.events import Event, EventSink, ignore_events
 from engine.loop.prepare import PreparePlan, TargetedData, plan_of
 from engine.loop.projects import get_project
-from engine.loop.runs import IllegalTransition, StageStopped, fail_run, transition, worker_actor
+from engine.loop.runs import IllegalTransition, StageStopped, fail_run, next_iteration, transition, worker_actor
 from engine.loop.targeting import oversampled
 from engine.train.cancel import CancelCallback
 from engine.train.charts import write_loss_curve
@@ -58,9 +58,9 @@ from engine.train.prepare import (
     load_tokenizer,
     local_model,
     prepare_data,
-    split_entries,
 )
 from engine.train.recipe import Recipe, recipe_yaml
+from engine.train.start import StartRefused, start_samples
 from storage.artifacts import StoredArtifact, adapter_digest, record_artifact, run_key, sha256_file
 from storage.models import Adapter, DatasetVersion, Metric, Project, Run
 
@@ -160,7 +160,10 @@ def train(
         raise  # its worker stopped it: the run stays training, and the job runs again from the last checkpoint
     except BaseException as error:
         if main:  # a run cancelled meanwhile stays cancelled
-            fail_run(session, run.id, f"{type(error).__name__}: {error}", actor=worker_actor())  # type: ignore[arg-type]
+            # Refused before its first step (what only the model's tokenizer shows, on the worker): no iteration.
+            refused = prepared is None and last_complete_checkpoint(out_dir / "checkpoints") is None
+            reason = f"{type(error).__name__}: {error}"
+            fail_run(session, run.id, reason, actor=worker_actor(), refused=refused)  # type: ignore[arg-type]
             session.commit()
             events(Event("failure", project, {"stage": "train", "error": run.error or str(error)}, run=run.id))
         raise
@@ -220,16 +223,18 @@ def prepare_run(
     """The run's samples as token ids, the weak sub-scenarios' oversampled as `targeted` plans; raises TrainingError
     for data or a template that cannot be trained on."""
     assert recipe.model_name_or_path is not None
-    entries = load_entries(session, version)
-    train_samples, val_samples = split_entries(entries, recipe.val_size, recipe.seed, recipe.max_samples)
-    train_samples = oversampled(train_samples, targeted, recipe.seed)
-    try:
+    try:  # a run queued from chat names its model as the person gave it: a folder here, or a hub id
+        recipe = recipe.model_copy(update={"model_name_or_path": local_model(recipe.model_name_or_path)})
+        train_samples, val_samples = start_samples(session, version, recipe)
+        train_samples = oversampled(train_samples, targeted, recipe.seed)
         tokenizer = load_tokenizer(recipe.model_name_or_path, recipe.template)
         data = prepare_data(train_samples, val_samples, tokenizer, recipe)
-    except PrepareError as error:
+    except (StartRefused, PrepareError) as error:
         raise TrainingError(str(error)) from None
     if recipe.early_stopping_steps and data.validation is None:
-        raise TrainingError("early_stopping_steps needs validation samples: a validation split or val_size")
+        raise TrainingError(
+            f"early_stopping_steps needs validation samples: none has an answer within cutoff_len={recipe.cutoff_len}"
+        )
     return RunData(recipe, version, train_samples, val_samples, tokenizer, data)
 
 
@@ -580,10 +585,11 @@ def start_run(
     requested_by: str | None = None,
     platform: str | None = None,
 ) -> Run:
-    previous = session.exec(select(Run).where(Run.project_id == project.id).order_by(col(Run.iteration).desc())).first()
+    counted = select(Run).where(Run.project_id == project.id, col(Run.iteration).is_not(None))
+    previous = session.exec(counted.order_by(col(Run.iteration).desc())).first()
     run = Run(
         project_id=project.id,  # type: ignore[arg-type]
-        iteration=(previous.iteration + 1) if previous else 1,
+        iteration=next_iteration(session, project.id),  # type: ignore[arg-type]
         parent_run_id=previous.id if previous else None,
         dataset_version_id=version_id,
         recipe=recipe.model_dump(mode="json"),

@@ -26,6 +26,7 @@ from engine.loop.projects import get_project, is_listed
 from engine.loop.runs import RunError, approve_run, fail_run, get_run, last_retried_at, retry_run, worker_actor
 from engine.settings import Settings, get_settings
 from engine.train.recipe import Recipe
+from engine.train.start import StartRefused, start_samples
 from storage.models import Job, Run
 
 QUEUE_OF_STAGE = {
@@ -194,6 +195,11 @@ async def submit_run(
             f"no base model: set model_name_or_path in the recipe or `tuneloop project set {project} --base-model`"
         )
     version = resolve_version(session, project, dataset_name, dataset)
+    if plan is None:  # a plan makes the version it trains on (synthesis, filter, split), checked when training
+        try:  # before the run exists, as `tuneloop train` does: a refused start uses up no iteration number
+            start_samples(session, version, recipe)
+        except StartRefused as error:
+            raise RunError(str(error)) from None
     run = start_run(session, project_row, version.id, recipe, requested_by=requested_by, platform=platform)
     run.plan = plan.model_dump(mode="json") if plan else None
     session.add(run)
