@@ -166,7 +166,9 @@ def test_events_edit_the_card_reply_in_the_thread_and_replace_stale_buttons(
     core: Core, db_engine: Engine, client: redis.Redis, stream: str
 ) -> None:
     run_id = build(db_engine).run_id
-    place = conversations.open_conversation(db_engine, "slack", run_id, "C1", "100.1", "100.1")
+    place = conversations.opened(
+        db_engine, conversations.reserve(db_engine, "slack", run_id, "C1").id, "100.1", "100.1"
+    )
     conversations.keep_buttons(db_engine, place.id, "100.5", "Run card of iteration 1")
     sink = stream_sink(client, stream=stream, interval=0)
     for step in range(1, 51):
@@ -215,7 +217,8 @@ def test_a_restarted_relay_posts_what_it_missed_and_nothing_twice(
     core: Core, db_engine: Engine, client: redis.Redis, stream: str
 ) -> None:
     run_id = build(db_engine).run_id
-    conversations.open_conversation(db_engine, "slack", run_id, "C1", "100.1", None)  # no card: posts only
+    place = conversations.reserve(db_engine, "slack", run_id, "C1")
+    conversations.opened(db_engine, place.id, "100.1", None)  # no card: posts only
     sink = stream_sink(client, stream=stream, interval=0)
     for n in range(1, 5):
         sink(Event("warning", "shop", {"message": f"note {n}"}, run=run_id))
@@ -243,7 +246,7 @@ def test_a_channel_that_refuses_for_good_does_not_block_the_stream(
     core: Core, db_engine: Engine, client: redis.Redis, stream: str
 ) -> None:
     run_id = build(db_engine).run_id
-    conversations.open_conversation(db_engine, "slack", run_id, "C1", "100.1", None)
+    conversations.opened(db_engine, conversations.reserve(db_engine, "slack", run_id, "C1").id, "100.1", None)
     sink = stream_sink(client, stream=stream, interval=0)
     sink(Event("warning", "shop", {"message": "first"}, run=run_id))
     sink(Event("warning", "shop", {"message": "second"}, run=run_id))
@@ -258,3 +261,28 @@ def test_a_channel_that_refuses_for_good_does_not_block_the_stream(
     asyncio.run(scenario())
     assert [message.title.rsplit(" ", 1)[-1] for _, _, message in sender.posts] == ["second"]
     assert client.xpending(stream, "slack")["pending"] == 0
+
+
+def test_an_event_while_the_runs_card_is_being_posted_waits_for_its_thread(
+    core: Core, db_engine: Engine, client: redis.Redis, stream: str
+) -> None:
+    run_id = build(db_engine).run_id
+    reserved = conversations.reserve(db_engine, "slack", run_id, "C1")  # a face is posting the card right now
+    stream_sink(client, stream=stream, interval=0)(Event("warning", "shop", {"message": "early"}, run=run_id))
+
+    async def scenario() -> FakeSender:
+        sender = FakeSender()
+        outbox = Outbox(sender, pace_s=0)
+        relay = EventRelay(core, outbox, consumer(client, stream))
+        relaying = asyncio.create_task(relay.relay_batch(block_ms=100))
+        await asyncio.sleep(0.3)
+        assert sender.posts == []  # nowhere to post yet: it waits rather than dropping the warning
+        await asyncio.to_thread(conversations.opened, db_engine, reserved.id, "100.1", "100.1")
+        await relaying
+        await outbox.drain()
+        return sender
+
+    sender = asyncio.run(scenario())
+    assert [(channel, thread, message.title) for channel, thread, message in sender.posts] == [
+        ("C1", "100.1", f"run {run_id}: warning: early")
+    ]

@@ -48,11 +48,13 @@ def _find(engine: Engine, *conditions: Any) -> Place | None:
         return _place(row) if row is not None else None
 
 
-def open_conversation(engine: Engine, platform: str, run_id: int, channel: str, thread: str, card: str) -> Place:
-    """Record that `run_id` lives in `thread` of `channel` with its card `card`; the one already recorded wins."""
+def reserve(engine: Engine, platform: str, run_id: int, channel: str) -> Place:
+    """Claim `run_id`'s conversation in `channel` before its card is posted; its thread stays unset until the card
+    is (`opened`), which tells the relay to wait for it rather than drop an event that comes in between. The one
+    already recorded wins."""
     try:
         with session_scope(engine) as session:
-            row = Conversation(run_id=run_id, platform=platform, channel=channel, thread=thread, card=card, buttons=[])
+            row = Conversation(run_id=run_id, platform=platform, channel=channel, buttons=[])
             session.add(row)
             session.flush()
             return _place(row)
@@ -60,6 +62,17 @@ def open_conversation(engine: Engine, platform: str, run_id: int, channel: str, 
         found = find(engine, platform, run_id)
         assert found is not None
         return found
+
+
+def opened(engine: Engine, conversation_id: int, thread: str, card: str | None) -> Place:
+    """Record the thread a reserved conversation lives in, and its card (None: posts only)."""
+    with session_scope(engine) as session:
+        row = session.get(Conversation, conversation_id)
+        assert row is not None
+        row.thread, row.card = thread, card
+        session.add(row)
+        session.flush()
+        return _place(row)
 
 
 def keep_buttons(engine: Engine, conversation_id: int, message_id: str, title: str) -> None:
@@ -99,14 +112,16 @@ async def deliver(core: Core, outbox: Outbox, messages: list[Message], channel: 
     cards = [message for message in messages if message.kind == "card" and message.run_id is not None]
     card_ids = {id(card) for card in cards}
     for card in cards:  # first, so that the other answers about that run land in its new thread
-        place = places[card.run_id]  # type: ignore[index]
+        assert card.run_id is not None
+        place = places[card.run_id]
         if place is None:
-            card_id = await outbox.post(channel, None, card)
-            places[card.run_id] = await asyncio.to_thread(  # type: ignore[index]
-                open_conversation, core.engine, platform, card.run_id, channel, card_id, card_id
-            )
+            place = await asyncio.to_thread(reserve, core.engine, platform, card.run_id, channel)
+        if place.thread is None:  # ours to open, or left half open by a bot that stopped
+            card_id = await outbox.post(place.channel, None, card)
+            place = await asyncio.to_thread(opened, core.engine, place.id, card_id, card_id)
         elif place.card is not None:
             outbox.edit(place.channel, place.card, card)
+        places[card.run_id] = place
     for message in messages:
         if id(message) in card_ids:
             place = places[message.run_id]  # type: ignore[index]

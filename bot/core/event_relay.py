@@ -29,6 +29,7 @@ from storage.models import Deployment, Project, Run
 
 # The moves people are told of in the thread; the others show on the card only.
 TOLD_MOVES = frozenset({"reviewing", "awaiting_approval", "deployed", "failed", "cancelled"})
+OPENING_WAIT_S = 10.0  # how long an event waits for its run's card to be posted (Slack allows 3 s a call)
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +67,8 @@ class EventRelay:
         if event.run is None:
             return
         place = await asyncio.to_thread(conversations.find, self.core.engine, self.platform, event.run)
+        if place is not None and place.thread is None:
+            place = await self._opened(place)
         if place is None:
             return
         plan = await asyncio.to_thread(self._plan, event)
@@ -90,6 +93,17 @@ class EventRelay:
                 # Removed from the channel, the channel gone: retrying cannot post it; the run goes on.
                 logger.warning("run %s: %s", event.run, refused)
                 return
+
+    async def _opened(self, place: conversations.Place) -> conversations.Place | None:
+        """The conversation once its card is posted: a face is posting it now (the run just started), and what the
+        event says belongs in the thread the card opens. None when it stays unopened (its bot stopped meanwhile)."""
+        deadline = asyncio.get_running_loop().time() + OPENING_WAIT_S
+        while asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+            found = await asyncio.to_thread(conversations.find, self.core.engine, self.platform, place.run_id)
+            if found is not None and found.thread is not None:
+                return found
+        return None
 
     def _plan(self, event: Event) -> _Plan | None:
         with Session(self.core.engine) as session:
