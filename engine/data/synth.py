@@ -183,14 +183,21 @@ class _Screening:
         self.job_key, self.system_prompt = job_key, request.system_prompt
         self.config = request.filter_config or FilterConfig()
         self.batches: dict[int, list[tuple[Sample, Screened]]] = {}  # batch index -> its samples, screened
-        threshold = self.config.near_dup_threshold
-        self.near = ArrivingPairs(threshold) if threshold is not None else None  # keys: (batch index, position)
+        self.near: ArrivingPairs | None = None  # keys: (batch index, position); None: compared at the end
         self.compared: set[int] = set()  # batch indexes
         self._tokenizer_path, self._tokenizer, self._loading = tokenizer_path, None, threading.Lock()
         # One batch at a time, in one thread: a burst of replies then leaves the event loop one thread to share
         # the interpreter with, not one per reply, so the next requests go out on time.
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="synth-screen")
         self._pending: list[Future[None]] = []
+        threshold = self.config.near_dup_threshold
+        if threshold is not None:
+            # First in the thread: the index's library (datasketch, with scipy: ~0.7 s) loads while the first
+            # requests are out, not on the event loop.
+            self._pending.append(self._worker.submit(self._open_near, threshold))
+
+    def _open_near(self, threshold: float) -> None:
+        self.near = ArrivingPairs(threshold)
 
     def arrived(self, row: SynthBatch) -> None:
         """Screen and compare a stored batch in the background while the other requests are out."""
